@@ -1,0 +1,1 @@
+"""mcla_jax: see README.md."""

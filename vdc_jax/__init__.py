@@ -1,0 +1,1 @@
+"""vdc_jax: see README.md."""

@@ -1,0 +1,126 @@
+"""Mapping tables between our CLIP parameters and Hugging Face / OpenCLIP checkpoint keys.
+
+Our paths (see `vl_jax.models.clip`): `vision.patch_embed.kernel` [p*p*3, D], `vision.cls` [D],
+`vision.pos` [N+1, D], `vision.ln_pre`, `vision.encoder.layers.i.{ln1, attn, ln2, mlp}`,
+`vision.ln_post`, `vision.proj.kernel` [D, E]; `text.tok_embed.embedding` [V, D], `text.pos` [L, D],
+`text.encoder...`, `text.ln_final`, `text.proj.kernel` [D, E]; `logit_scale` []. Attention keeps
+q/k/v fused as [D, 3, H, Dh] and the output projection as [H, Dh, D].
+"""
+
+from __future__ import annotations
+
+from vl_jax.checkpoints.mapping import Rule, copy, linear, reshaped, split_rows, stacked
+from vl_jax.models.clip_config import CLIPConfig, VisionConfig
+from vl_jax.models.transformer import EncoderConfig
+
+# Buffers some checkpoints carry that are not parameters.
+HF_IGNORE = (r"\.position_ids$",)
+OPEN_CLIP_IGNORE = (r"^attn_mask$", r"\.attn_mask$")
+
+
+def _layer_norm(ours: str, theirs: str) -> list[Rule]:
+    return [copy(f"{ours}.scale", f"{theirs}.weight"), copy(f"{ours}.bias", f"{theirs}.bias")]
+
+
+def _patch_embed(ours: str, theirs: str, v: VisionConfig) -> Rule:
+    p, d = v.patch_size, v.encoder.width
+    # torch conv [D, 3, p, p] -> [p, p, 3, D] -> [p*p*3, D], matching our (row, col, channel) patches.
+    return reshaped(ours, theirs, (p * p * 3, d), (d, 3, p, p), perm=(2, 3, 1, 0))
+
+
+def _hf_encoder(ours: str, theirs: str, e: EncoderConfig) -> list[Rule]:
+    d, h = e.width, e.heads
+    rules = []
+    for i in range(e.layers):
+        o, t = f"{ours}.layers.{i}", f"{theirs}.layers.{i}"
+        qkv = [f"{t}.self_attn.{n}_proj" for n in "qkv"]
+        rules += [
+            stacked(f"{o}.attn.qkv", [f"{k}.weight" for k in qkv], (d, 3, h, d // h), transpose=True),
+            stacked(f"{o}.attn.qkv_bias", [f"{k}.bias" for k in qkv], (3, h, d // h), transpose=False),
+            reshaped(f"{o}.attn.out", f"{t}.self_attn.out_proj.weight", (h, d // h, d), (d, d), (1, 0)),
+            copy(f"{o}.attn.out_bias", f"{t}.self_attn.out_proj.bias"),
+            linear(f"{o}.mlp.fc1.kernel", f"{t}.mlp.fc1.weight"),
+            copy(f"{o}.mlp.fc1.bias", f"{t}.mlp.fc1.bias"),
+            linear(f"{o}.mlp.fc2.kernel", f"{t}.mlp.fc2.weight"),
+            copy(f"{o}.mlp.fc2.bias", f"{t}.mlp.fc2.bias"),
+            *_layer_norm(f"{o}.ln1", f"{t}.layer_norm1"),
+            *_layer_norm(f"{o}.ln2", f"{t}.layer_norm2"),
+        ]
+    return rules
+
+
+def hf_vision_tower_rules(v: VisionConfig, ours: str = "vision", theirs: str = "vision_model"):
+    """The ViT body of a HF CLIP vision model (no projection); reused by LLaVA-style models."""
+    return [
+        _patch_embed(f"{ours}.patch_embed.kernel", f"{theirs}.embeddings.patch_embedding.weight", v),
+        copy(f"{ours}.cls", f"{theirs}.embeddings.class_embedding"),
+        copy(f"{ours}.pos", f"{theirs}.embeddings.position_embedding.weight"),
+        *_layer_norm(f"{ours}.ln_pre", f"{theirs}.pre_layrnorm"),  # sic: HF's spelling
+        *_hf_encoder(f"{ours}.encoder", f"{theirs}.encoder", v.encoder),
+        *_layer_norm(f"{ours}.ln_post", f"{theirs}.post_layernorm"),
+    ]
+
+
+def hf_rules(cfg: CLIPConfig, model_type: str = "clip") -> list[Rule]:
+    """Rules for HF `CLIPModel` (model_type clip) and the single-tower `*WithProjection` models."""
+    rules: list[Rule] = []
+    if cfg.vision is not None:
+        rules += hf_vision_tower_rules(cfg.vision)
+        rules.append(linear("vision.proj.kernel", "visual_projection.weight"))
+    if cfg.text is not None:
+        t = "text_model"
+        rules += [
+            copy("text.tok_embed.embedding", f"{t}.embeddings.token_embedding.weight"),
+            copy("text.pos", f"{t}.embeddings.position_embedding.weight"),
+            *_hf_encoder("text.encoder", f"{t}.encoder", cfg.text.encoder),
+            *_layer_norm("text.ln_final", f"{t}.final_layer_norm"),
+            linear("text.proj.kernel", "text_projection.weight"),
+        ]
+    if model_type == "clip":
+        rules.append(copy("logit_scale", "logit_scale"))
+    return rules
+
+
+def _open_clip_encoder(ours: str, theirs: str, e: EncoderConfig) -> list[Rule]:
+    d, h = e.width, e.heads
+    rules = []
+    for i in range(e.layers):
+        o, t = f"{ours}.layers.{i}", f"{theirs}.resblocks.{i}"
+        rules += [
+            split_rows(f"{o}.attn.qkv", f"{t}.attn.in_proj_weight", (d, 3, h, d // h), transpose=True),
+            split_rows(f"{o}.attn.qkv_bias", f"{t}.attn.in_proj_bias", (3, h, d // h), transpose=False),
+            reshaped(f"{o}.attn.out", f"{t}.attn.out_proj.weight", (h, d // h, d), (d, d), (1, 0)),
+            copy(f"{o}.attn.out_bias", f"{t}.attn.out_proj.bias"),
+            linear(f"{o}.mlp.fc1.kernel", f"{t}.mlp.c_fc.weight"),
+            copy(f"{o}.mlp.fc1.bias", f"{t}.mlp.c_fc.bias"),
+            linear(f"{o}.mlp.fc2.kernel", f"{t}.mlp.c_proj.weight"),
+            copy(f"{o}.mlp.fc2.bias", f"{t}.mlp.c_proj.bias"),
+            *_layer_norm(f"{o}.ln1", f"{t}.ln_1"),
+            *_layer_norm(f"{o}.ln2", f"{t}.ln_2"),
+        ]
+    return rules
+
+
+def open_clip_rules(cfg: CLIPConfig) -> list[Rule]:
+    """Rules for OpenCLIP's `CLIP` state dict (ViT image tower + transformer text tower).
+
+    OpenCLIP stores projections as plain [D, E] matrices used as `x @ proj`, i.e. already in our
+    kernel layout.
+    """
+    if cfg.vision is None or cfg.text is None:
+        raise ValueError("the OpenCLIP format needs both towers")
+    return [
+        _patch_embed("vision.patch_embed.kernel", "visual.conv1.weight", cfg.vision),
+        copy("vision.cls", "visual.class_embedding"),
+        copy("vision.pos", "visual.positional_embedding"),
+        *_layer_norm("vision.ln_pre", "visual.ln_pre"),
+        *_open_clip_encoder("vision.encoder", "visual.transformer", cfg.vision.encoder),
+        *_layer_norm("vision.ln_post", "visual.ln_post"),
+        copy("vision.proj.kernel", "visual.proj"),
+        copy("text.tok_embed.embedding", "token_embedding.weight"),
+        copy("text.pos", "positional_embedding"),
+        *_open_clip_encoder("text.encoder", "transformer", cfg.text.encoder),
+        *_layer_norm("text.ln_final", "ln_final"),
+        copy("text.proj.kernel", "text_projection"),
+        copy("logit_scale", "logit_scale"),
+    ]
