@@ -199,5 +199,5 @@ def export_state(state: nnx.State, rules: Iterable[Rule], dtype=None) -> dict[st
         if dtype is not None and np.issubdtype(arr.dtype, np.floating):
             arr = arr.astype(dtype)
         for key, piece in zip(rule.sources, rule.to_ckpt(arr)):
-            out[key] = np.ascontiguousarray(piece)
+            out[key] = np.asarray(piece, order="C")
     return out

@@ -140,7 +140,7 @@ def save_safetensors(tensors: Mapping[str, np.ndarray], path: str, metadata: dic
     offset = 0
     arrays = []
     for key in sorted(tensors):
-        arr = np.ascontiguousarray(tensors[key])
+        arr = np.asarray(tensors[key], order="C")
         if arr.dtype not in _NAMES:
             raise CheckpointError(f"cannot save tensor '{key}' of dtype {arr.dtype}")
         header[key] = {

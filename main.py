@@ -1,0 +1,39 @@
+"""Entry point: `python main.py --config configs/<experiment>.py --workdir DIR [--config.x=...]`.
+
+The config's `job` names the library function that runs it; multi-host runs pass the
+`jax.distributed` flags (or rely on cluster auto-detection with --distributed=auto).
+"""
+
+import importlib
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from vl_jax import parallel
+
+# job name -> "module:function(config, workdir)"; imported lazily so a job pulls only its deps.
+JOBS = {
+    "smoke": "vl_jax.smoke:run",
+}
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "output directory (created)")
+_COORD = flags.DEFINE_string("coordinator_address", None, "multi-host: host:port of process 0")
+_NPROC = flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
+_PID = flags.DEFINE_integer("process_id", None, "multi-host: this process's index")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    parallel.initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
+    config = _CONFIG.value
+    if config.job not in JOBS:
+        raise app.UsageError(f"unknown job '{config.job}' in config; known: {sorted(JOBS)}")
+    module, fn = JOBS[config.job].split(":")
+    getattr(importlib.import_module(module), fn)(config, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

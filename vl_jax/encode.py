@@ -1,0 +1,238 @@
+"""Encode a folder of images into CLIP features.
+
+    python -m vl_jax.encode --model openai/clip-vit-base-patch32 --images DIR --out feats.npz
+
+Class subfolders of DIR give labels (files directly in DIR get -1). Writes `features [N, E]`
+float32, `paths [N]`, `labels [N]` int32 and `class_names [C]` to an .npz atomically; files that
+cannot be read are listed in `<out>.skipped.tsv` (path, reason) and counted on stderr, never fatal.
+Batches are sharded over every device of the mesh (the last one padded, the padding dropped);
+with several processes (`jax.distributed`) each process reads its share of every batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as futures
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from vl_jax import parallel
+from vl_jax.checkpoints import resolve
+from vl_jax.images import ImageError, load_rgb, walk_image_folder
+from vl_jax.models import clip
+from vl_jax.preprocess import ClipPreprocess
+
+
+def make_image_encoder(model: clip.CLIP, mesh) -> Callable[[jax.Array], jax.Array]:
+    """Splits `model` once and returns a jitted `pixel_values [B, H, W, 3] -> features [B, E]`.
+
+    Parameters are placed on the mesh once (replicated over `data`, split over `model` where
+    annotated); the batch is sharded over `data`; the output is sharded like the batch.
+    """
+    graphdef, state = nnx.split(model)
+    state = parallel.shard_state(state, mesh)
+
+    @jax.jit
+    def encode(state, pixel_values):
+        return nnx.merge(graphdef, state).encode_image(pixel_values)
+
+    return lambda pixel_values: encode(state, pixel_values)
+
+
+def preprocess_for(path: str, cfg: clip.CLIPConfig) -> ClipPreprocess:
+    """The image preprocessing a checkpoint directory declares (HF preprocessor_config.json or
+    OpenCLIP preprocess_cfg), defaulting to OpenAI CLIP's at the model's image size."""
+    if os.path.exists(os.path.join(path, "preprocessor_config.json")):
+        return ClipPreprocess.from_hf_dir(path)
+    oc = os.path.join(path, "open_clip_config.json")
+    if os.path.exists(oc):
+        with open(oc) as f:
+            return ClipPreprocess.from_open_clip_config(json.load(f), source=oc)
+    size = cfg.vision.image_size
+    return ClipPreprocess(size=size, crop_size=(size, size), mean=cfg.mean, std=cfg.std)
+
+
+@dataclasses.dataclass
+class EncodeResult:
+    features: np.ndarray  # [N, E] float32
+    paths: list[str]
+    labels: np.ndarray  # [N] int32
+    class_names: list[str]
+    skipped: list[tuple[str, str]]
+    seconds: float
+
+
+def _load_batch(pool, paths, preprocess, size):
+    """-> (pixels [len(paths), s, s, 3] float32, ok [len(paths)] bool, {path: reason})."""
+
+    def one(p):
+        try:
+            return preprocess(load_rgb(p)), None
+        except ImageError as e:
+            return None, e.reason
+        except OSError as e:  # vanished, unreadable (permissions), a directory
+            return None, f"{type(e).__name__}: {e}"
+
+    pixels = np.zeros((len(paths), size, size, 3), np.float32)
+    ok = np.zeros(len(paths), bool)
+    reasons = {}
+    for i, (p, (x, why)) in enumerate(zip(paths, pool.map(one, paths))):
+        if x is None:
+            reasons[p] = why
+        else:
+            pixels[i], ok[i] = x, True
+    return pixels, ok, reasons
+
+
+def encode_paths(
+    encoder: Callable,
+    paths: list[str],
+    preprocess: ClipPreprocess,
+    mesh,
+    batch_size: int = 64,
+    workers: int = 8,
+    progress: bool = True,
+) -> Iterator[tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]]:
+    """Yields, per global batch: (features [b, E] of the readable images, their indices into
+    `paths` [b], skipped [(path, reason)]). Decoding of batch i+1 overlaps device work on batch i.
+
+    The global batch is rounded up so that every process gets an equal share that splits over its
+    data shards; rows past the end of `paths` are padding and are dropped.
+    """
+    n_proc, pi = jax.process_count(), jax.process_index()
+    local_shards = parallel.local_data_shards(mesh)
+    per_process = -(-batch_size // n_proc)
+    per_process = -(-per_process // local_shards) * local_shards
+    global_batch = per_process * n_proc
+    size = preprocess.crop_size[0]
+    starts = range(0, len(paths), global_batch)
+
+    def load(start):  # this process's rows of one global batch
+        mine = paths[start + pi * per_process : start + (pi + 1) * per_process]
+        return pool.submit(_load_batch, pool, mine, preprocess, size)
+
+    with futures.ThreadPoolExecutor(workers) as pool:
+        pending = load(starts[0]) if len(starts) else None
+        for k, start in enumerate(tqdm(starts, desc="encode", unit="batch", disable=not progress)):
+            pixels, ok, reasons = pending.result()
+            if k + 1 < len(starts):
+                pending = load(starts[k + 1])
+            padded, _ = parallel.pad_batch({"x": pixels, "ok": ok}, per_process)
+            batch = parallel.host_local_to_global(padded, mesh)
+            # Every process gets all rows of the global batch (an allgather when multi-host);
+            # global rows are ordered by process, so row r is paths[start + r].
+            feats, valid = parallel.fetch((encoder(batch["x"]), batch["ok"]))
+            rows = start + np.arange(global_batch)
+            bad = rows[~valid & (rows < len(paths))]
+            skipped = [
+                (paths[r], reasons.get(paths[r], "unreadable (decoded by another process)"))
+                for r in bad
+            ]
+            yield feats[valid], rows[valid], skipped
+
+
+def encode_folder(
+    model_path: str,
+    images: str,
+    out: str,
+    *,
+    batch_size: int = 64,
+    dtype: str = "float32",
+    workers: int = 8,
+    mesh=None,
+    progress: bool = True,
+) -> EncodeResult:
+    """Encodes every image under `images` with the CLIP checkpoint `model_path`; writes `out`."""
+    path = resolve(model_path)
+    model = clip.from_pretrained(path, dtype=jnp.dtype(dtype))
+    preprocess = preprocess_for(path, model.config)
+    mesh = mesh or parallel.create_mesh()
+    listing = walk_image_folder(images)
+    encoder = make_image_encoder(model, mesh)
+    t0 = time.perf_counter()
+    feats, index, skipped = [], [], list(listing.ignored)
+    for f, i, s in encode_paths(encoder, listing.paths, preprocess, mesh, batch_size, workers, progress):
+        feats.append(f)
+        index.append(i)
+        skipped += s
+    seconds = time.perf_counter() - t0
+    index = np.concatenate(index) if index else np.zeros(0, np.int64)
+    dim = model.config.embed_dim
+    features = np.concatenate(feats).astype(np.float32) if feats else np.zeros((0, dim), np.float32)
+    result = EncodeResult(
+        features=features,
+        paths=[listing.paths[i] for i in index],
+        labels=listing.labels[index].astype(np.int32),
+        class_names=list(listing.class_names),
+        skipped=skipped,
+        seconds=seconds,
+    )
+    if jax.process_index() == 0:
+        write_npz(out, result)
+    return result
+
+
+def write_npz(out: str, r: EncodeResult) -> None:
+    """Atomic write of the features file and its `.skipped.tsv` companion."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    tmp = f"{out}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        np.savez(
+            f,
+            features=r.features,
+            paths=np.asarray(r.paths, dtype=str),
+            labels=r.labels,
+            class_names=np.asarray(r.class_names, dtype=str),
+        )
+    os.replace(tmp, out)
+    skipped_file = f"{out}.skipped.tsv"
+    if r.skipped:
+        with open(f"{skipped_file}.tmp", "w") as f:
+            f.write("path\treason\n")
+            for p, why in r.skipped:
+                f.write(f"{p}\t{' '.join(str(why).split())}\n")
+        os.replace(f"{skipped_file}.tmp", skipped_file)
+    elif os.path.exists(skipped_file):
+        os.remove(skipped_file)  # a stale list from an earlier run would mislead
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m vl_jax.encode", description=__doc__.split("\n")[0])
+    ap.add_argument("--model", required=True, help="CLIP checkpoint directory or hub id")
+    ap.add_argument("--images", required=True, help="image folder (class subfolders give labels)")
+    ap.add_argument("--out", required=True, help="output .npz")
+    ap.add_argument("--batch_size", type=int, default=64, help="global batch size")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--workers", type=int, default=8, help="image decoding threads")
+    ap.add_argument("--mesh_data", type=int, default=-1)
+    ap.add_argument("--mesh_model", type=int, default=1)
+    ap.add_argument("--coordinator_address", default=None, help="multi-host: host:port of process 0")
+    ap.add_argument("--num_processes", type=int, default=None)
+    ap.add_argument("--process_id", type=int, default=None)
+    ap.add_argument("--no_progress", action="store_true")
+    a = ap.parse_args(argv)
+    parallel.initialize_distributed(a.coordinator_address, a.num_processes, a.process_id)
+    mesh = parallel.create_mesh(a.mesh_data, a.mesh_model)
+    print(parallel.describe(mesh), file=sys.stderr)
+    r = encode_folder(a.model, a.images, a.out, batch_size=a.batch_size, dtype=a.dtype,
+                      workers=a.workers, mesh=mesh, progress=not a.no_progress)
+    n = len(r.paths)
+    print(f"encoded {n} images in {r.seconds:.1f} s ({n / max(r.seconds, 1e-9):.1f} img/s) -> {a.out}",
+          file=sys.stderr)
+    if r.skipped:
+        print(f"skipped {len(r.skipped)} file(s): see {a.out}.skipped.tsv", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
