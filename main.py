@@ -16,7 +16,9 @@ JOBS = {
     "smoke": "vl_jax.smoke:run",
 }
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "experiment config file", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory (created)")
 _COORD = flags.DEFINE_string("coordinator_address", None, "multi-host: host:port of process 0")
 _NPROC = flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")

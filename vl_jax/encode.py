@@ -161,7 +161,9 @@ def encode_folder(
     encoder = make_image_encoder(model, mesh)
     t0 = time.perf_counter()
     feats, index, skipped = [], [], list(listing.ignored)
-    for f, i, s in encode_paths(encoder, listing.paths, preprocess, mesh, batch_size, workers, progress):
+    for f, i, s in encode_paths(
+        encoder, listing.paths, preprocess, mesh, batch_size, workers, progress
+    ):
         feats.append(f)
         index.append(i)
         skipped += s
@@ -216,7 +218,9 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=8, help="image decoding threads")
     ap.add_argument("--mesh_data", type=int, default=-1)
     ap.add_argument("--mesh_model", type=int, default=1)
-    ap.add_argument("--coordinator_address", default=None, help="multi-host: host:port of process 0")
+    ap.add_argument(
+        "--coordinator_address", default=None, help="multi-host: host:port of process 0"
+    )
     ap.add_argument("--num_processes", type=int, default=None)
     ap.add_argument("--process_id", type=int, default=None)
     ap.add_argument("--no_progress", action="store_true")
@@ -224,11 +228,21 @@ def main(argv=None) -> int:
     parallel.initialize_distributed(a.coordinator_address, a.num_processes, a.process_id)
     mesh = parallel.create_mesh(a.mesh_data, a.mesh_model)
     print(parallel.describe(mesh), file=sys.stderr)
-    r = encode_folder(a.model, a.images, a.out, batch_size=a.batch_size, dtype=a.dtype,
-                      workers=a.workers, mesh=mesh, progress=not a.no_progress)
+    r = encode_folder(
+        a.model,
+        a.images,
+        a.out,
+        batch_size=a.batch_size,
+        dtype=a.dtype,
+        workers=a.workers,
+        mesh=mesh,
+        progress=not a.no_progress,
+    )
     n = len(r.paths)
-    print(f"encoded {n} images in {r.seconds:.1f} s ({n / max(r.seconds, 1e-9):.1f} img/s) -> {a.out}",
-          file=sys.stderr)
+    print(
+        f"encoded {n} images in {r.seconds:.1f} s ({n / max(r.seconds, 1e-9):.1f} img/s) -> {a.out}",
+        file=sys.stderr,
+    )
     if r.skipped:
         print(f"skipped {len(r.skipped)} file(s): see {a.out}.skipped.tsv", file=sys.stderr)
     return 0

@@ -38,8 +38,16 @@ _CLASSES = {
     "texture": ["brick.png", "grass.png", "gravel.png"],
     "microscopy": ["ihc.png", "cell.png", "microaneurysms.png", "retina.jpg"],
 }
-_UNLABELLED = ["hubble_deep_field.jpg", "logo.png", "horse.png", "no_time_for_that_tiny.gif",
-               "multipage_rgb.tif", "coins.png", "page.png", "text.png"]
+_UNLABELLED = [
+    "hubble_deep_field.jpg",
+    "logo.png",
+    "horse.png",
+    "no_time_for_that_tiny.gif",
+    "multipage_rgb.tif",
+    "coins.png",
+    "page.png",
+    "text.png",
+]
 
 
 def make_image_folder(root: str) -> int:
@@ -67,10 +75,12 @@ def make_image_folder(root: str) -> int:
 def tiny_clip_config(c: ml_collections.ConfigDict) -> CLIPConfig:
     enc = lambda width, layers, heads: EncoderConfig(width, layers, heads, 4 * width, act=c.act)
     return CLIPConfig(
-        vision=VisionConfig(enc(c.width, c.layers, c.heads), image_size=c.image_size,
-                            patch_size=c.patch_size),
-        text=TextConfig(enc(c.text_width, c.text_layers, c.text_heads),
-                        context_length=c.context_length),
+        vision=VisionConfig(
+            enc(c.width, c.layers, c.heads), image_size=c.image_size, patch_size=c.patch_size
+        ),
+        text=TextConfig(
+            enc(c.text_width, c.text_layers, c.text_heads), context_length=c.context_length
+        ),
         embed_dim=c.embed_dim,
     )
 
@@ -82,10 +92,16 @@ def write_checkpoint(model: clip.CLIP, path: str) -> None:
     size = model.config.vision.image_size
     pre = {
         "image_processor_type": "CLIPImageProcessor",
-        "do_resize": True, "size": {"shortest_edge": size}, "resample": 3,
-        "do_center_crop": True, "crop_size": {"height": size, "width": size},
-        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-        "image_mean": list(model.config.mean), "image_std": list(model.config.std),
+        "do_resize": True,
+        "size": {"shortest_edge": size},
+        "resample": 3,
+        "do_center_crop": True,
+        "crop_size": {"height": size, "width": size},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(model.config.mean),
+        "image_std": list(model.config.std),
         "do_convert_rgb": True,
     }
     with open(os.path.join(path, "preprocessor_config.json"), "w") as f:
@@ -94,8 +110,11 @@ def write_checkpoint(model: clip.CLIP, path: str) -> None:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Builds the tiny checkpoint and image folder in `workdir`, encodes, writes summary.json."""
-    print("SMOKE RUN: a tiny CLIP with RANDOM weights; the numbers below test the pipeline, "
-          "they mean nothing about images.", file=sys.stderr)
+    print(
+        "SMOKE RUN: a tiny CLIP with RANDOM weights; the numbers below test the pipeline, "
+        "they mean nothing about images.",
+        file=sys.stderr,
+    )
     os.makedirs(workdir, exist_ok=True)
     mesh = parallel.mesh_from_config(config.mesh)
     print(parallel.describe(mesh), file=sys.stderr)
@@ -108,8 +127,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     shutil.rmtree(images, ignore_errors=True)
     n_files = make_image_folder(images)
     out = os.path.join(workdir, "features.npz")
-    r = encode_folder(ckpt, images, out, batch_size=config.encode.batch_size,
-                      dtype=config.encode.dtype, mesh=mesh, progress=False)
+    r = encode_folder(
+        ckpt,
+        images,
+        out,
+        batch_size=config.encode.batch_size,
+        dtype=config.encode.dtype,
+        mesh=mesh,
+        progress=False,
+    )
 
     # Zero-shot over the class names through the real tokenizer and text tower.
     loaded = clip.from_pretrained(ckpt, dtype=jnp.dtype(config.encode.dtype))

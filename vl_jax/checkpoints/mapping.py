@@ -176,17 +176,25 @@ def load_state(
             arrays.append(np.asarray(checkpoint[key]))
             used.add(key)
         value = rule.to_ours(*arrays)
-        target_dtype = dtype if dtype is not None and jnp.issubdtype(spec.dtype, jnp.floating) else spec.dtype
-        value = jnp.asarray(value, dtype=target_dtype) if flat_shardings is None else jax.device_put(
-            np.asarray(value).astype(target_dtype), flat_shardings[rule.target]
+        target_dtype = (
+            dtype if dtype is not None and jnp.issubdtype(spec.dtype, jnp.floating) else spec.dtype
+        )
+        value = (
+            jnp.asarray(value, dtype=target_dtype)
+            if flat_shardings is None
+            else jax.device_put(np.asarray(value).astype(target_dtype), flat_shardings[rule.target])
         )
         var.set_value(value)
 
     patterns = [re.compile(p) for p in ignore]
-    extra = sorted(k for k in checkpoint if k not in used and not any(p.search(k) for p in patterns))
+    extra = sorted(
+        k for k in checkpoint if k not in used and not any(p.search(k) for p in patterns)
+    )
     if extra:
         more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
-        raise CheckpointError(f"{where}: unexpected key '{extra[0]}'{more}: no model parameter uses it")
+        raise CheckpointError(
+            f"{where}: unexpected key '{extra[0]}'{more}: no model parameter uses it"
+        )
     return abstract_state
 
 

@@ -51,7 +51,9 @@ def _read_header(path: str) -> tuple[dict, int]:
             raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes)")
         (n,) = struct.unpack("<Q", raw)
         if n > _MAX_HEADER or 8 + n > size:
-            raise CheckpointError(f"{path}: not a safetensors file (header length {n}, size {size})")
+            raise CheckpointError(
+                f"{path}: not a safetensors file (header length {n}, size {size})"
+            )
         try:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -86,7 +88,9 @@ class SafetensorsReader(Mapping[str, np.ndarray]):
             header, start = _read_header(path)
             for key, info in header.items():
                 if key in self._where:
-                    raise CheckpointError(f"tensor '{key}' appears in both {self._where[key][0]} and {path}")
+                    raise CheckpointError(
+                        f"tensor '{key}' appears in both {self._where[key][0]} and {path}"
+                    )
                 self._where[key] = (path, info, start)
 
     @classmethod
@@ -107,7 +111,9 @@ class SafetensorsReader(Mapping[str, np.ndarray]):
             reader = cls([os.path.join(directory, s) for s in shards])
             for key, shard in weight_map.items():
                 if key not in reader._where:
-                    raise CheckpointError(f"{index}: key '{key}' is listed for {shard} but not in it")
+                    raise CheckpointError(
+                        f"{index}: key '{key}' is listed for {shard} but not in it"
+                    )
             return reader
         if os.path.exists(single):
             return cls([single])

@@ -17,7 +17,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vl_jax.checkpoints import SafetensorsReader, export_state, load_state, resolve, save_safetensors
+from vl_jax.checkpoints import (
+    SafetensorsReader,
+    export_state,
+    load_state,
+    resolve,
+    save_safetensors,
+)
 from vl_jax.models import clip_weights
 from vl_jax.models.clip_config import (
     OPEN_CLIP_CONFIG,
@@ -66,7 +72,9 @@ class VisionTower(nnx.Module):
         b, h, w, c = pixel_values.shape
         p, s = self.cfg.patch_size, self.cfg.image_size
         if (h, w, c) != (s, s, 3):
-            raise ValueError(f"pixel_values must be [B, {s}, {s}, 3] (NHWC), got {pixel_values.shape}")
+            raise ValueError(
+                f"pixel_values must be [B, {s}, {s}, 3] (NHWC), got {pixel_values.shape}"
+            )
         x = pixel_values.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
         return x.reshape(b, (h // p) * (w // p), p * p * c)
 
@@ -89,7 +97,9 @@ class TextTower(nnx.Module):
         d = cfg.encoder.width
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.tok_embed = nnx.Embed(cfg.vocab_size, d, **kw)
-        self.pos = nnx.Param(nnx.initializers.normal(0.01)(rngs.params(), (cfg.context_length, d), param_dtype))
+        self.pos = nnx.Param(
+            nnx.initializers.normal(0.01)(rngs.params(), (cfg.context_length, d), param_dtype)
+        )
         self.encoder = Encoder(cfg.encoder, **kw)
         self.ln_final = nnx.LayerNorm(d, epsilon=cfg.encoder.ln_eps, **kw)
         self.cfg = cfg
@@ -98,7 +108,9 @@ class TextTower(nnx.Module):
         """input_ids [B, L] int, attention_mask [B, L] (1 = token, 0 = padding) -> pooled [B, D]."""
         b, length = input_ids.shape
         if length > self.cfg.context_length:
-            raise ValueError(f"text length {length} exceeds context_length {self.cfg.context_length}")
+            raise ValueError(
+                f"text length {length} exceeds context_length {self.cfg.context_length}"
+            )
         x = self.tok_embed(input_ids) + self.pos[:length].astype(self.tok_embed.dtype)
         mask = jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
         if attention_mask is not None:
@@ -123,7 +135,9 @@ class CLIP(nnx.Module):
         self.vision = nnx.data(VisionTower(cfg.vision, **kw) if cfg.vision is not None else None)
         self.text = nnx.data(TextTower(cfg.text, **kw) if cfg.text is not None else None)
         if cfg.vision is not None:
-            self.vision.proj = nnx.Linear(cfg.vision.encoder.width, cfg.embed_dim, use_bias=False, **kw)
+            self.vision.proj = nnx.Linear(
+                cfg.vision.encoder.width, cfg.embed_dim, use_bias=False, **kw
+            )
         if cfg.text is not None:
             self.text.proj = nnx.Linear(cfg.text.encoder.width, cfg.embed_dim, use_bias=False, **kw)
         self.logit_scale = nnx.Param(jnp.asarray(cfg.logit_scale_init, jnp.float32))
@@ -134,7 +148,9 @@ class CLIP(nnx.Module):
             raise ValueError("this CLIP checkpoint has no vision tower")
         return self.vision.proj(self.vision(pixel_values)).astype(jnp.float32)
 
-    def encode_text(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
+    def encode_text(
+        self, input_ids: jax.Array, attention_mask: jax.Array | None = None
+    ) -> jax.Array:
         """input_ids [B, L] int32 (+ attention_mask [B, L]) -> text embeddings [B, E] float32."""
         if self.text is None:
             raise ValueError("this CLIP checkpoint has no text tower")
@@ -203,10 +219,16 @@ def from_pretrained(
     path = resolve(path_or_id, revision=revision, cache_dir=cache_dir)
     cfg, fmt, model_type = load_config(path)
     param_dtype = param_dtype or dtype
-    model = nnx.eval_shape(lambda: CLIP(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(
+        lambda: CLIP(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
+    )
     graphdef, abstract = nnx.split(model)
     if fmt == "hf":
-        rules, reader, ignore = clip_weights.hf_rules(cfg, model_type), SafetensorsReader.from_dir(path), clip_weights.HF_IGNORE
+        rules, reader, ignore = (
+            clip_weights.hf_rules(cfg, model_type),
+            SafetensorsReader.from_dir(path),
+            clip_weights.HF_IGNORE,
+        )
     else:
         rules = clip_weights.open_clip_rules(cfg)
         reader = SafetensorsReader.from_dir(path, prefix=OPEN_CLIP_WEIGHTS)
@@ -264,20 +286,33 @@ def _hf_encoder_dict(e) -> dict:
 def _hf_config_dict(cfg: CLIPConfig) -> dict:
     vision = text = None
     if cfg.vision is not None:
-        vision = {**_hf_encoder_dict(cfg.vision.encoder), "image_size": cfg.vision.image_size,
-                  "patch_size": cfg.vision.patch_size, "projection_dim": cfg.embed_dim,
-                  "model_type": "clip_vision_model"}
+        vision = {
+            **_hf_encoder_dict(cfg.vision.encoder),
+            "image_size": cfg.vision.image_size,
+            "patch_size": cfg.vision.patch_size,
+            "projection_dim": cfg.embed_dim,
+            "model_type": "clip_vision_model",
+        }
     if cfg.text is not None:
         t = cfg.text
-        text = {**_hf_encoder_dict(t.encoder), "vocab_size": t.vocab_size,
-                "max_position_embeddings": t.context_length, "projection_dim": cfg.embed_dim,
-                "eos_token_id": 2 if t.pooling == "argmax" else t.eos_token_id,
-                "model_type": "clip_text_model"}
+        text = {
+            **_hf_encoder_dict(t.encoder),
+            "vocab_size": t.vocab_size,
+            "max_position_embeddings": t.context_length,
+            "projection_dim": cfg.embed_dim,
+            "eos_token_id": 2 if t.pooling == "argmax" else t.eos_token_id,
+            "model_type": "clip_text_model",
+        }
     model_type = _hf_model_type(cfg)
     if model_type == "clip":
-        return {"model_type": "clip", "architectures": ["CLIPModel"], "projection_dim": cfg.embed_dim,
-                "logit_scale_init_value": cfg.logit_scale_init, "vision_config": vision,
-                "text_config": text}
+        return {
+            "model_type": "clip",
+            "architectures": ["CLIPModel"],
+            "projection_dim": cfg.embed_dim,
+            "logit_scale_init_value": cfg.logit_scale_init,
+            "vision_config": vision,
+            "text_config": text,
+        }
     single = vision if vision is not None else text
     arch = "CLIPVisionModelWithProjection" if vision is not None else "CLIPTextModelWithProjection"
     return {**single, "architectures": [arch]}
@@ -288,4 +323,3 @@ def _write_json(path: str, obj: dict) -> None:
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2)
     os.replace(tmp, path)
-

@@ -20,7 +20,9 @@ class VisionConfig:
 
     def __post_init__(self):
         if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of patch {self.patch_size}")
+            raise ValueError(
+                f"image_size {self.image_size} is not a multiple of patch {self.patch_size}"
+            )
 
     @property
     def num_patches(self) -> int:
@@ -60,7 +62,9 @@ class CLIPConfig:
 def _hf_encoder(c) -> EncoderConfig:
     act = HF_ACTIVATIONS.get(c.hidden_act)
     if act is None:
-        raise ValueError(f"unsupported hidden_act '{c.hidden_act}' (supported: {sorted(HF_ACTIVATIONS)})")
+        raise ValueError(
+            f"unsupported hidden_act '{c.hidden_act}' (supported: {sorted(HF_ACTIVATIONS)})"
+        )
     return EncoderConfig(
         width=c.hidden_size,
         layers=c.num_hidden_layers,
@@ -133,10 +137,26 @@ OPEN_CLIP_CONFIG = "open_clip_config.json"
 OPEN_CLIP_WEIGHTS = "open_clip_model"  # open_clip_model.safetensors
 
 # Options of OpenCLIP towers we implement, with the only value we support when not the default.
-_VISION_UNSUPPORTED = ("timm_model_name", "attentional_pool", "ls_init_value", "no_ln_pre",
-                       "final_ln_after_pool", "output_tokens", "act_kwargs", "norm_kwargs")
-_TEXT_UNSUPPORTED = ("hf_model_name", "ls_init_value", "embed_cls", "no_causal_mask", "proj_bias",
-                     "act_kwargs", "norm_kwargs", "attn_mask")
+_VISION_UNSUPPORTED = (
+    "timm_model_name",
+    "attentional_pool",
+    "ls_init_value",
+    "no_ln_pre",
+    "final_ln_after_pool",
+    "output_tokens",
+    "act_kwargs",
+    "norm_kwargs",
+)
+_TEXT_UNSUPPORTED = (
+    "hf_model_name",
+    "ls_init_value",
+    "embed_cls",
+    "no_causal_mask",
+    "proj_bias",
+    "act_kwargs",
+    "norm_kwargs",
+    "attn_mask",
+)
 
 
 def from_open_clip_dict(d: dict, where: str = OPEN_CLIP_CONFIG) -> CLIPConfig:
@@ -150,7 +170,9 @@ def from_open_clip_dict(d: dict, where: str = OPEN_CLIP_CONFIG) -> CLIPConfig:
         if tc.get(key):
             raise ValueError(f"{where}: text_cfg.{key}={tc[key]!r} is not supported")
     if vc.get("pool_type", "tok") != "tok" or tc.get("pool_type", "argmax") != "argmax":
-        raise ValueError(f"{where}: only pool_type 'tok' (vision) and 'argmax' (text) are supported")
+        raise ValueError(
+            f"{where}: only pool_type 'tok' (vision) and 'argmax' (text) are supported"
+        )
     if isinstance(vc.get("layers", 12), (list, tuple)):
         raise ValueError(f"{where}: ResNet vision towers (layers as a list) are not supported")
     act = "quick_gelu" if model.get("quick_gelu", False) else "gelu"

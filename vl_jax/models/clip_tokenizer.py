@@ -53,8 +53,7 @@ def openai_clip_tokenizer(model_max_length: int = 77):
     from transformers import CLIPTokenizer
 
     vocab, merges = openai_vocab_and_merges()
-    return CLIPTokenizer(vocab=vocab, merges=list(merges),
-                         model_max_length=model_max_length)
+    return CLIPTokenizer(vocab=vocab, merges=list(merges), model_max_length=model_max_length)
 
 
 def load_tokenizer(path: str, context_length: int = 77):
@@ -75,10 +74,12 @@ def tokenize(tokenizer, texts: list[str], context_length: int = 77, pad_to: int 
     """
     enc = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
     eos = tokenizer.eos_token_id
-    rows = [ids if len(ids) <= context_length else ids[: context_length - 1] + [eos] for ids in enc]
+    rows = [ids if len(ids) <= context_length else [*ids[: context_length - 1], eos] for ids in enc]
     length = pad_to or max(len(r) for r in rows)
     if length > context_length or any(len(r) > length for r in rows):
-        raise ValueError(f"pad_to={length} is shorter than a text or exceeds context {context_length}")
+        raise ValueError(
+            f"pad_to={length} is shorter than a text or exceeds context {context_length}"
+        )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids = np.full((len(rows), length), pad, dtype=np.int32)
     mask = np.zeros((len(rows), length), dtype=np.int32)

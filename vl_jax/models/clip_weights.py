@@ -35,9 +35,15 @@ def _hf_encoder(ours: str, theirs: str, e: EncoderConfig) -> list[Rule]:
         o, t = f"{ours}.layers.{i}", f"{theirs}.layers.{i}"
         qkv = [f"{t}.self_attn.{n}_proj" for n in "qkv"]
         rules += [
-            stacked(f"{o}.attn.qkv", [f"{k}.weight" for k in qkv], (d, 3, h, d // h), transpose=True),
-            stacked(f"{o}.attn.qkv_bias", [f"{k}.bias" for k in qkv], (3, h, d // h), transpose=False),
-            reshaped(f"{o}.attn.out", f"{t}.self_attn.out_proj.weight", (h, d // h, d), (d, d), (1, 0)),
+            stacked(
+                f"{o}.attn.qkv", [f"{k}.weight" for k in qkv], (d, 3, h, d // h), transpose=True
+            ),
+            stacked(
+                f"{o}.attn.qkv_bias", [f"{k}.bias" for k in qkv], (3, h, d // h), transpose=False
+            ),
+            reshaped(
+                f"{o}.attn.out", f"{t}.self_attn.out_proj.weight", (h, d // h, d), (d, d), (1, 0)
+            ),
             copy(f"{o}.attn.out_bias", f"{t}.self_attn.out_proj.bias"),
             linear(f"{o}.mlp.fc1.kernel", f"{t}.mlp.fc1.weight"),
             copy(f"{o}.mlp.fc1.bias", f"{t}.mlp.fc1.bias"),
@@ -52,7 +58,9 @@ def _hf_encoder(ours: str, theirs: str, e: EncoderConfig) -> list[Rule]:
 def hf_vision_tower_rules(v: VisionConfig, ours: str = "vision", theirs: str = "vision_model"):
     """The ViT body of a HF CLIP vision model (no projection); reused by LLaVA-style models."""
     return [
-        _patch_embed(f"{ours}.patch_embed.kernel", f"{theirs}.embeddings.patch_embedding.weight", v),
+        _patch_embed(
+            f"{ours}.patch_embed.kernel", f"{theirs}.embeddings.patch_embedding.weight", v
+        ),
         copy(f"{ours}.cls", f"{theirs}.embeddings.class_embedding"),
         copy(f"{ours}.pos", f"{theirs}.embeddings.position_embedding.weight"),
         *_layer_norm(f"{ours}.ln_pre", f"{theirs}.pre_layrnorm"),  # sic: HF's spelling
@@ -87,8 +95,12 @@ def _open_clip_encoder(ours: str, theirs: str, e: EncoderConfig) -> list[Rule]:
     for i in range(e.layers):
         o, t = f"{ours}.layers.{i}", f"{theirs}.resblocks.{i}"
         rules += [
-            split_rows(f"{o}.attn.qkv", f"{t}.attn.in_proj_weight", (d, 3, h, d // h), transpose=True),
-            split_rows(f"{o}.attn.qkv_bias", f"{t}.attn.in_proj_bias", (3, h, d // h), transpose=False),
+            split_rows(
+                f"{o}.attn.qkv", f"{t}.attn.in_proj_weight", (d, 3, h, d // h), transpose=True
+            ),
+            split_rows(
+                f"{o}.attn.qkv_bias", f"{t}.attn.in_proj_bias", (3, h, d // h), transpose=False
+            ),
             reshaped(f"{o}.attn.out", f"{t}.attn.out_proj.weight", (h, d // h, d), (d, d), (1, 0)),
             copy(f"{o}.attn.out_bias", f"{t}.attn.out_proj.bias"),
             linear(f"{o}.mlp.fc1.kernel", f"{t}.mlp.c_fc.weight"),

@@ -31,7 +31,9 @@ class EncoderConfig:
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
         if self.act not in ACTIVATIONS:
-            raise ValueError(f"unknown activation '{self.act}'; expected one of {sorted(ACTIVATIONS)}")
+            raise ValueError(
+                f"unknown activation '{self.act}'; expected one of {sorted(ACTIVATIONS)}"
+            )
 
 
 def quick_gelu(x):
@@ -69,10 +71,14 @@ class Attention(nnx.Module):
         head_dim = width // heads
         init = nnx.initializers.lecun_normal()
         self.qkv = nnx.Param(
-            sharded(init, (None, None, MODEL, None))(rngs.params(), (width, 3, heads, head_dim), param_dtype)
+            sharded(init, (None, None, MODEL, None))(
+                rngs.params(), (width, 3, heads, head_dim), param_dtype
+            )
         )
         self.qkv_bias = nnx.Param(
-            sharded(nnx.initializers.zeros, (None, MODEL, None))(rngs.params(), (3, heads, head_dim), param_dtype)
+            sharded(nnx.initializers.zeros, (None, MODEL, None))(
+                rngs.params(), (3, heads, head_dim), param_dtype
+            )
         )
         self.out = nnx.Param(
             sharded(init, (MODEL, None, None))(rngs.params(), (heads, head_dim, width), param_dtype)
@@ -83,18 +89,27 @@ class Attention(nnx.Module):
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """x [B, T, D]; mask bool broadcastable to [B, H, T, T] (True = attend) -> [B, T, D]."""
         dt = self.dtype
-        qkv = jnp.einsum("btd,dkhe->btkhe", x, self.qkv[...].astype(dt)) + self.qkv_bias[...].astype(dt)
+        qkv = jnp.einsum("btd,dkhe->btkhe", x, self.qkv[...].astype(dt)) + self.qkv_bias[
+            ...
+        ].astype(dt)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         y = jax.nn.dot_product_attention(q, k, v, mask=mask)
-        return jnp.einsum("bthe,hed->btd", y, self.out[...].astype(dt)) + self.out_bias[...].astype(dt)
+        return jnp.einsum("bthe,hed->btd", y, self.out[...].astype(dt)) + self.out_bias[...].astype(
+            dt
+        )
 
 
 class MLP(nnx.Module):
     def __init__(self, width: int, mlp_dim: int, act: str, *, dtype, param_dtype, rngs: nnx.Rngs):
         init = nnx.initializers.lecun_normal()
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.fc1 = nnx.Linear(width, mlp_dim, kernel_init=sharded(init, (None, MODEL)),
-                              bias_init=sharded(nnx.initializers.zeros, (MODEL,)), **kw)
+        self.fc1 = nnx.Linear(
+            width,
+            mlp_dim,
+            kernel_init=sharded(init, (None, MODEL)),
+            bias_init=sharded(nnx.initializers.zeros, (MODEL,)),
+            **kw,
+        )
         self.fc2 = nnx.Linear(mlp_dim, width, kernel_init=sharded(init, (MODEL, None)), **kw)
         self.act = ACTIVATIONS[act]
 
