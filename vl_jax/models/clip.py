@@ -35,11 +35,12 @@ from vl_jax.models.clip_config import (
     from_open_clip_dict,
     to_open_clip_dict,
 )
-from vl_jax.models.transformer import Encoder
+from vl_jax.models.transformer import Encoder, EncoderConfig
 
 __all__ = [
     "CLIP",
     "CLIPConfig",
+    "EncoderConfig",
     "TextConfig",
     "TextTower",
     "VisionConfig",
@@ -140,7 +141,10 @@ class CLIP(nnx.Module):
             )
         if cfg.text is not None:
             self.text.proj = nnx.Linear(cfg.text.encoder.width, cfg.embed_dim, use_bias=False, **kw)
-        self.logit_scale = nnx.Param(jnp.asarray(cfg.logit_scale_init, jnp.float32))
+        # Only two-tower checkpoints have a temperature (kept fp32: it is exponentiated).
+        two_towers = cfg.vision is not None and cfg.text is not None
+        scale = nnx.Param(jnp.asarray(cfg.logit_scale_init, jnp.float32)) if two_towers else None
+        self.logit_scale = nnx.data(scale)
 
     def encode_image(self, pixel_values: jax.Array) -> jax.Array:
         """pixel_values [B, H, W, 3] float, CLIP-normalised -> image embeddings [B, E] float32."""
