@@ -1,7 +1,7 @@
 """Entry point: `python main.py --config configs/<experiment>.py --workdir DIR [--config.x=...]`.
 
 The config's `job` names the library function that runs it; multi-host runs pass the
-`jax.distributed` flags (or rely on cluster auto-detection with --distributed=auto).
+`jax.distributed` flags, or --distributed_auto on a TPU pod / SLURM cluster.
 """
 
 import importlib
@@ -23,13 +23,16 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "output directory (created)")
 _COORD = flags.DEFINE_string("coordinator_address", None, "multi-host: host:port of process 0")
 _NPROC = flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
 _PID = flags.DEFINE_integer("process_id", None, "multi-host: this process's index")
+_AUTO = flags.DEFINE_bool(
+    "distributed_auto", False, "multi-host: let JAX detect the cluster (TPU pod, SLURM)"
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    parallel.initialize_distributed(_COORD.value, _NPROC.value, _PID.value)
+    parallel.initialize_distributed(_COORD.value, _NPROC.value, _PID.value, auto=_AUTO.value)
     config = _CONFIG.value
     if config.job not in JOBS:
         raise app.UsageError(f"unknown job '{config.job}' in config; known: {sorted(JOBS)}")

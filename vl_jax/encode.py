@@ -223,9 +223,14 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--num_processes", type=int, default=None)
     ap.add_argument("--process_id", type=int, default=None)
+    ap.add_argument(
+        "--distributed_auto", action="store_true", help="multi-host: detect the cluster"
+    )
     ap.add_argument("--no_progress", action="store_true")
     a = ap.parse_args(argv)
-    parallel.initialize_distributed(a.coordinator_address, a.num_processes, a.process_id)
+    parallel.initialize_distributed(
+        a.coordinator_address, a.num_processes, a.process_id, auto=a.distributed_auto
+    )
     mesh = parallel.create_mesh(a.mesh_data, a.mesh_model)
     print(parallel.describe(mesh), file=sys.stderr)
     r = encode_folder(

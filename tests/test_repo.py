@@ -1,0 +1,86 @@
+"""Repository-wide guarantees: lint, safe loading only, package boundaries, the model registry."""
+
+import ast
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import vl_jax.models
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CODE_DIRS = ["vl_jax", "mcla_jax", "vdc_jax", "benchmarks", "configs"]
+
+
+def _py_files(*dirs):
+    for d in dirs:
+        yield from sorted((ROOT / d).rglob("*.py"))
+
+
+def test_ruff_clean():
+    ruff = shutil.which("ruff") or pytest.fail("ruff is in the test extra; install .[test]")
+    for args in (["check"], ["format", "--check"]):
+        r = subprocess.run([ruff, *args, "."], cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+
+UNSAFE = re.compile(
+    r"torch\.load\(|\bimport pickle\b|\bfrom pickle\b|cPickle|\bdill\b|joblib\.load|"
+    r"allow_pickle\s*=\s*True|trust_remote_code\s*=\s*True"
+)
+
+
+def test_no_code_path_unpickles_or_runs_remote_code():
+    offenders = []
+    for f in [*_py_files(*CODE_DIRS, "tests"), ROOT / "main.py"]:
+        if f.name == "test_repo.py":
+            continue
+        for i, line in enumerate(f.read_text().splitlines(), 1):
+            if UNSAFE.search(line):
+                offenders.append(f"{f.relative_to(ROOT)}:{i}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
+
+
+def _imports(path: pathlib.Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize(
+    "package, forbidden",
+    [
+        ("vl_jax", {"mcla_jax", "vdc_jax", "benchmarks", "configs"}),
+        ("mcla_jax", {"vdc_jax", "benchmarks", "configs"}),
+        ("vdc_jax", {"mcla_jax", "benchmarks", "configs"}),
+    ],
+)
+def test_package_boundaries(package, forbidden):
+    bad = {str(f.relative_to(ROOT)): _imports(f) & forbidden for f in _py_files(package)}
+    assert not {k: v for k, v in bad.items() if v}
+
+
+def test_model_registry():
+    assert "clip" in vl_jax.models.list_models()
+    for name in vl_jax.models.list_models():
+        assert hasattr(vl_jax.models.get_model_module(name), "from_pretrained")
+    with pytest.raises(KeyError, match="unknown model family"):
+        vl_jax.models.get_model_module("nope")
+
+
+def test_main_rejects_unknown_config_keys(tmp_path):
+    """lock_config: a mistyped override fails instead of being silently ignored."""
+    r = subprocess.run(
+        [sys.executable, "main.py", "--config=configs/smoke.py", f"--workdir={tmp_path}",
+         "--config.encode.batchsize=4"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode != 0 and "batchsize" in r.stderr
