@@ -28,31 +28,67 @@ def _patch_embed(ours: str, theirs: str, v: VisionConfig) -> Rule:
     return reshaped(ours, theirs, (p * p * 3, d), (d, 3, p, p), perm=(2, 3, 1, 0))
 
 
-def _hf_encoder(ours: str, theirs: str, e: EncoderConfig) -> list[Rule]:
+# Per-block key names of the two formats, and how each stores the q/k/v projection.
+_HF_BLOCK = dict(
+    blocks="layers",
+    ln1="layer_norm1",
+    ln2="layer_norm2",
+    out="self_attn.out_proj",
+    fc1="mlp.fc1",
+    fc2="mlp.fc2",
+)
+_OPEN_CLIP_BLOCK = dict(
+    blocks="resblocks",
+    ln1="ln_1",
+    ln2="ln_2",
+    out="attn.out_proj",
+    fc1="mlp.c_fc",
+    fc2="mlp.c_proj",
+)
+
+
+def _hf_qkv(o: str, t: str, d: int, h: int) -> list[Rule]:
+    """HF: separate q/k/v Linear layers."""
+    qkv = [f"{t}.self_attn.{n}_proj" for n in "qkv"]
+    return [
+        stacked(f"{o}.attn.qkv", [f"{k}.weight" for k in qkv], (d, 3, h, d // h), transpose=True),
+        stacked(f"{o}.attn.qkv_bias", [f"{k}.bias" for k in qkv], (3, h, d // h), transpose=False),
+    ]
+
+
+def _open_clip_qkv(o: str, t: str, d: int, h: int) -> list[Rule]:
+    """OpenCLIP (torch nn.MultiheadAttention): one fused in_proj [3D, D] and bias [3D]."""
+    return [
+        split_rows(f"{o}.attn.qkv", f"{t}.attn.in_proj_weight", (d, 3, h, d // h), transpose=True),
+        split_rows(f"{o}.attn.qkv_bias", f"{t}.attn.in_proj_bias", (3, h, d // h), transpose=False),
+    ]
+
+
+def _encoder(ours: str, theirs: str, e: EncoderConfig, names: dict, qkv_rules) -> list[Rule]:
     d, h = e.width, e.heads
     rules = []
     for i in range(e.layers):
-        o, t = f"{ours}.layers.{i}", f"{theirs}.layers.{i}"
-        qkv = [f"{t}.self_attn.{n}_proj" for n in "qkv"]
+        o, t = f"{ours}.layers.{i}", f"{theirs}.{names['blocks']}.{i}"
         rules += [
-            stacked(
-                f"{o}.attn.qkv", [f"{k}.weight" for k in qkv], (d, 3, h, d // h), transpose=True
-            ),
-            stacked(
-                f"{o}.attn.qkv_bias", [f"{k}.bias" for k in qkv], (3, h, d // h), transpose=False
-            ),
-            reshaped(
-                f"{o}.attn.out", f"{t}.self_attn.out_proj.weight", (h, d // h, d), (d, d), (1, 0)
-            ),
-            copy(f"{o}.attn.out_bias", f"{t}.self_attn.out_proj.bias"),
-            linear(f"{o}.mlp.fc1.kernel", f"{t}.mlp.fc1.weight"),
-            copy(f"{o}.mlp.fc1.bias", f"{t}.mlp.fc1.bias"),
-            linear(f"{o}.mlp.fc2.kernel", f"{t}.mlp.fc2.weight"),
-            copy(f"{o}.mlp.fc2.bias", f"{t}.mlp.fc2.bias"),
-            *_layer_norm(f"{o}.ln1", f"{t}.layer_norm1"),
-            *_layer_norm(f"{o}.ln2", f"{t}.layer_norm2"),
+            *qkv_rules(o, t, d, h),
+            reshaped(f"{o}.attn.out", f"{t}.{names['out']}.weight", (h, d // h, d), (d, d), (1, 0)),
+            copy(f"{o}.attn.out_bias", f"{t}.{names['out']}.bias"),
+            linear(f"{o}.mlp.fc1.kernel", f"{t}.{names['fc1']}.weight"),
+            copy(f"{o}.mlp.fc1.bias", f"{t}.{names['fc1']}.bias"),
+            linear(f"{o}.mlp.fc2.kernel", f"{t}.{names['fc2']}.weight"),
+            copy(f"{o}.mlp.fc2.bias", f"{t}.{names['fc2']}.bias"),
+            *_layer_norm(f"{o}.ln1", f"{t}.{names['ln1']}"),
+            *_layer_norm(f"{o}.ln2", f"{t}.{names['ln2']}"),
         ]
     return rules
+
+
+def _hf_encoder(ours: str, theirs: str, e: EncoderConfig) -> list[Rule]:
+    return _encoder(ours, theirs, e, _HF_BLOCK, _hf_qkv)
+
+
+def _open_clip_encoder(ours: str, theirs: str, e: EncoderConfig) -> list[Rule]:
+    return _encoder(ours, theirs, e, _OPEN_CLIP_BLOCK, _open_clip_qkv)
 
 
 def hf_vision_tower_rules(v: VisionConfig, ours: str = "vision", theirs: str = "vision_model"):
@@ -86,30 +122,6 @@ def hf_rules(cfg: CLIPConfig, model_type: str = "clip") -> list[Rule]:
         ]
     if model_type == "clip":
         rules.append(copy("logit_scale", "logit_scale"))
-    return rules
-
-
-def _open_clip_encoder(ours: str, theirs: str, e: EncoderConfig) -> list[Rule]:
-    d, h = e.width, e.heads
-    rules = []
-    for i in range(e.layers):
-        o, t = f"{ours}.layers.{i}", f"{theirs}.resblocks.{i}"
-        rules += [
-            split_rows(
-                f"{o}.attn.qkv", f"{t}.attn.in_proj_weight", (d, 3, h, d // h), transpose=True
-            ),
-            split_rows(
-                f"{o}.attn.qkv_bias", f"{t}.attn.in_proj_bias", (3, h, d // h), transpose=False
-            ),
-            reshaped(f"{o}.attn.out", f"{t}.attn.out_proj.weight", (h, d // h, d), (d, d), (1, 0)),
-            copy(f"{o}.attn.out_bias", f"{t}.attn.out_proj.bias"),
-            linear(f"{o}.mlp.fc1.kernel", f"{t}.mlp.c_fc.weight"),
-            copy(f"{o}.mlp.fc1.bias", f"{t}.mlp.c_fc.bias"),
-            linear(f"{o}.mlp.fc2.kernel", f"{t}.mlp.c_proj.weight"),
-            copy(f"{o}.mlp.fc2.bias", f"{t}.mlp.c_proj.bias"),
-            *_layer_norm(f"{o}.ln1", f"{t}.ln_1"),
-            *_layer_norm(f"{o}.ln2", f"{t}.ln_2"),
-        ]
     return rules
 
 
