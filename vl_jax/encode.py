@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as futures
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -46,7 +47,8 @@ def make_image_encoder(model: clip.CLIP, mesh) -> Callable[[jax.Array], jax.Arra
     def encode(state, pixel_values):
         return nnx.merge(graphdef, state).encode_image(pixel_values)
 
-    return lambda pixel_values: encode(state, pixel_values)
+    # A partial keeps the jitted function reachable (`.func`), e.g. to check it compiled once.
+    return functools.partial(encode, state)
 
 
 def preprocess_for(path: str, cfg: clip.CLIPConfig) -> ClipPreprocess:
@@ -72,8 +74,9 @@ class EncodeResult:
     seconds: float
 
 
-def _load_batch(pool, paths, preprocess, size):
-    """-> (pixels [len(paths), s, s, 3] float32, ok [len(paths)] bool, {path: reason})."""
+def _load_batch(pool, paths, preprocess, size, rows):
+    """-> (pixels [rows, s, s, 3] float32, ok [rows] bool, {path: reason}); rows past
+    `len(paths)` are zero padding with ok=False."""
 
     def one(p):
         try:
@@ -83,8 +86,8 @@ def _load_batch(pool, paths, preprocess, size):
         except OSError as e:  # vanished, unreadable (permissions), a directory
             return None, f"{type(e).__name__}: {e}"
 
-    pixels = np.zeros((len(paths), size, size, 3), np.float32)
-    ok = np.zeros(len(paths), bool)
+    pixels = np.zeros((rows, size, size, 3), np.float32)
+    ok = np.zeros(rows, bool)
     reasons = {}
     for i, (p, (x, why)) in enumerate(zip(paths, pool.map(one, paths))):
         if x is None:
@@ -119,7 +122,7 @@ def encode_paths(
 
     def load(start):  # this process's rows of one global batch
         mine = paths[start + pi * per_process : start + (pi + 1) * per_process]
-        return pool.submit(_load_batch, pool, mine, preprocess, size)
+        return pool.submit(_load_batch, pool, mine, preprocess, size, per_process)
 
     with futures.ThreadPoolExecutor(workers) as pool:
         pending = load(starts[0]) if len(starts) else None
@@ -127,8 +130,9 @@ def encode_paths(
             pixels, ok, reasons = pending.result()
             if k + 1 < len(starts):
                 pending = load(starts[k + 1])
-            padded, _ = parallel.pad_batch({"x": pixels, "ok": ok}, per_process)
-            batch = parallel.host_local_to_global(padded, mesh)
+            # Always `per_process` rows, also when this process has no real row in the last batch
+            # (pad_batch would leave an empty share empty and the processes would disagree).
+            batch = parallel.host_local_to_global({"x": pixels, "ok": ok}, mesh)
             # Every process gets all rows of the global batch (an allgather when multi-host);
             # global rows are ordered by process, so row r is paths[start + r].
             feats, valid = parallel.fetch((encoder(batch["x"]), batch["ok"]))
@@ -153,11 +157,11 @@ def encode_folder(
     progress: bool = True,
 ) -> EncodeResult:
     """Encodes every image under `images` with the CLIP checkpoint `model_path`; writes `out`."""
+    listing = walk_image_folder(images)  # fail on a bad folder before loading a model
     path = resolve(model_path)
     model = clip.from_pretrained(path, dtype=jnp.dtype(dtype))
     preprocess = preprocess_for(path, model.config)
     mesh = mesh or parallel.create_mesh()
-    listing = walk_image_folder(images)
     encoder = make_image_encoder(model, mesh)
     t0 = time.perf_counter()
     feats, index, skipped = [], [], list(listing.ignored)
@@ -187,25 +191,33 @@ def encode_folder(
 def write_npz(out: str, r: EncodeResult) -> None:
     """Atomic write of the features file and its `.skipped.tsv` companion."""
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = f"{out}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.savez(
-            f,
-            features=r.features,
-            paths=np.asarray(r.paths, dtype=str),
-            labels=r.labels,
-            class_names=np.asarray(r.class_names, dtype=str),
-        )
-    os.replace(tmp, out)
+    arrays = dict(
+        features=r.features,
+        paths=np.asarray(r.paths, dtype=str),
+        labels=r.labels,
+        class_names=np.asarray(r.class_names, dtype=str),
+    )
+    _atomic_write(out, lambda f: np.savez(f, **arrays))
     skipped_file = f"{out}.skipped.tsv"
     if r.skipped:
-        with open(f"{skipped_file}.tmp", "w") as f:
-            f.write("path\treason\n")
-            for p, why in r.skipped:
-                f.write(f"{p}\t{' '.join(str(why).split())}\n")
-        os.replace(f"{skipped_file}.tmp", skipped_file)
+        lines = ["path\treason\n"] + [f"{p}\t{' '.join(str(w).split())}\n" for p, w in r.skipped]
+        _atomic_write(skipped_file, lambda f: f.write("".join(lines).encode()))
     elif os.path.exists(skipped_file):
         os.remove(skipped_file)  # a stale list from an earlier run would mislead
+
+
+def _atomic_write(path: str, write) -> None:
+    """`write(binary file)` into a temp file next to `path`, fsync, rename; no debris on error."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def main(argv=None) -> int:

@@ -72,10 +72,14 @@ def tokenize(tokenizer, texts: list[str], context_length: int = 77, pad_to: int 
     Truncates to `context_length` keeping the end-of-text token last (as OpenCLIP does), and pads
     to `pad_to` (default: the longest text) so that a few fixed lengths avoid recompilation.
     """
-    enc = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+    if isinstance(texts, str):  # list("a cat") would tokenise each character as a text
+        raise TypeError("tokenize() takes a list of texts, not a single string")
+    texts = list(texts)
+    # transformers raises IndexError on an empty batch; an empty batch is a valid [0, L] result.
+    enc = tokenizer(texts, add_special_tokens=True)["input_ids"] if texts else []
     eos = tokenizer.eos_token_id
     rows = [ids if len(ids) <= context_length else [*ids[: context_length - 1], eos] for ids in enc]
-    length = pad_to or max(len(r) for r in rows)
+    length = pad_to or max((len(r) for r in rows), default=0)
     if length > context_length or any(len(r) > length for r in rows):
         raise ValueError(
             f"pad_to={length} is shorter than a text or exceeds context {context_length}"
