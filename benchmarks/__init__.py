@@ -1,0 +1,1 @@
+"""Benchmarks of mcla-jax against reference implementations (`python -m benchmarks.run`)."""

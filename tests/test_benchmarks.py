@@ -1,0 +1,143 @@
+"""The benchmark harness (benchmarks/): registry, figure records, runner CLI, and one run of
+`clip_encode` on a tiny config. No timing assertions; runs on conftest's 8 fake CPU devices."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import clip_encode, common, run
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=128,
+    patch_size=8,
+    image_size=32,
+    projection_dim=32,
+)
+
+
+def test_registry_holds_clip_encode_and_rejects_duplicates(monkeypatch):
+    assert run.load()["clip_encode"] is clip_encode.clip_encode
+    monkeypatch.setattr(common, "REGISTRY", {})
+
+    @common.register("x")
+    def bench(quick):
+        return []
+
+    assert common.REGISTRY == {"x": bench}
+    common.register("x")(bench)  # re-registering the same function is harmless
+    with pytest.raises(ValueError, match="already registered"):
+        common.register("x")(lambda quick: [])
+
+
+@pytest.mark.parametrize(
+    "ours, baseline, higher, want",
+    [(2.0, 1.0, True, 2.0), (1.0, 2.0, True, 0.5), (1.0, 2.0, False, 2.0), (2.0, 1.0, False, 0.5)],
+)
+def test_figure_fields_and_ratio_direction(ours, baseline, higher, want):
+    f = common.figure("b", "m", ours, baseline, "ref", higher_is_better=higher, params={"k": 1})
+    assert tuple(f) == common.FIELDS
+    assert f["ratio"] == pytest.approx(want)  # > 1 always means we are better
+    assert f["higher_is_better"] is higher and f["params"] == {"k": 1}
+    assert f["ours"] == ours and f["baseline"] == baseline and f["baseline_name"] == "ref"
+    assert isinstance(f["device"], str) and f["device"].startswith("cpu")
+    json.dumps(f)
+
+
+def test_figure_degenerate_values_stay_json():
+    f = common.figure("b", "m", 0.0, 1.0, "ref", higher_is_better=False)
+    assert f["ratio"] is None
+    assert common.figure("b", "m", float("nan"), 1.0, "ref", higher_is_better=True)["ours"] is None
+    json.dumps(f, allow_nan=False)
+
+
+def test_timeit_and_interleaving_call_counts():
+    import jax.numpy as jnp
+
+    calls = []
+    t = common.timeit(lambda: calls.append(1) or jnp.ones(3) * 2, warmup=2, iters=3)
+    assert len(calls) == 5 and t >= 0
+    order = []
+    res = common.time_interleaved(
+        {"a": lambda: order.append("a"), "b": lambda: order.append("b")}, warmup=1, iters=3
+    )
+    assert set(res) == {"a", "b"}
+    assert order == ["a", "b", "a", "b", "b", "a", "a", "b"]
+    with pytest.raises(ValueError):
+        common.timeit(lambda: None, iters=0)
+    with common.ForeignLoad() as load:
+        pass
+    assert load.cores is None or load.cores >= 0
+
+
+def test_matmul_peak_reports_both_frameworks():
+    peak = common.matmul_peak_gflops(64, iters=1)
+    assert peak["n"] == 64 and peak["jax"] > 0 and peak["torch"] > 0
+    assert peak["peak"] == max(peak["jax"], peak["torch"])
+
+
+def test_vit_b32_flop_count():
+    # 4.41 GMACs/image: the usually quoted "4.4 GFLOPs" of ViT-B/32 counts multiply-adds.
+    got = clip_encode.forward_flops_per_image(clip_encode.VIT_B32)
+    macs = (
+        49 * 3072 * 768
+        + 12 * (50 * 768 * 2304 + 2 * 50 * 50 * 768 + 50 * 768 * 768 + 2 * 50 * 768 * 3072)
+        + 768 * 512
+    )
+    assert got == 2 * macs
+    assert got == pytest.approx(8.82e9, rel=1e-3)
+
+
+def test_run_rejects_unknown_name_in_process(capsys):
+    assert run.main(["--only", "no_such_benchmark"]) != 0
+    captured = capsys.readouterr()
+    assert "no_such_benchmark" in captured.err and captured.out == ""
+
+
+def test_run_cli_exits_nonzero_on_unknown_name():
+    p = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--only", "no_such_benchmark"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert p.returncode != 0 and p.stdout == ""
+    assert "clip_encode" in p.stderr  # lists the known names
+
+
+def test_run_prints_one_json_line_per_figure(monkeypatch, capsys):
+    fake = [common.figure("fake", "m", 1.0, 2.0, "ref", higher_is_better=True)] * 2
+    run.load()
+    monkeypatch.setitem(common.REGISTRY, "fake", lambda quick: fake if quick else [])
+    assert run.main(["--quick", "--only", "fake"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line) for line in lines] == fake
+
+
+def test_clip_encode_tiny_end_to_end():
+    figs = clip_encode.clip_encode(
+        True, config=TINY, batch=5, warmup=0, iters=1, peak_n=64, max_attempts=1
+    )
+    assert [f["metric"] for f in figs] == ["images_per_second", "fraction_of_fp32_matmul_peak"]
+    for f in figs:
+        assert tuple(f) == common.FIELDS and f["benchmark"] == "clip_encode"
+        assert f["higher_is_better"] is True and f["ours"] > 0 and f["baseline"] > 0
+        json.dumps(f, allow_nan=False)
+    p = figs[1]["params"]
+    assert p["max_abs_diff"] < 1e-3
+    assert p["batch"] == 8 and p["mesh"]["data"] == 8  # rounded up to the 8 fake devices
+    assert p["torch_attn_implementation"] and p["dtype"] == "float32" and p["image_size"] == 32
+    assert p["gflops_per_image"] == pytest.approx(
+        clip_encode.forward_flops_per_image({**clip_encode.VIT_B32, **TINY}) / 1e9
+    )
+    assert figs[0]["ratio"] == pytest.approx(figs[1]["ratio"])
