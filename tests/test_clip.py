@@ -10,7 +10,9 @@ import pytest
 import torch
 import transformers
 from hf_reference import CONFIGS, hf_features, image_inputs, make_hf_clip, text_inputs
+from jax.sharding import PartitionSpec as P
 
+from vl_jax import parallel
 from vl_jax.models import clip
 
 ATOL = 1e-4
@@ -127,3 +129,18 @@ def test_bad_inputs_raise():
         model.encode_image(np.zeros((1, 3, 30, 30), np.float32))  # NCHW by mistake
     with pytest.raises(ValueError, match="exceeds context_length"):
         model.encode_text(np.zeros((1, 17), np.int32))
+
+
+def test_load_directly_onto_a_tensor_parallel_mesh(hf_checkpoint, mesh_4x2):
+    """Parameters placed on a (data=4, model=2) mesh while loading; results unchanged."""
+    spec, ref, path = hf_checkpoint
+    ours = clip.from_pretrained(path, shardings=lambda s: parallel.param_shardings(s, mesh_4x2))
+    qkv = ours.vision.encoder.layers[0].attn.qkv[...]
+    heads = spec["vision"]["num_attention_heads"]
+    if heads % 2 == 0:  # heads are split over `model` when they divide evenly
+        assert qkv.sharding.spec == P(None, None, parallel.MODEL, None)
+        assert {s.data.shape[2] for s in qkv.addressable_shards} == {heads // 2}
+    pixels = image_inputs(spec, batch=4)
+    x = jax.device_put(pixels, parallel.batch_sharding(mesh_4x2))
+    got = jax.jit(lambda m, x: m.encode_image(x))(ours, x)
+    np.testing.assert_allclose(np.asarray(got), hf_features(ref, pixels)["image"], atol=ATOL)

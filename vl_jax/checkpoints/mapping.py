@@ -145,7 +145,8 @@ def load_state(
     flat_shardings = None
     if shardings is not None:
         flat_shardings = {
-            ".".join(str(p) for p in path): s for path, s in nnx.to_flat_state(shardings)
+            ".".join(str(p) for p in path): s.get_value() if isinstance(s, nnx.Variable) else s
+            for path, s in nnx.to_flat_state(shardings)
         }
     rules = list(rules)
     covered = {r.target for r in rules}
