@@ -5,6 +5,7 @@ The config's `job` names the library function that runs it; multi-host runs pass
 """
 
 import importlib
+import logging
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -30,6 +31,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
+    # JAX logs at INFO that it found no TPU on every non-TPU machine; that is not news.
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     parallel.initialize_distributed(_COORD.value, _NPROC.value, _PID.value, auto=_AUTO.value)
