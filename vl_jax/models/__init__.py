@@ -3,7 +3,7 @@
 
 import importlib
 
-_MODELS = {"clip": "vl_jax.models.clip"}
+_MODELS = {"clip": "vl_jax.models.clip", "llm": "vl_jax.models.llm"}
 
 
 def list_models() -> list[str]:
