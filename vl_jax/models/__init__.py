@@ -3,7 +3,11 @@
 
 import importlib
 
-_MODELS = {"clip": "vl_jax.models.clip", "llm": "vl_jax.models.llm"}
+_MODELS = {
+    "clip": "vl_jax.models.clip",
+    "llava": "vl_jax.models.llava",
+    "llm": "vl_jax.models.llm",
+}
 
 
 def list_models() -> list[str]:

@@ -18,11 +18,11 @@ HF_IGNORE = (r"\.position_ids$",)
 OPEN_CLIP_IGNORE = (r"^attn_mask$", r"\.attn_mask$")
 
 
-def _layer_norm(ours: str, theirs: str) -> list[Rule]:
+def layer_norm_rules(ours: str, theirs: str) -> list[Rule]:
     return [copy(f"{ours}.scale", f"{theirs}.weight"), copy(f"{ours}.bias", f"{theirs}.bias")]
 
 
-def _patch_embed(ours: str, theirs: str, v: VisionConfig) -> Rule:
+def patch_embed_rule(ours: str, theirs: str, v: VisionConfig) -> Rule:
     p, d = v.patch_size, v.encoder.width
     # torch conv [D, 3, p, p] -> [p, p, 3, D] -> [p*p*3, D], matching our (row, col, channel) patches.
     return reshaped(ours, theirs, (p * p * 3, d), (d, 3, p, p), perm=(2, 3, 1, 0))
@@ -77,13 +77,13 @@ def _encoder(ours: str, theirs: str, e: EncoderConfig, names: dict, qkv_rules) -
             copy(f"{o}.mlp.fc1.bias", f"{t}.{names['fc1']}.bias"),
             linear(f"{o}.mlp.fc2.kernel", f"{t}.{names['fc2']}.weight"),
             copy(f"{o}.mlp.fc2.bias", f"{t}.{names['fc2']}.bias"),
-            *_layer_norm(f"{o}.ln1", f"{t}.{names['ln1']}"),
-            *_layer_norm(f"{o}.ln2", f"{t}.{names['ln2']}"),
+            *layer_norm_rules(f"{o}.ln1", f"{t}.{names['ln1']}"),
+            *layer_norm_rules(f"{o}.ln2", f"{t}.{names['ln2']}"),
         ]
     return rules
 
 
-def _hf_encoder(ours: str, theirs: str, e: EncoderConfig) -> list[Rule]:
+def hf_encoder_rules(ours: str, theirs: str, e: EncoderConfig) -> list[Rule]:
     return _encoder(ours, theirs, e, _HF_BLOCK, _hf_qkv)
 
 
@@ -94,14 +94,14 @@ def _open_clip_encoder(ours: str, theirs: str, e: EncoderConfig) -> list[Rule]:
 def hf_vision_tower_rules(v: VisionConfig, ours: str = "vision", theirs: str = "vision_model"):
     """The ViT body of a HF CLIP vision model (no projection); reused by LLaVA-style models."""
     return [
-        _patch_embed(
+        patch_embed_rule(
             f"{ours}.patch_embed.kernel", f"{theirs}.embeddings.patch_embedding.weight", v
         ),
         copy(f"{ours}.cls", f"{theirs}.embeddings.class_embedding"),
         copy(f"{ours}.pos", f"{theirs}.embeddings.position_embedding.weight"),
-        *_layer_norm(f"{ours}.ln_pre", f"{theirs}.pre_layrnorm"),  # sic: HF's spelling
-        *_hf_encoder(f"{ours}.encoder", f"{theirs}.encoder", v.encoder),
-        *_layer_norm(f"{ours}.ln_post", f"{theirs}.post_layernorm"),
+        *layer_norm_rules(f"{ours}.ln_pre", f"{theirs}.pre_layrnorm"),  # sic: HF's spelling
+        *hf_encoder_rules(f"{ours}.encoder", f"{theirs}.encoder", v.encoder),
+        *layer_norm_rules(f"{ours}.ln_post", f"{theirs}.post_layernorm"),
     ]
 
 
@@ -116,8 +116,8 @@ def hf_rules(cfg: CLIPConfig, model_type: str = "clip") -> list[Rule]:
         rules += [
             copy("text.tok_embed.embedding", f"{t}.embeddings.token_embedding.weight"),
             copy("text.pos", f"{t}.embeddings.position_embedding.weight"),
-            *_hf_encoder("text.encoder", f"{t}.encoder", cfg.text.encoder),
-            *_layer_norm("text.ln_final", f"{t}.final_layer_norm"),
+            *hf_encoder_rules("text.encoder", f"{t}.encoder", cfg.text.encoder),
+            *layer_norm_rules("text.ln_final", f"{t}.final_layer_norm"),
             linear("text.proj.kernel", "text_projection.weight"),
         ]
     if model_type == "clip":
@@ -134,17 +134,17 @@ def open_clip_rules(cfg: CLIPConfig) -> list[Rule]:
     if cfg.vision is None or cfg.text is None:
         raise ValueError("the OpenCLIP format needs both towers")
     return [
-        _patch_embed("vision.patch_embed.kernel", "visual.conv1.weight", cfg.vision),
+        patch_embed_rule("vision.patch_embed.kernel", "visual.conv1.weight", cfg.vision),
         copy("vision.cls", "visual.class_embedding"),
         copy("vision.pos", "visual.positional_embedding"),
-        *_layer_norm("vision.ln_pre", "visual.ln_pre"),
+        *layer_norm_rules("vision.ln_pre", "visual.ln_pre"),
         *_open_clip_encoder("vision.encoder", "visual.transformer", cfg.vision.encoder),
-        *_layer_norm("vision.ln_post", "visual.ln_post"),
+        *layer_norm_rules("vision.ln_post", "visual.ln_post"),
         copy("vision.proj.kernel", "visual.proj"),
         copy("text.tok_embed.embedding", "token_embedding.weight"),
         copy("text.pos", "positional_embedding"),
         *_open_clip_encoder("text.encoder", "transformer", cfg.text.encoder),
-        *_layer_norm("text.ln_final", "ln_final"),
+        *layer_norm_rules("text.ln_final", "ln_final"),
         copy("text.proj.kernel", "text_projection"),
         copy("logit_scale", "logit_scale"),
     ]
