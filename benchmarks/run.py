@@ -16,7 +16,10 @@ import os
 import sys
 import time
 
-MODULES = ("benchmarks.clip_encode",)
+MODULES = (
+    "benchmarks.clip_encode",
+    "benchmarks.input_pipeline",
+)
 
 
 def load() -> dict:

@@ -188,6 +188,89 @@ def encode_folder(
     return result
 
 
+def encode_dataset(
+    model_path: str,
+    data: str,
+    out: str,
+    *,
+    data_dir: str | None = None,
+    manual_dir: str | None = None,
+    batch_size: int = 64,
+    dtype: str = "float32",
+    workers: int = 2,
+    mesh=None,
+    progress: bool = True,
+) -> EncodeResult:
+    """Encodes every example of dataset `data` ("NAME[:SPLIT]", split default "train", resolved
+    by `vl_jax.data.get_source`) with the Grain pipeline; writes `out` like `encode_folder`,
+    with the examples' ids in `paths` and undecodable examples in the `.skipped.tsv`."""
+    from vl_jax.data import get_source  # lazy: the resolver is optional for folder encoding
+    from vl_jax.data.pipeline import make_pipeline
+
+    name, _, split = data.partition(":")
+    source = get_source(name, split or "train", data_dir=data_dir, manual_dir=manual_dir)
+    path = resolve(model_path)
+    model = clip.from_pretrained(path, dtype=jnp.dtype(dtype))
+    preprocess = preprocess_for(path, model.config)
+    mesh = mesh or parallel.create_mesh()
+    encoder = make_image_encoder(model, mesh)
+    # Round up so every process gets an equal share that splits over its data shards.
+    n_proc, shards = jax.process_count(), parallel.local_data_shards(mesh)
+    per_process = -(-batch_size // n_proc)
+    per_process = -(-per_process // shards) * shards
+    t0 = time.perf_counter()
+    feats, ids, labels, bad = [], [], [], []
+    with make_pipeline(
+        source,
+        batch_size=per_process * n_proc,
+        mesh=mesh,
+        transform=preprocess,
+        train=False,
+        workers=workers,
+        with_ids=True,
+    ) as it:
+        for batch in tqdm(
+            it, total=it.num_steps, desc="encode", unit="batch", disable=not progress
+        ):
+            f, ok, index, label = parallel.fetch(
+                (encoder(batch["image"]), batch["mask"], batch["index"], batch["label"])
+            )
+            row_ids = _gather_ids(batch["id"])
+            feats.append(f[ok])
+            labels.append(label[ok])
+            ids += [row_ids[r] for r in np.flatnonzero(ok)]
+            bad += [(int(index[r]), row_ids[r]) for r in np.flatnonzero(~ok & (index >= 0))]
+        reasons = {s.index: s.reason for s in it.skipped}
+    skipped = [(i, reasons.get(n, "unreadable (decoded by another process)")) for n, i in bad]
+    dim = model.config.embed_dim
+    result = EncodeResult(
+        features=np.concatenate(feats).astype(np.float32) if feats else np.zeros((0, dim)),
+        paths=ids,
+        labels=np.concatenate(labels).astype(np.int32) if labels else np.zeros(0, np.int32),
+        class_names=[str(c) for c in getattr(source, "class_names", None) or []],
+        skipped=skipped,
+        seconds=time.perf_counter() - t0,
+    )
+    if jax.process_index() == 0:
+        write_npz(out, result)
+    return result
+
+
+def _gather_ids(local: np.ndarray) -> list[str]:
+    """This process's row ids (str [b]) -> the ids of all rows of the global batch, in order."""
+    if jax.process_count() == 1:
+        return [str(x) for x in local]
+    from jax.experimental import multihost_utils
+
+    raw = [str(x).encode() for x in local]
+    longest = multihost_utils.process_allgather(np.int32(max(map(len, raw), default=0)))
+    buf = np.zeros((len(raw), max(int(np.max(longest)), 1)), np.uint8)
+    for j, r in enumerate(raw):
+        buf[j, : len(r)] = np.frombuffer(r, np.uint8)
+    rows = multihost_utils.process_allgather(buf, tiled=True)  # [B, width], process order
+    return [bytes(r).rstrip(b"\0").decode() for r in rows]
+
+
 def write_npz(out: str, r: EncodeResult) -> None:
     """Atomic write of the features file and its `.skipped.tsv` companion."""
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -223,7 +306,11 @@ def _atomic_write(path: str, write) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vl_jax.encode", description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True, help="CLIP checkpoint directory or hub id")
-    ap.add_argument("--images", required=True, help="image folder (class subfolders give labels)")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", help="image folder (class subfolders give labels)")
+    src.add_argument("--data", help="dataset NAME[:SPLIT] via vl_jax.data.get_source")
+    ap.add_argument("--data_dir", default=None, help="--data: prepared datasets directory")
+    ap.add_argument("--manual_dir", default=None, help="--data: manually downloaded files")
     ap.add_argument("--out", required=True, help="output .npz")
     ap.add_argument("--batch_size", type=int, default=64, help="global batch size")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -245,16 +332,19 @@ def main(argv=None) -> int:
     )
     mesh = parallel.create_mesh(a.mesh_data, a.mesh_model)
     print(parallel.describe(mesh), file=sys.stderr)
-    r = encode_folder(
-        a.model,
-        a.images,
-        a.out,
+    common = dict(
         batch_size=a.batch_size,
         dtype=a.dtype,
         workers=a.workers,
         mesh=mesh,
         progress=not a.no_progress,
     )
+    if a.data is not None:
+        r = encode_dataset(
+            a.model, a.data, a.out, data_dir=a.data_dir, manual_dir=a.manual_dir, **common
+        )
+    else:
+        r = encode_folder(a.model, a.images, a.out, **common)
     n = len(r.paths)
     print(
         f"encoded {n} images in {r.seconds:.1f} s ({n / max(r.seconds, 1e-9):.1f} img/s) -> {a.out}",

@@ -3,8 +3,9 @@
 Everything that touches image *files* lives here; resizing/normalising for a
 model lives in :mod:`vl_jax.preprocess`.
 
-* :func:`load_rgb` decodes one file to ``uint8 [H, W, 3]`` with EXIF orientation
-  applied and every PIL mode mapped to RGB deliberately (see :func:`pil_to_rgb`).
+* :func:`load_rgb` decodes one file (:func:`decode_rgb`: in-memory bytes) to
+  ``uint8 [H, W, 3]`` with EXIF orientation applied and every PIL mode mapped to
+  RGB deliberately (see :func:`pil_to_rgb`).
   Anything wrong with the *content* of a file (empty, not an image, truncated,
   decompression bomb, unsupported mode) raises :class:`ImageError`, so a data
   loader can catch exactly one exception type to skip bad files.
@@ -22,6 +23,7 @@ arbitrary colour stored under fully transparent pixels (often black).
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 
 import numpy as np
@@ -31,6 +33,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "FolderListing",
     "ImageError",
+    "decode_rgb",
     "load_rgb",
     "pil_to_rgb",
     "walk_image_folder",
@@ -73,25 +76,40 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
     path = os.fspath(path)
     if os.path.getsize(path) == 0:  # also raises FileNotFoundError for a missing path
         raise ImageError(path, "empty file")
+    return _decode(path, path)
+
+
+def decode_rgb(data: bytes, name: str = "<bytes>") -> np.ndarray:
+    """:func:`load_rgb` for an encoded image held in memory (e.g. a dataset record).
+
+    ``name`` (an id or path) only labels the :class:`ImageError` raised for bad data.
+    """
+    if not data:
+        raise ImageError(name, "empty image data")
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(fp: str | io.BytesIO, name: str) -> np.ndarray:
+    """Shared body of load_rgb/decode_rgb: open, check, decode, orient, convert to RGB."""
     try:
-        with Image.open(path) as img:
-            _check_pixel_count(path, img)
+        with Image.open(fp) as img:
+            _check_pixel_count(name, img)
             # Decode everything now: PIL is lazy, and a truncated file would otherwise
             # only fail (or, with LOAD_TRUNCATED_IMAGES, silently go grey) much later.
             img.load()
             img = _apply_exif_orientation(img)
     except UnidentifiedImageError as exc:
-        raise ImageError(path, "not an image (cannot identify image file)") from exc
+        raise ImageError(name, "not an image (cannot identify image file)") from exc
     except Image.DecompressionBombError as exc:
-        raise ImageError(path, f"decompression bomb: {exc}") from exc
+        raise ImageError(name, f"decompression bomb: {exc}") from exc
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
     except Exception as exc:  # decoders raise OSError, SyntaxError, struct.error, ...
-        raise ImageError(path, f"truncated or corrupt: {type(exc).__name__}: {exc}") from exc
+        raise ImageError(name, f"truncated or corrupt: {type(exc).__name__}: {exc}") from exc
     try:
         return pil_to_rgb(img)
     except ValueError as exc:
-        raise ImageError(path, str(exc)) from exc
+        raise ImageError(name, str(exc)) from exc
 
 
 def _apply_exif_orientation(img: Image.Image) -> Image.Image:
