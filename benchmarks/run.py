@@ -19,6 +19,7 @@ import time
 MODULES = (
     "benchmarks.clip_encode",
     "benchmarks.input_pipeline",
+    "benchmarks.vqa_generate",
 )
 
 
