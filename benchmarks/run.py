@@ -19,6 +19,8 @@ import time
 MODULES = (
     "benchmarks.clip_encode",
     "benchmarks.input_pipeline",
+    "benchmarks.knn",
+    "benchmarks.kmeans",
     "benchmarks.vqa_generate",
 )
 

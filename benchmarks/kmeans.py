@@ -1,0 +1,109 @@
+"""`kmeans`: seconds for k-means (K = 15, n_init = 10) of N CLIP-like features with
+`vl_jax.cluster.kmeans` vs scikit-learn's `KMeans` (Lloyd, k-means++, same n_init, tol, max_iter).
+
+Data as in `benchmarks.knn` (15 Gaussian blobs in 512-d, unit rows). The two are not the same
+random seedings, so they are compared at equal quality: each side's inertia is reported and ours
+must be within 1 % of sklearn's (`params.inertia_*`, `params.inertia_ratio`); the time is then
+"time to reach sklearn's inertia within 1 %". Host numpy in, host numpy out on both sides.
+
+sklearn is timed with its default threads and with one thread, the faster is the baseline
+(`benchmarks.knn.one_thread`; both in `params.baseline_seconds`).
+
+Full runs add `n{N}_seconds` figures for N in {5k, 20k, 80k} (one timed call per side; sklearn
+on one thread only, as its default-thread runs take minutes at 80k on a shared machine).
+"""
+
+from __future__ import annotations
+
+import os
+
+from benchmarks.common import ForeignLoad, figure, log, register, time_interleaved
+from benchmarks.knn import baseline_times, clip_like_features, one_thread
+
+NAME = "kmeans"
+CLUSTERS, N_INIT = 15, 10
+MAX_INERTIA_RATIO = 1.01
+
+
+def _one(n: int, *, iters: int, sk_default: bool = True) -> dict:
+    from sklearn.cluster import KMeans
+
+    from vl_jax.cluster import kmeans
+
+    x, _ = clip_like_features(n)
+    box = {}
+
+    def ours():
+        box["ours"] = kmeans(x, CLUSTERS, n_init=N_INIT, seed=0, return_n_iter=True)
+        return box["ours"][1]
+
+    def sk():
+        box["sk"] = KMeans(CLUSTERS, n_init=N_INIT, random_state=0).fit(x)
+        return box["sk"].labels_
+
+    ours()  # compile
+    one_thread(sk)()  # sklearn's first-call set-up; its default-thread run can take 20x longer
+    fns = {"ours": ours, "sklearn_1thread": one_thread(sk)}
+    if sk_default:
+        fns["sklearn"] = sk
+    with ForeignLoad() as load:
+        t = time_interleaved(fns, warmup=0, iters=iters)
+    inertia, ref = box["ours"][2], float(box["sk"].inertia_)
+    log.info("%s n=%d: %s inertia ours %.6g sklearn %.6g (foreign load %s cores)",
+             NAME, n, t, inertia, ref, load.cores)  # fmt: skip
+    if inertia > MAX_INERTIA_RATIO * ref:
+        raise AssertionError(f"{NAME}: inertia {inertia} > {MAX_INERTIA_RATIO} x sklearn's {ref}")
+    sk_t, setting = baseline_times(t)
+    return {
+        "t": {"ours": t["ours"], "sklearn": sk_t},
+        "baseline_seconds": {a: b for a, b in t.items() if a != "ours"},
+        "baseline_setting": setting,
+        "inertia_ours": inertia,
+        "inertia_sklearn": ref,
+        "inertia_ratio": inertia / ref,
+        "n_iter_ours": box["ours"][3],
+        "n_iter_sklearn": int(box["sk"].n_iter_),
+        "foreign_cpu_cores": load.cores,
+    }
+
+
+@register(NAME)
+def kmeans_bench(quick: bool, *, n: int | None = None, growth: bool | None = None) -> list[dict]:
+    """N = 20,000 (quick 5,000), K = 15, n_init = 10; growth figures on full runs."""
+    import jax
+    import sklearn
+
+    from vl_jax import parallel
+
+    n = n or (5_000 if quick else 20_000)
+    growth = (not quick) if growth is None else growth
+    iters = 2 if quick else 3
+    params = {
+        "dim": 512,
+        "k": CLUSTERS,
+        "n_init": N_INIT,
+        "tol": 1e-4,
+        "max_iter": 300,
+        "data": "15 Gaussian blobs, unit-normalised rows (benchmarks.knn)",
+        "timing": "median s per fit, host numpy in -> host numpy out, interleaved",
+        "mesh": dict(parallel.create_mesh().shape),
+        "cpu_count": os.cpu_count(),
+        "jax_version": jax.__version__,
+        "sklearn_version": sklearn.__version__,
+    }
+    base = "sklearn KMeans(algorithm='lloyd', init='k-means++', n_init=10)"
+    r = _one(n, iters=iters)
+    t = r.pop("t")
+    figs = [
+        figure(NAME, "seconds_to_sklearn_inertia", t["ours"], t["sklearn"], base,
+               higher_is_better=False, params={**params, "n": n, "iters": iters, **r})
+    ]  # fmt: skip
+    if growth:
+        for gn in (5_000, 20_000, 80_000):
+            r = _one(gn, iters=1, sk_default=False)  # 80k default threads: minutes
+            t = r.pop("t")
+            figs.append(
+                figure(NAME, f"n{gn}_seconds", t["ours"], t["sklearn"], base,
+                       higher_is_better=False, params={**params, "n": gn, "iters": 1, **r})
+            )  # fmt: skip
+    return figs
