@@ -132,7 +132,7 @@ class RMSNorm(nnx.Module):
 
 
 class KVCache(NamedTuple):
-    """Per-layer keys and values, each [B, S, K, E]; slot s holds the token written at step s."""
+    """Per-layer keys and values, each [B, K, S, E]; slot s holds the token written at step s."""
 
     k: tuple[jax.Array, ...]
     v: tuple[jax.Array, ...]
@@ -158,7 +158,7 @@ class Attention(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x, positions, inv_freq, mask, cache_kv, cache_index):
-        """x [B, T, D]; mask [B, 1, T, S] bool; cache_kv None or ([B, S, K, E], [B, S, K, E])."""
+        """x [B, T, D]; mask [B, 1, T, S] bool; cache_kv None or ([B, K, S, E], [B, K, S, E])."""
         dt = self.dtype
         proj = lambda w, b: (
             jnp.einsum("btd,dne->btne", x, w[...].astype(dt))
@@ -168,14 +168,32 @@ class Attention(nnx.Module):
         k = proj(self.k, getattr(self, "k_bias", None))
         v = proj(self.v, getattr(self, "v_bias", None))
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+        # Keys/values live as [B, K, S, E]: batch-like dims lead, so the attention matmuls read
+        # the cache in place instead of transposing all S slots at every decode step.
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
         if cache_kv is not None:
-            start = (0, cache_index, 0, 0)
+            start = (0, 0, cache_index, 0)
             k = jax.lax.dynamic_update_slice(cache_kv[0], k.astype(cache_kv[0].dtype), start)
             v = jax.lax.dynamic_update_slice(cache_kv[1], v.astype(cache_kv[1].dtype), start)
-        # Grouped-query attention: dot_product_attention maps H query heads onto K kv heads.
-        y = jax.nn.dot_product_attention(q, k.astype(dt), v.astype(dt), mask=mask)
+        y = grouped_attention(q, k, v, mask)
         out = jnp.einsum("bthe,hed->btd", y, self.o[...].astype(dt))
         return out, (k, v)
+
+
+def grouped_attention(q, k, v, mask):
+    """Grouped-query attention. q [B, T, H, E]; k, v [B, K, S, E]; mask [B, 1, T, S] bool ->
+    [B, T, H, E]. Query head h reads kv head h // (H / K), as HF's `repeat_kv` arranges them.
+    Scores and softmax in float32; fully masked rows give a uniform average, not NaN (as HF)."""
+    b, t, h, e = q.shape
+    kv = k.shape[1]
+    qg = q.reshape(b, t, kv, h // kv, e).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, E]
+    scores = jnp.einsum(
+        "bkgte,bkse->bkgts", qg, k.astype(q.dtype), preferred_element_type=jnp.float32
+    )
+    scores = jnp.where(mask[:, :, None], scores / math.sqrt(e), jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    y = jnp.einsum("bkgts,bkse->bkgte", probs, v.astype(q.dtype))
+    return y.transpose(0, 3, 1, 2, 4).reshape(b, t, h, e)
 
 
 class Block(nnx.Module):
@@ -216,9 +234,9 @@ class LLM(nnx.Module):
         self.lm_head = nnx.data(head)
 
     def init_cache(self, batch: int, length: int, dtype=None) -> KVCache:
-        """Zeros for `length` slots: ([B, S, K, E],) * layers for keys and for values."""
+        """Zeros for `length` slots: ([B, K, S, E],) * layers for keys and for values."""
         c = self.config
-        shape = (batch, length, c.num_kv_heads, c.head_dim)
+        shape = (batch, c.num_kv_heads, length, c.head_dim)
         zeros = tuple(jnp.zeros(shape, dtype or self.dtype) for _ in range(c.num_layers))
         return KVCache(zeros, tuple(jnp.zeros_like(z) for z in zeros))
 
