@@ -256,3 +256,38 @@ def test_generate_text_with_chat_template(llama):
     new = gen.generate(ours, ids, mask, max_new_tokens=L, eos_token_id=EOS, pad_token_id=PAD)
     assert got == tokenizer.batch_decode(new, skip_special_tokens=True)
     assert all(isinstance(s, str) and s for s in got)
+
+
+def test_shared_image_prefix_equals_separate_runs_and_hf(tiny_llava):
+    """VDC's layout: one "<bos> <image> ..." prefix per image, a different question per row. The
+    engine prefills each image's prefix once and copies its KV cache to the image's rows."""
+    hf, ours, pixels, p = tiny_llava
+    rng = np.random.default_rng(11)
+    head = [BOS, *([IMG] * p), 5, 6]  # the shared prefix of every row
+    qs = [rng.integers(4, IMG, size=n).tolist() for n in (3, 7, 5, 6, 2, 8)]
+    rows = [head + q for q in qs]
+    t = max(map(len, rows))
+    ids = np.array([[PAD] * (t - len(r)) + r for r in rows], np.int32)
+    mask = (np.arange(t)[None] >= (t - np.array([len(r) for r in rows]))[:, None]).astype(np.int32)
+    index = np.array([0, 0, 0, 1, 1, 1], np.int32)
+    assert gen.shared_prefix(ids, mask, index, ours.config.image_token_id) == len(head)
+    for beams in (1, 3):
+        kw = dict(max_new_tokens=L, num_beams=beams, eos_token_id=EOS, pad_token_id=PAD,
+                  repetition_penalty=1.3)  # fmt: skip
+        shared = gen.generate(ours, ids, mask, pixel_values=pixels, image_index=index, **kw)
+        separate = gen.generate(ours, ids, mask, pixel_values=pixels[index],
+                                image_index=np.arange(6), **kw)  # fmt: skip
+        np.testing.assert_array_equal(shared, separate)
+    with torch.no_grad():  # and the shared path equals HF, row by row
+        for r in (0, 4):
+            out = hf.generate(
+                torch.tensor(ids[r : r + 1]), attention_mask=torch.tensor(mask[r : r + 1]),
+                pixel_values=torch.tensor(pixels[index[r] : index[r] + 1].transpose(0, 3, 1, 2)),
+                max_new_tokens=L, do_sample=False, num_beams=1, pad_token_id=PAD,
+                eos_token_id=EOS, repetition_penalty=1.3,
+            )  # fmt: skip
+            want = out[0, ids.shape[1] :].numpy()
+            got = gen.generate(ours, ids, mask, pixel_values=pixels, image_index=index,
+                               max_new_tokens=L, eos_token_id=EOS, pad_token_id=PAD,
+                               repetition_penalty=1.3)[r]  # fmt: skip
+            np.testing.assert_array_equal(got[: len(want)], want)

@@ -30,6 +30,7 @@ from vl_jax import parallel
 from vl_jax.beam_search import BeamConfig, beam_search, is_stop, penalize
 
 MIN_PROMPT_BUCKET = 16
+MIN_SUFFIX_BUCKET = 8  # per-row question part when the image prefix is shared
 
 
 def bucket(n: int, multiple: int = 1, minimum: int = 1) -> int:
@@ -57,6 +58,30 @@ def left_pad(ids: np.ndarray, mask: np.ndarray, length: int, pad: int):
     return out_ids, out_mask
 
 
+def shared_prefix(ids: np.ndarray, mask: np.ndarray, image_index: np.ndarray, image_token: int):
+    """Length p of the prompt prefix that every row shares with the other rows of its image
+    (VDC: "USER: <image>" + the P image tokens, then a different question per row), or 0 when
+    sharing does not apply: p must cover all image tokens and leave >= 1 token per row.
+
+    With p > 0 the engine prefills the prefix once per image and copies its KV cache to the
+    image's rows, instead of running the P image tokens through the decoder for every question.
+    """
+    rows = [ids[r][mask[r].astype(bool)] for r in range(ids.shape[0])]
+    first: dict[int, np.ndarray] = {}
+    p = min(len(r) for r in rows) - 1
+    for r, i in zip(rows, image_index.tolist()):
+        ref = first.setdefault(i, r)
+        n = min(len(r), len(ref))
+        diff = np.flatnonzero(r[:n] != ref[:n])
+        p = min(p, diff[0] if len(diff) else n)
+        where = np.flatnonzero(r == image_token)
+        if len(where) and where[-1] >= p:
+            return 0
+    if len(first) == len(rows) or p <= 0:
+        return 0  # nothing is shared: the plain path does the same work with fewer steps
+    return int(p)
+
+
 def top_p_filter(logits: jax.Array, top_p) -> jax.Array:
     """HF `TopPLogitsWarper`: keep the smallest set of tokens whose probability reaches `top_p`
     (always the most likely one); the rest get -inf. logits [R, V]."""
@@ -75,6 +100,7 @@ class _Static(NamedTuple):
     beam: BeamConfig
     do_sample: bool
     with_images: bool
+    prefix: int = 0  # > 0: rows share their image's first `prefix` tokens (see shared_prefix)
 
 
 class Generator:
@@ -88,6 +114,7 @@ class Generator:
 
     def __init__(self, model, mesh=None):
         self.vlm = hasattr(model, "language_model")
+        self.image_token = model.config.image_token_id if self.vlm else None
         self.mesh = mesh
         self.data = 1 if mesh is None else mesh.shape[parallel.DATA]
         graphdef, state = nnx.split(model)
@@ -146,9 +173,26 @@ class Generator:
             return np.zeros((0, max_new_tokens), np.int32)
         eos = () if eos_token_id is None else tuple(np.atleast_1d(eos_token_id).tolist())
 
+        prefix, prefix_ids = 0, None
+        if pixel_values is not None:
+            index = np.asarray(image_index, np.int32)
+            n = np.asarray(pixel_values).shape[0]
+            if index.shape != (b,) or index.min() < 0 or index.max() >= n:
+                raise ValueError(f"image_index must be [B={b}] in [0, {n}), got {index}")
+            prefix = shared_prefix(ids, mask, index, self.image_token)
+        if prefix:
+            # Each image's shared prefix once ([N, p]); the rows keep only their own suffix.
+            prefix_ids = np.zeros((bucket(n, multiple=self.data), prefix), np.int32)
+            keep = np.zeros_like(mask)
+            for r in range(b):
+                real = np.flatnonzero(mask[r])
+                prefix_ids[index[r]] = ids[r, real[:prefix]]
+                keep[r, real[prefix:]] = 1
+            mask = keep
         # Buckets: prompt length (left padding), batch (pad rows: a 1-token prompt, discarded).
         lengths = mask.astype(bool).sum(-1)
-        t = bucket(max(lengths.max(), 1), minimum=MIN_PROMPT_BUCKET)
+        minimum = MIN_SUFFIX_BUCKET if prefix else MIN_PROMPT_BUCKET
+        t = bucket(max(lengths.max(), 1), minimum=minimum)
         ids, mask = left_pad(ids, mask, t, pad_token_id)
         bb = bucket(b, multiple=self.data)
         valid = np.arange(bb) < b
@@ -166,6 +210,8 @@ class Generator:
             if index.min() < 0 or index.max() >= n:
                 raise ValueError(f"image_index must lie in [0, {n}), got {index[:b]}")
             args += [px, index]
+            if prefix:
+                args.append(prefix_ids)
         args = [self._put(a) for a in args]
         scalars = [
             jax.random.key(seed),
@@ -186,6 +232,7 @@ class Generator:
             ),
             bool(do_sample),
             pixel_values is not None,
+            prefix,
         )
         out = self.run(self.state, scalars, *args, static=static)
         return np.asarray(parallel.fetch(out))[:b]
@@ -199,7 +246,25 @@ def _request(graphdef, vlm, mesh, state, scalars, ids, mask, valid, row_ids, *re
     cfg = static.beam
     b, t = ids.shape
     n_new = cfg.max_new_tokens
-    if static.with_images:
+    p = static.prefix  # shared image prefix (slots [0, p)), then T prompt slots, then L new ones
+    shard = lambda c: (
+        c if mesh is None else jax.lax.with_sharding_constraint(c, parallel.batch_sharding(mesh, 4))
+    )
+    cache = None
+    if p:
+        pixels, image_index, prefix_ids = rest
+        n = prefix_ids.shape[0]
+        # Each image's prefix through the decoder once: [N, p] -> KV cache rows, then every
+        # question row starts from a copy of its image's rows.
+        x = model.embed_inputs(prefix_ids, model.encode_images(pixels), jnp.arange(n))
+        pos = jnp.broadcast_to(jnp.arange(p), (n, p))
+        _, img_cache = lm.forward(x, pos, jnp.ones((n, p + t + n_new), bool),
+                                  shard(lm.init_cache(n, p + t + n_new)), 0)  # fmt: skip
+        cache = shard(jax.tree.map(lambda c: c[image_index], img_cache))
+        x = lm.embed(ids)  # the suffixes hold no image tokens (checked by shared_prefix)
+        prompt_ids = jnp.concatenate([prefix_ids[image_index], ids], axis=1)
+        prompt_mask = jnp.concatenate([jnp.ones((b, p), mask.dtype), mask], axis=1)
+    elif static.with_images:
         pixels, image_index = rest
         # Each distinct image once: [N, H, W, 3] -> [N, P, D], gathered into rows by index.
         x = model.embed_inputs(ids, model.encode_images(pixels), image_index)
@@ -207,19 +272,20 @@ def _request(graphdef, vlm, mesh, state, scalars, ids, mask, valid, row_ids, *re
         x = model.embed_inputs(ids, None, None)
     else:
         x = lm.embed(ids)
-    lengths = mask.sum(-1)  # real prompt tokens per row
-    positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
-    # Slots [0, T) hold the prompt, [T, T + L) the new tokens; causality hides future slots.
-    kv_mask = jnp.concatenate([mask.astype(bool), jnp.ones((b, n_new), bool)], axis=1)
-    cache = lm.init_cache(b, t + n_new)
-    if mesh is not None:
-        cache = jax.lax.with_sharding_constraint(cache, parallel.batch_sharding(mesh, 4))
-    hidden, cache = lm.forward(x, positions, kv_mask, cache, 0)
+    if not p:
+        prompt_ids, prompt_mask = ids, mask
+        cache = shard(lm.init_cache(b, t + n_new))
+    lengths = prompt_mask.sum(-1)  # real prompt tokens per row
+    positions = p + jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
+    # Slots [0, p + T) hold the prompt, then L slots the new tokens; causality hides the future.
+    kv_mask = jnp.concatenate([prompt_mask.astype(bool), jnp.ones((b, n_new), bool)], axis=1)
+    hidden, cache = lm.forward(x, positions, kv_mask, cache, p)
+    t = p + t
     first_logits = lm.logits(hidden[:, -1:])[:, 0]  # [B, V] float32
     seen = None
     if cfg.use_repetition_penalty:
         v = first_logits.shape[-1]
-        real = jnp.where(mask.astype(bool), ids, v)  # padding -> out of range, dropped
+        real = jnp.where(prompt_mask.astype(bool), prompt_ids, v)  # padding -> dropped
         seen = jnp.zeros((b, v), bool).at[jnp.arange(b)[:, None], real].set(True, mode="drop")
 
     def make_step(lengths, kv_mask):
