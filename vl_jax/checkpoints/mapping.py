@@ -199,6 +199,27 @@ def load_state(
     return abstract_state
 
 
+def load_model(
+    make: Callable[[], nnx.Module],
+    rules: Iterable[Rule],
+    checkpoint: Mapping[str, Array],
+    *,
+    where: str = "checkpoint",
+    ignore: Sequence[str] = (),
+    shardings=None,
+) -> nnx.Module:
+    """Builds `make()` abstractly (`nnx.eval_shape`: no parameter memory, no initialisation),
+    fills it from `checkpoint` through the verified table (`load_state`) and returns the model.
+
+    `shardings`: optional callable `abstract_state -> shardings` (e.g. a partial of
+    `vl_jax.parallel.param_shardings`) placing every parameter directly on a mesh.
+    """
+    graphdef, abstract = nnx.split(nnx.eval_shape(make))
+    placed = shardings(abstract) if shardings is not None else None
+    state = load_state(abstract, rules, checkpoint, where=where, ignore=ignore, shardings=placed)
+    return nnx.merge(graphdef, state)
+
+
 def export_state(state: nnx.State, rules: Iterable[Rule], dtype=None) -> dict[str, Array]:
     """Runs the mapping table backwards: NNX state -> {checkpoint key: numpy array}."""
     values = _flat(state)

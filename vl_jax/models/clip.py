@@ -20,7 +20,7 @@ from flax import nnx
 from vl_jax.checkpoints import (
     SafetensorsReader,
     export_state,
-    load_state,
+    load_model,
     resolve,
     save_safetensors,
 )
@@ -222,31 +222,21 @@ def from_pretrained(
     """
     path = resolve(path_or_id, revision=revision, cache_dir=cache_dir)
     cfg, fmt, model_type = load_config(path)
-    param_dtype = param_dtype or dtype
-    model = nnx.eval_shape(
-        lambda: CLIP(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
-    )
-    graphdef, abstract = nnx.split(model)
     if fmt == "hf":
-        rules, reader, ignore = (
-            clip_weights.hf_rules(cfg, model_type),
-            SafetensorsReader.from_dir(path),
-            clip_weights.HF_IGNORE,
-        )
+        rules, ignore = clip_weights.hf_rules(cfg, model_type), clip_weights.HF_IGNORE
+        reader = SafetensorsReader.from_dir(path)
     else:
-        rules = clip_weights.open_clip_rules(cfg)
+        rules, ignore = clip_weights.open_clip_rules(cfg), clip_weights.OPEN_CLIP_IGNORE
         reader = SafetensorsReader.from_dir(path, prefix=OPEN_CLIP_WEIGHTS)
-        ignore = clip_weights.OPEN_CLIP_IGNORE
-    state = load_state(
-        abstract,
+    # Each parameter is cast to its abstract dtype: param_dtype, but logit_scale stays float32.
+    return load_model(
+        lambda: CLIP(cfg, dtype=dtype, param_dtype=param_dtype or dtype, rngs=nnx.Rngs(0)),
         rules,
         reader,
         where=path,
         ignore=ignore,
-        shardings=shardings(abstract) if shardings is not None else None,
+        shardings=shardings,
     )
-    # Each parameter is cast to its abstract dtype: param_dtype, but logit_scale stays float32.
-    return nnx.merge(graphdef, state)
 
 
 def save_pretrained(model: CLIP, path: str, fmt: str = "hf", dtype=None) -> None:

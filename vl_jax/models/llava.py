@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vl_jax.checkpoints import SafetensorsReader, load_state, resolve
+from vl_jax.checkpoints import SafetensorsReader, load_model, resolve
 from vl_jax.checkpoints.hub import DEFAULT_PATTERNS
 from vl_jax.checkpoints.mapping import Rule, copy, linear
 from vl_jax.models import clip, clip_weights, llm, siglip
@@ -328,21 +328,16 @@ def from_pretrained(
     if hf.model_type != "llava":
         raise ValueError(f"{path}: model_type '{hf.model_type}' is not 'llava'")
     cfg = LLaVAConfig.from_hf(hf)
-    param_dtype = param_dtype or dtype
-    graphdef, abstract = nnx.split(
-        nnx.eval_shape(lambda: LLaVA(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
-    )
     reader = SafetensorsReader.from_dir(path)
     layout = detect_layout(reader.keys())
-    state = load_state(
-        abstract,
+    return load_model(
+        lambda: LLaVA(cfg, dtype=dtype, param_dtype=param_dtype or dtype, rngs=nnx.Rngs(0)),
         hf_rules(cfg, layout),
         reader,
         where=path,
         ignore=hf_ignore(cfg, layout),
-        shardings=shardings(abstract) if shardings is not None else None,
+        shardings=shardings,
     )
-    return nnx.merge(graphdef, state)
 
 
 def load_processor(path_or_id: str, *, revision: str | None = None, cache_dir: str | None = None):

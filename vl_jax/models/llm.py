@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vl_jax.checkpoints import SafetensorsReader, load_state, resolve
-from vl_jax.checkpoints.mapping import Rule, copy, linear, reshaped
+from vl_jax.checkpoints import SafetensorsReader, resolve
+from vl_jax.checkpoints.mapping import Rule, copy, linear, load_model, reshaped
 from vl_jax.models.transformer import sharded
 from vl_jax.parallel import MODEL
 
@@ -333,10 +333,6 @@ def hf_ignore(cfg: LLMConfig, lm_head: str = "lm_head.weight") -> tuple[str, ...
     return ignore + ((f"^{lm_head.replace('.', '[.]')}$",) if cfg.tie_word_embeddings else ())
 
 
-def abstract_model(cfg: LLMConfig, dtype, param_dtype):
-    return nnx.eval_shape(lambda: LLM(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
-
-
 def from_pretrained(
     path_or_id: str,
     dtype=jnp.float32,
@@ -357,16 +353,14 @@ def from_pretrained(
 
     path = resolve(path_or_id, revision=revision, cache_dir=cache_dir)
     cfg = LLMConfig.from_hf(transformers.AutoConfig.from_pretrained(path))
-    graphdef, abstract = nnx.split(abstract_model(cfg, dtype, param_dtype or dtype))
-    state = load_state(
-        abstract,
+    return load_model(
+        lambda: LLM(cfg, dtype=dtype, param_dtype=param_dtype or dtype, rngs=nnx.Rngs(0)),
         hf_rules(cfg),
         SafetensorsReader.from_dir(path),
         where=path,
         ignore=hf_ignore(cfg),
-        shardings=shardings(abstract) if shardings is not None else None,
+        shardings=shardings,
     )
-    return nnx.merge(graphdef, state)
 
 
 def init(cfg: LLMConfig, seed: int = 0, dtype=jnp.float32, param_dtype=None) -> LLM:

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vl_jax.checkpoints import SafetensorsReader, load_state, resolve
+from vl_jax.checkpoints import SafetensorsReader, load_model, resolve
 from vl_jax.checkpoints.mapping import Rule, copy
 from vl_jax.models import clip_weights
 from vl_jax.models.clip_config import VisionConfig, vision_from_hf
@@ -143,21 +143,15 @@ def from_pretrained(
     elif hf.model_type != "siglip_vision_model":
         raise ValueError(f"{path}: model_type '{hf.model_type}' is not a SigLIP model")
     cfg = config_from_hf(hf)
-    param_dtype = param_dtype or dtype
-    graphdef, abstract = nnx.split(
-        nnx.eval_shape(
-            lambda: SiglipVisionTower(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
-        )
-    )
     reader = SafetensorsReader.from_dir(path)
     theirs = "vision_model" if any(k.startswith("vision_model.") for k in reader) else ""
-    ignore = (*hf_ignore(theirs), r"^text_model\.", r"^logit_(scale|bias)$")
-    state = load_state(
-        abstract,
+    return load_model(
+        lambda: SiglipVisionTower(
+            cfg, dtype=dtype, param_dtype=param_dtype or dtype, rngs=nnx.Rngs(0)
+        ),
         hf_rules(cfg, "", theirs),
         reader,
         where=path,
-        ignore=ignore,
-        shardings=shardings(abstract) if shardings is not None else None,
+        ignore=(*hf_ignore(theirs), r"^text_model\.", r"^logit_(scale|bias)$"),
+        shardings=shardings,
     )
-    return nnx.merge(graphdef, state)
