@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import skimage
+from multiprocess import run_processes
 
 from vl_jax import encode
 from vl_jax.images import load_rgb, walk_image_folder
@@ -212,45 +210,12 @@ print("DONE", pid, flush=True)
 
 def test_two_processes(setup, tmp_path, mesh8):
     """Multi-host: each process decodes its share of every batch, process 0 writes the file."""
-    import portpicker
-
     ckpt, images, bad, _ = setup
     ref = encode.encode_folder(ckpt, images, str(tmp_path / "ref.npz"), mesh=mesh8, progress=False)
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ)
-    env.pop("JAX_NUM_CPU_DEVICES", None)
-    env.update(
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
-        JAX_PLATFORMS="cpu",
-        JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
-        PYTHONPATH=os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")])),
-    )
-    port = str(portpicker.pick_unused_port())
     out_dir = tmp_path / "mp"
     out_dir.mkdir()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _WORKER, str(i), port, ckpt, images, str(out_dir)],
-            env=env,
-            cwd=repo,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    deadline, outs = time.monotonic() + 120, []
-    try:
-        for p in procs:
-            out, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            outs.append(out)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0 and "DONE" in out, out[-3000:]
+    outs = run_processes(_WORKER, [ckpt, images, out_dir])
+    assert all("DONE" in out for out in outs), outs
     assert sorted(os.listdir(out_dir)) == [
         "b32.npz",
         "b32.npz.skipped.tsv",

@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import jax
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
+from multiprocess import run_processes
 
 from vl_jax import parallel as par
 
@@ -231,45 +231,8 @@ _WORKER = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    import portpicker
-
-    return portpicker.pick_unused_port()
-
-
 def test_two_processes():
-    env = dict(os.environ)
-    env.pop("JAX_NUM_CPU_DEVICES", None)
-    env.update(
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
-        JAX_PLATFORMS="cpu",
-        JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-    )
-    port = str(_free_port())
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _WORKER, str(i), port],
-            env=env,
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    deadline, outs = time.monotonic() + 90, []
-    try:
-        for p in procs:
-            out, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            outs.append(out)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-3000:]
+    outs = run_processes(_WORKER, [], timeout=90)
     res = [json.loads(o.split("RESULT ", 1)[1].splitlines()[0]) for o in outs]
     assert sorted(r["pid"] for r in res) == [0, 1]
     for r in res:

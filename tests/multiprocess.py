@@ -1,0 +1,55 @@
+"""Runs a script in several real JAX processes on localhost (CPU collectives over gloo)."""
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_processes(script: str, args, n: int = 2, devices: int = 2, timeout: float = 120) -> list:
+    """Starts `python -c script <process id> <port> *args` `n` times, each process with `devices`
+    fake CPU devices, and returns their outputs (stdout + stderr). Fails the test, showing the
+    output, if any process fails or the group overruns `timeout` seconds (all are then killed)."""
+    env = dict(os.environ)
+    env.pop("JAX_NUM_CPU_DEVICES", None)
+    env.update(
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+        JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+    )
+    port = str(free_port())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(i), port, *map(str, args)],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(n)
+    ]
+    deadline, outs = time.monotonic() + timeout, []
+    try:
+        for p in procs:
+            out, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            outs.append(out)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0, out[-3000:]
+    return outs
