@@ -15,6 +15,7 @@ import skimage
 from multiprocess import run_processes
 
 from vl_jax import encode
+from vl_jax.data.pipeline import FileSource
 from vl_jax.images import load_rgb, walk_image_folder
 from vl_jax.models import clip
 from vl_jax.models.clip_config import CLIPConfig, TextConfig, VisionConfig
@@ -237,9 +238,11 @@ def test_encoder_compiles_once(setup, mesh8):
     ckpt, images, _, model = setup
     encoder = encode.make_image_encoder(model, mesh8)
     listing = walk_image_folder(images)
+    source = FileSource(listing.paths, listing.labels)
     preprocess = ClipPreprocess.from_hf_dir(ckpt)
-    batches = list(
-        encode.encode_paths(encoder, listing.paths, preprocess, mesh8, 8, workers=2, progress=False)
+    feats, rows, ids, labels, skipped = encode.encode_source(
+        encoder, source, preprocess, mesh8, batch_size=8, workers=2, progress=False
     )
-    assert len(batches) > 1 and sum(len(f) for f, _, _ in batches) == N_GOOD
+    assert len(feats) == N_GOOD and len(skipped) == len(listing) - N_GOOD > 0
+    assert ids == [listing.paths[r] for r in rows] and list(labels) == list(listing.labels[rows])
     assert encoder.func._cache_size() == 1

@@ -1,25 +1,26 @@
-"""Encode a folder of images into CLIP features.
+"""Encode a folder of images, or a dataset, into CLIP features.
 
     python -m vl_jax.encode --model openai/clip-vit-base-patch32 --images DIR --out feats.npz
+    python -m vl_jax.encode --model ... --data imagenet_dogs:validation --manual_dir ... --out ...
 
 Class subfolders of DIR give labels (files directly in DIR get -1). Writes `features [N, E]`
 float32, `paths [N]`, `labels [N]` int32 and `class_names [C]` to an .npz atomically; files that
 cannot be read are listed in `<out>.skipped.tsv` (path, reason) and counted on stderr, never fatal.
-Batches are sharded over every device of the mesh (the last one padded, the padding dropped);
-with several processes (`jax.distributed`) each process reads its share of every batch.
+Both go through the Grain input pipeline (`vl_jax.data.pipeline`): batches are sharded over every
+device of the mesh (the last one padded, the padding dropped); with several processes
+(`jax.distributed`) each process decodes its share of every batch.
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as futures
 import dataclasses
 import functools
 import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +30,7 @@ from tqdm import tqdm
 
 from vl_jax import parallel
 from vl_jax.checkpoints import resolve
-from vl_jax.images import ImageError, load_rgb, walk_image_folder
+from vl_jax.images import walk_image_folder
 from vl_jax.models import clip
 from vl_jax.preprocess import ClipPreprocess
 
@@ -74,152 +75,32 @@ class EncodeResult:
     seconds: float
 
 
-def _load_batch(pool, paths, preprocess, size, rows):
-    """-> (pixels [rows, s, s, 3] float32, ok [rows] bool, {path: reason}); rows past
-    `len(paths)` are zero padding with ok=False."""
-
-    def one(p):
-        try:
-            return preprocess(load_rgb(p)), None
-        except ImageError as e:
-            return None, e.reason
-        except OSError as e:  # vanished, unreadable (permissions), a directory
-            return None, f"{type(e).__name__}: {e}"
-
-    pixels = np.zeros((rows, size, size, 3), np.float32)
-    ok = np.zeros(rows, bool)
-    reasons = {}
-    for i, (p, (x, why)) in enumerate(zip(paths, pool.map(one, paths))):
-        if x is None:
-            reasons[p] = why
-        else:
-            pixels[i], ok[i] = x, True
-    return pixels, ok, reasons
-
-
-def encode_paths(
+def encode_source(
     encoder: Callable,
-    paths: list[str],
+    source,
     preprocess: ClipPreprocess,
     mesh,
+    *,
     batch_size: int = 64,
-    workers: int = 8,
+    workers: int | None = None,
     progress: bool = True,
-) -> Iterator[tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]]:
-    """Yields, per global batch: (features [b, E] of the readable images, their indices into
-    `paths` [b], skipped [(path, reason)]). Decoding of batch i+1 overlaps device work on batch i.
+):
+    """Encodes every example of a random-access `source` (see `vl_jax.data.pipeline`) once.
 
     The global batch is rounded up so that every process gets an equal share that splits over its
-    data shards; rows past the end of `paths` are padding and are dropped.
+    data shards; the Grain pipeline pads the last batch, decodes on `workers` threads while the
+    device works, and masks out padding and unreadable examples.
+
+    Returns:
+      (features [n, E] float32, source indices [n], ids [n], labels [n] int32,
+       skipped [(id, reason)]) for the n readable examples, in source order.
     """
-    n_proc, pi = jax.process_count(), jax.process_index()
-    local_shards = parallel.local_data_shards(mesh)
-    per_process = -(-batch_size // n_proc)
-    per_process = -(-per_process // local_shards) * local_shards
-    global_batch = per_process * n_proc
-    size = preprocess.crop_size[0]
-    starts = range(0, len(paths), global_batch)
-
-    def load(start):  # this process's rows of one global batch
-        mine = paths[start + pi * per_process : start + (pi + 1) * per_process]
-        return pool.submit(_load_batch, pool, mine, preprocess, size, per_process)
-
-    with futures.ThreadPoolExecutor(workers) as pool:
-        pending = load(starts[0]) if len(starts) else None
-        for k, start in enumerate(tqdm(starts, desc="encode", unit="batch", disable=not progress)):
-            pixels, ok, reasons = pending.result()
-            if k + 1 < len(starts):
-                pending = load(starts[k + 1])
-            # Always `per_process` rows, also when this process has no real row in the last batch
-            # (pad_batch would leave an empty share empty and the processes would disagree).
-            batch = parallel.host_local_to_global({"x": pixels, "ok": ok}, mesh)
-            # Every process gets all rows of the global batch (an allgather when multi-host);
-            # global rows are ordered by process, so row r is paths[start + r].
-            feats, valid = parallel.fetch((encoder(batch["x"]), batch["ok"]))
-            rows = start + np.arange(global_batch)
-            bad = rows[~valid & (rows < len(paths))]
-            skipped = [
-                (paths[r], reasons.get(paths[r], "unreadable (decoded by another process)"))
-                for r in bad
-            ]
-            yield feats[valid], rows[valid], skipped
-
-
-def encode_folder(
-    model_path: str,
-    images: str,
-    out: str,
-    *,
-    batch_size: int = 64,
-    dtype: str = "float32",
-    workers: int = 8,
-    mesh=None,
-    progress: bool = True,
-) -> EncodeResult:
-    """Encodes every image under `images` with the CLIP checkpoint `model_path`; writes `out`."""
-    listing = walk_image_folder(images)  # fail on a bad folder before loading a model
-    path = resolve(model_path)
-    model = clip.from_pretrained(path, dtype=jnp.dtype(dtype))
-    preprocess = preprocess_for(path, model.config)
-    mesh = mesh or parallel.create_mesh()
-    encoder = make_image_encoder(model, mesh)
-    t0 = time.perf_counter()
-    feats, index, skipped = [], [], list(listing.ignored)
-    for f, i, s in encode_paths(
-        encoder, listing.paths, preprocess, mesh, batch_size, workers, progress
-    ):
-        feats.append(f)
-        index.append(i)
-        skipped += s
-    seconds = time.perf_counter() - t0
-    index = np.concatenate(index) if index else np.zeros(0, np.int64)
-    dim = model.config.embed_dim
-    features = np.concatenate(feats).astype(np.float32) if feats else np.zeros((0, dim), np.float32)
-    result = EncodeResult(
-        features=features,
-        paths=[listing.paths[i] for i in index],
-        labels=listing.labels[index].astype(np.int32),
-        class_names=list(listing.class_names),
-        skipped=skipped,
-        seconds=seconds,
-    )
-    if jax.process_index() == 0:
-        write_npz(out, result)
-    return result
-
-
-def encode_dataset(
-    model_path: str,
-    data: str,
-    out: str,
-    *,
-    data_dir: str | None = None,
-    manual_dir: str | None = None,
-    batch_size: int = 64,
-    dtype: str = "float32",
-    workers: int = 2,
-    mesh=None,
-    progress: bool = True,
-) -> EncodeResult:
-    """Encodes every example of dataset `data` ("NAME[:SPLIT]", split default "train", resolved
-    by `vl_jax.data.get_source`) with the Grain pipeline; writes `out` like `encode_folder`,
-    with the examples' ids in `paths` and undecodable examples in the `.skipped.tsv`."""
-    from vl_jax.data import get_source  # lazy: the resolver is optional for folder encoding
     from vl_jax.data.pipeline import make_pipeline
 
-    name, _, split = data.partition(":")
-    source = get_source(name, split or "train", data_dir=data_dir, manual_dir=manual_dir)
-    path = resolve(model_path)
-    model = clip.from_pretrained(path, dtype=jnp.dtype(dtype))
-    preprocess = preprocess_for(path, model.config)
-    mesh = mesh or parallel.create_mesh()
-    encoder = make_image_encoder(model, mesh)
-    # Round up so every process gets an equal share that splits over its data shards.
     n_proc, shards = jax.process_count(), parallel.local_data_shards(mesh)
-    per_process = -(-batch_size // n_proc)
+    per_process = -(-batch_size // n_proc)  # ceil, then up to a multiple of the local shards
     per_process = -(-per_process // shards) * shards
-    t0 = time.perf_counter()
-    feats, ids, labels, bad = [], [], [], []
+    feats, rows, ids, labels, bad = [], [], [], [], []
     with make_pipeline(
         source,
         batch_size=per_process * n_proc,
@@ -237,23 +118,92 @@ def encode_dataset(
             )
             row_ids = _gather_ids(batch["id"])
             feats.append(f[ok])
+            rows.append(index[ok])
             labels.append(label[ok])
             ids += [row_ids[r] for r in np.flatnonzero(ok)]
             bad += [(int(index[r]), row_ids[r]) for r in np.flatnonzero(~ok & (index >= 0))]
         reasons = {s.index: s.reason for s in it.skipped}
+    # Each process knows the reasons of the examples it decoded; process 0 writes the list.
     skipped = [(i, reasons.get(n, "unreadable (decoded by another process)")) for n, i in bad]
-    dim = model.config.embed_dim
+    cat = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+    features = np.concatenate(feats).astype(np.float32) if feats else None
+    return features, cat(rows, np.int64), ids, cat(labels, np.int32), skipped
+
+
+def _encode(model_path, source, out, *, class_names, ignored, batch_size, dtype, workers, mesh,
+            progress) -> EncodeResult:  # fmt: skip
+    """Loads the model, encodes `source`, writes `out` (process 0)."""
+    path = resolve(model_path)
+    model = clip.from_pretrained(path, dtype=jnp.dtype(dtype))
+    mesh = mesh or parallel.create_mesh()
+    encoder = make_image_encoder(model, mesh)
+    t0 = time.perf_counter()
+    features, _, ids, labels, skipped = encode_source(
+        encoder, source, preprocess_for(path, model.config), mesh,
+        batch_size=batch_size, workers=workers, progress=progress,
+    )  # fmt: skip
+    if features is None:
+        features = np.zeros((0, model.config.embed_dim), np.float32)
     result = EncodeResult(
-        features=np.concatenate(feats).astype(np.float32) if feats else np.zeros((0, dim)),
+        features=features,
         paths=ids,
-        labels=np.concatenate(labels).astype(np.int32) if labels else np.zeros(0, np.int32),
-        class_names=[str(c) for c in getattr(source, "class_names", None) or []],
-        skipped=skipped,
+        labels=labels,
+        class_names=[str(c) for c in class_names],
+        skipped=[*ignored, *skipped],
         seconds=time.perf_counter() - t0,
     )
     if jax.process_index() == 0:
         write_npz(out, result)
     return result
+
+
+def encode_folder(
+    model_path: str,
+    images: str,
+    out: str,
+    *,
+    batch_size: int = 64,
+    dtype: str = "float32",
+    workers: int | None = None,
+    mesh=None,
+    progress: bool = True,
+) -> EncodeResult:
+    """Encodes every image under `images` with the CLIP checkpoint `model_path`; writes `out`."""
+    from vl_jax.data.pipeline import FileSource
+
+    listing = walk_image_folder(images)  # fail on a bad folder before loading a model
+    return _encode(
+        model_path, FileSource(listing.paths, listing.labels), out,
+        class_names=listing.class_names, ignored=listing.ignored, batch_size=batch_size,
+        dtype=dtype, workers=workers, mesh=mesh, progress=progress,
+    )  # fmt: skip
+
+
+def encode_dataset(
+    model_path: str,
+    data: str,
+    out: str,
+    *,
+    data_dir: str | None = None,
+    manual_dir: str | None = None,
+    batch_size: int = 64,
+    dtype: str = "float32",
+    workers: int | None = None,
+    mesh=None,
+    progress: bool = True,
+) -> EncodeResult:
+    """Encodes every example of dataset `data` ("NAME[:SPLIT]", split default "train", resolved
+    by `vl_jax.data.get_source`); writes `out` like `encode_folder`, with the examples' ids in
+    `paths` and undecodable examples in the `.skipped.tsv`."""
+    from vl_jax.data import get_source  # lazy: TFDS is only needed for datasets
+
+    name, _, split = data.partition(":")
+    source = get_source(name, split or "train", data_dir=data_dir, manual_dir=manual_dir)
+    return _encode(
+        model_path, source, out,
+        class_names=getattr(source, "class_names", None) or [], ignored=[],
+        batch_size=batch_size, dtype=dtype, workers=workers, mesh=mesh, progress=progress,
+    )  # fmt: skip
 
 
 def _gather_ids(local: np.ndarray) -> list[str]:
@@ -314,7 +264,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="output .npz")
     ap.add_argument("--batch_size", type=int, default=64, help="global batch size")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--workers", type=int, default=8, help="image decoding threads")
+    ap.add_argument("--workers", type=int, default=None, help="decoding threads (default: cores)")
     ap.add_argument("--mesh_data", type=int, default=-1)
     ap.add_argument("--mesh_model", type=int, default=1)
     ap.add_argument(
