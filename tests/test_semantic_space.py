@@ -1,0 +1,274 @@
+"""Semantic spaces (SIC, TAC, MCLA) on a synthetic noun table with planted structure.
+
+Every noun embedding is ``normalize(0.8 o + s_w)`` with a shared offset ``o`` (like CLIP's common
+"a photo of a" direction) and a specific part ``s_w``. Images cluster around 4 "true" nouns; the
+table also holds general hypernyms, a near-duplicate, a homonym (same lemma, same text), a noun
+equal to the offset (close to the mean text: SIC's uniqueness filter must drop it), and 200
+distractors under a broad subtree.
+"""
+
+import numpy as np
+import pytest
+
+from mcla_jax import semantic_space as ss
+from mcla_jax.wordnet import Noun, WordNetNouns
+
+E = 64
+TRUE = ["golden retriever", "pug", "tabby", "siamese"]
+
+
+def _table(spec):
+    """spec: list of (name, lemma, parent name or None) -> WordNetNouns with consistent columns."""
+    wnid = {name: f"n{i:08d}" for i, (name, _, _) in enumerate(spec)}
+    parent = {name: p for name, _, p in spec}
+    path = {}
+    for name, _, _ in spec:  # parents come first in spec
+        path[name] = (*path[parent[name]], wnid[name]) if parent[name] else (wnid[name],)
+    desc = {name: sum(wnid[name] in path[o][:-1] for o in path) for name in path}
+    kids = {name: sum(p == name for p in parent.values()) for name in path}
+    return WordNetNouns(
+        Noun(
+            wnid=wnid[name],
+            lemma=lemma,
+            depth=len(path[name]) - 1,
+            n_hyponyms=kids[name],
+            n_descendants=desc[name],
+            tag_count=0,
+            lexname="noun.Tops",
+            instance=False,
+            hypernyms=(wnid[parent[name]],) if parent[name] else (),
+            path=path[name],
+            lemmas=(lemma,),
+            gloss="",
+        )
+        for name, lemma, _ in spec
+    )
+
+
+@pytest.fixture(scope="module")
+def world():
+    rng = np.random.default_rng(0)
+    unit = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)
+    spec = [
+        ("root", "entity", None),
+        ("A", "animal", "root"),
+        ("B0", "dog", "A"),
+        ("B1", "cat", "A"),
+        ("t0", TRUE[0], "B0"),
+        ("t1", TRUE[1], "B0"),
+        ("t2", TRUE[2], "B1"),
+        ("t3", TRUE[3], "B1"),
+        ("d0", "yellow retriever", "B0"),  # near-duplicate sibling of t0
+        ("X", "thing", "root"),
+        ("Y", "object", "X"),
+        ("d1", TRUE[1], "Y"),  # homonym of t1: same lemma, same text, elsewhere in the tree
+        ("g", "stuff", "Y"),  # the offset itself: close to the mean text
+        *[(f"r{i}", f"distractor {i}", "Y") for i in range(200)],
+    ]
+    names = [n for n, _, _ in spec]
+    o = unit(rng.normal(size=E))
+    s = {n: unit(rng.normal(size=E)) for n in names}
+    s["A"] = unit(s["t0"] + s["t1"] + s["t2"] + s["t3"])
+    s["B0"], s["B1"] = unit(s["t0"] + s["t1"]), unit(s["t2"] + s["t3"])
+    s["d0"] = unit(s["t0"] + 0.1 * rng.normal(size=E) / np.sqrt(E))
+    s["d1"] = s["t1"]
+    emb = unit(np.stack([0.8 * o + s[n] for n in names])).astype(np.float32)
+    emb[names.index("g")] = o
+    true = np.array([names.index(n) for n in ("t0", "t1", "t2", "t3")])
+    labels = np.repeat(np.arange(4), 100)
+    img = unit(emb[true][labels] + 0.4 * rng.normal(size=(400, E)) / np.sqrt(E))
+    centres = unit(np.stack([img[labels == c].mean(0) for c in range(4)]))
+    return dict(
+        wn=_table(spec), emb=emb, img=img.astype(np.float32), centres=centres, true=true,
+        row={n: i for i, n in enumerate(names)},
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------ numpy transcriptions
+def _order(rows, score):
+    o = np.lexsort((rows, -score))
+    return rows[o], score[o]
+
+
+def ref_sic_lists(img_centres, emb, gamma_r):
+    sims = img_centres @ emb.T  # [K, M] -- fine at test size
+    idx = np.argsort(-sims, axis=1, kind="stable")[:, :gamma_r]
+    best = {}
+    for k in range(len(sims)):
+        for r in idx[k]:
+            best[r] = max(best.get(r, -np.inf), sims[k, r])
+    mean = emb.mean(0)
+    uniq = emb @ (mean / np.linalg.norm(mean))
+    return idx, best, uniq
+
+
+def ref_sic(img_centres, emb, gamma_r, gamma_u):
+    _, best, uniq = ref_sic_lists(img_centres, emb, gamma_r)
+    rows = np.array([r for r in best if uniq[r] < 1 - gamma_u])
+    return _order(rows, np.array([best[r] for r in rows]))
+
+
+def ref_tac(centres, emb, per_centre, temperature=1.0):
+    logits = centres @ emb.T / temperature
+    p = np.exp(logits - logits.max(0))
+    p /= p.sum(0)
+    assign, conf = logits.argmax(0), p.max(0)
+    rows = []
+    for c in range(len(centres)):
+        mine = np.flatnonzero(assign == c)
+        rows += list(mine[np.argsort(-conf[mine], kind="stable")[:per_centre]])
+    rows = np.array(rows)
+    return _order(rows, conf[rows])
+
+
+def dup(emb, wn, v, w, dup_cos, dup_hops):
+    a, b = wn.nouns[w], wn.nouns[v]
+    lca = len([1 for x, y in zip(a.path, b.path) if x == y])  # tree paths: a shared prefix
+    close = max(len(a.path), len(b.path)) - lca <= dup_hops
+    return emb[v] @ emb[w] >= dup_cos and (a.lemma == b.lemma or close)
+
+
+def ref_mcla(centres, emb, wn, gamma_r, gamma_u, keep, min_depth, max_desc, dup_cos, dup_hops):
+    idx, best, uniq = ref_sic_lists(centres, emb, gamma_r)
+    cand = [r for r in best if uniq[r] < 1 - gamma_u]
+    cand = [r for r in cand if wn.depth[r] >= min_depth and wn.n_descendants[r] <= max_desc]
+    # subsumed: a hyponym among the candidates scoring at least as well
+    cand = [
+        w
+        for w in cand
+        if not any(
+            wn.is_a(wn.wnids[v], wn.wnids[w]) and v != w and best[v] >= best[w] for v in cand
+        )
+    ]
+    cand.sort(key=lambda r: (-best[r], r))
+    kept = []
+    for w in cand:
+        if not any(dup(emb, wn, v, w, dup_cos, dup_hops) for v in kept):
+            kept.append(w)
+    rows = {r for k in range(len(idx)) for r in [r for r in idx[k] if r in kept][:keep]}
+    rows = np.array(sorted(rows))
+    return _order(rows, np.array([best[r] for r in rows]))
+
+
+MCLA_KW = dict(gamma_r=20, keep_per_centre=3, min_depth=2, max_descendants=50)
+
+
+# ------------------------------------------------------------------------ tests
+@pytest.mark.parametrize("block", [1, 7, 64, 4096])
+def test_topk_nouns_matches_numpy_for_any_block(world, block):
+    q, t = world["centres"], world["emb"]
+    vals, idx = ss.topk_nouns(q, t, 10, block=block)
+    ref = np.argsort(-(q @ t.T), axis=1, kind="stable")[:, :10]
+    np.testing.assert_array_equal(idx, ref)
+    np.testing.assert_allclose(vals, np.take_along_axis(q @ t.T, ref, 1), atol=1e-6)
+
+
+def test_sic_matches_numpy_transcription(world):
+    space = ss.sic_space(
+        world["img"], world["emb"], n_clusters=4, centres=world["centres"], gamma_r=20
+    )
+    rows, score = ref_sic(world["centres"], world["emb"], 20, 0.05)
+    np.testing.assert_array_equal(space.indices, rows)
+    np.testing.assert_allclose(space.scores, score, atol=1e-6)
+
+
+def test_tac_matches_numpy_transcription(world):
+    space = ss.tac_space(world["img"], world["emb"], centres=world["centres"])
+    rows, score = ref_tac(world["centres"], world["emb"], 5)
+    np.testing.assert_array_equal(space.indices, rows)
+    np.testing.assert_allclose(space.scores, score, atol=1e-6)
+
+
+def test_mcla_matches_numpy_transcription(world):
+    space = ss.mcla_space(
+        world["img"], world["emb"], world["wn"], n_clusters=4, centres=world["centres"], **MCLA_KW
+    )
+    rows, score = ref_mcla(world["centres"], world["emb"], world["wn"], 20, 0.05, 3, 2, 50, 0.95, 2)
+    np.testing.assert_array_equal(space.indices, rows)
+    np.testing.assert_allclose(space.scores, score, atol=1e-6)
+
+
+def test_methods_recover_true_nouns_from_kmeans(world):
+    """End to end: centres from k-means of the images, not given."""
+    img, emb, true = world["img"], world["emb"], set(world["true"].tolist())
+    sic = ss.sic_space(img, emb, n_clusters=4, gamma_r=20, n_init=3)
+    tac = ss.tac_space(img, emb, n_centres=4, n_init=3)
+    mcla = ss.mcla_space(img, emb, world["wn"], n_clusters=4, n_init=3, **MCLA_KW)
+    for space in (sic, tac, mcla):
+        assert true <= set(space.indices.tolist()), space.method
+    assert len(tac) <= 5 * 4
+    assert len(mcla) <= 3 * 4 < len(sic)
+    # SIC: each true noun is the nearest noun of its centre. (Not so for TAC: its softmax
+    # confidence may favour the near-duplicate, whose cosines to the *other* centres are lower.)
+    top = {int(c): int(r) for r, c in zip(sic.indices[::-1], sic.columns["centre"][::-1])}
+    assert set(top.values()) == true
+
+
+def test_filters_remove_planted_nouns(world):
+    img, emb, row, c = world["img"], world["emb"], world["row"], world["centres"]
+    planted = {row[n] for n in ("A", "B0", "B1", "d0", "d1")}
+    sic = set(ss.sic_space(img, emb, n_clusters=4, centres=c, gamma_r=20).indices.tolist())
+    assert planted <= sic  # SIC keeps general nouns and duplicates...
+    assert row["g"] not in sic  # ...but its uniqueness filter drops the mean-like noun
+    no_uniq = ss.sic_space(img, emb, n_clusters=4, centres=c, gamma_r=20, gamma_u=-1.0)
+    assert row["g"] in set(no_uniq.indices.tolist())
+    mcla = ss.mcla_space(img, emb, world["wn"], n_clusters=4, centres=c, **MCLA_KW)
+    assert not (planted | {row["g"]}) & set(mcla.indices.tolist())
+    assert set(world["true"].tolist()) <= set(mcla.indices.tolist())
+    # the subsumption rule alone (no depth / breadth / duplicate / size limits):
+    loose = ss.mcla_space(
+        img, emb, world["wn"], n_clusters=4, centres=c, gamma_r=20, keep_per_centre=20,
+        min_depth=0, max_descendants=10**6, dup_cos=2.0,
+    )  # fmt: skip
+    kept = set(loose.indices.tolist())
+    assert {row["d0"], row["d1"]} <= kept  # no duplicate rule (dup_cos > 1)
+    assert not {row["A"], row["B0"], row["B1"]} & kept  # subsumed by a better hyponym
+
+
+@pytest.mark.parametrize("method", ["sic", "tac", "mcla"])
+def test_block_size_does_not_change_result(world, method):
+    def build(block):
+        kw = dict(centres=world["centres"], block=block)
+        if method == "sic":
+            return ss.sic_space(world["img"], world["emb"], n_clusters=4, gamma_r=20, **kw)
+        if method == "tac":
+            return ss.tac_space(world["img"], world["emb"], **kw)
+        return ss.mcla_space(world["img"], world["emb"], world["wn"], n_clusters=4, **MCLA_KW, **kw)
+
+    a, b = build(5), build(4096)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
+    for k in a.columns:
+        np.testing.assert_allclose(a.columns[k], b.columns[k], atol=1e-6)
+
+
+def test_tsv_round_trip(world, tmp_path):
+    space = ss.mcla_space(
+        world["img"], world["emb"], world["wn"], n_clusters=4, centres=world["centres"], **MCLA_KW
+    )
+    path = ss.write_tsv(space, str(tmp_path / "run"), world["wn"])
+    assert path.endswith("semantic_space_mcla.tsv")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["semantic_space_mcla.tsv"]
+    back, lemmas, wnids = ss.read_tsv(path)
+    assert back.method == "mcla"
+    np.testing.assert_array_equal(back.indices, space.indices)
+    np.testing.assert_array_equal(back.scores, space.scores)  # exact float32 round trip
+    assert list(back.columns) == list(space.columns)
+    for k in space.columns:
+        np.testing.assert_array_equal(back.columns[k], space.columns[k])
+        assert back.columns[k].dtype.kind == space.columns[k].dtype.kind
+    assert lemmas == [world["wn"].lemmas[i] for i in space.indices]
+    assert wnids == [world["wn"].wnids[i] for i in space.indices]
+    header = open(path).readline().rstrip("\n").split("\t")
+    assert header[:4] == ["lemma", "wnid", "index", "score"]
+
+
+def test_bad_inputs(world):
+    with pytest.raises(ValueError, match="noun embeddings for a table"):
+        ss.mcla_space(
+            world["img"], world["emb"][:-1], world["wn"], n_clusters=4, centres=world["centres"]
+        )
+    with pytest.raises(ValueError, match="1 <= k <= M"):
+        ss.topk_nouns(world["centres"], world["emb"][:3], 4)
+    with pytest.raises(ValueError, match="finite"):
+        ss.sic_space(np.full((4, E), np.nan), world["emb"], n_clusters=2)
