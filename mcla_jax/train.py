@@ -1,0 +1,330 @@
+"""MCLA training on frozen features: cluster heads trained with the multi-level losses.
+
+    from mcla_jax import train as mcla
+    cfg = mcla.get_config()                      # or configs/mcla/synthetic.py
+    cfg.num_clusters = 15
+    idx, _ = knn(features, 20)                   # vl_jax.cluster.knn, [N, k]
+    assign, history = mcla.train(features, idx, texts, config=cfg)   # texts: [N, E] counterparts
+    assign, history = mcla.train(features, idx, nouns=space_emb, config=cfg)  # built here (TAC)
+
+Learnable parts (``MCLAModel``, NNX): an image head and a text head (``E -> K``, linear or a
+one-hidden-layer MLP) and an optional residual image adapter ``n(r A(u) + (1 - r) u)``. CLIP stays
+frozen; its features are inputs. Each epoch: (1) a jitted, sharded pass over all rows gives the
+image/text prototypes and the semantic centres (``make_epoch_targets``); (2) a jitted ``lax.scan`` of
+Adam steps over the epoch's shuffled batches (``make_epoch``); batches are split over the mesh's
+``data`` axis, parameters replicated, so every batch mean (entropy balance, prototypes, cluster
+contrast) is global -- XLA inserts the all-reduces. Shuffling and neighbour sampling use a numpy
+generator seeded by ``(seed, epoch)``, so a run is a function of the seed: 1 and 8 devices give
+the same assignments (same maths, float sums reduced in a different order). Losses:
+``mcla_jax.losses``; equations and defaults: docs/mcla.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from mcla_jax import losses as L
+from vl_jax.metrics import clustering_metrics
+from vl_jax.parallel import DATA, batch_sharding, create_mesh, replicated
+
+# Loss weights and what each multiplies (docs/mcla.md). 0 disables a term: it is not computed.
+LOSS_TERMS = ("instance", "consistency", "prototype", "semantic", "cluster", "neighbour", "entropy")
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """Defaults (TAC's optimiser and entropy weight, SIC's confident fraction; docs/mcla.md)."""
+    c = ml_collections.ConfigDict()
+    c.num_clusters = 10
+    c.seed = 0
+    c.epochs = 20
+    c.batch_size = 512  # global; must be divisible by the mesh's data axis
+    c.lr = 1e-3
+    c.b1, c.b2 = 0.9, 0.99
+    c.weight_decay = 0.0
+    c.model = ml_collections.ConfigDict(dict(hidden=0, adapter=False, adapter_ratio=0.2))
+    c.weights = ml_collections.ConfigDict(
+        dict(
+            instance=1.0,  # only trains something when the adapter is on (skipped otherwise)
+            consistency=1.0,
+            prototype=1.0,
+            semantic=1.0,
+            cluster=1.0,
+            neighbour=1.0,
+            entropy=5.0,
+        )
+    )
+    c.tau = ml_collections.ConfigDict(dict(instance=0.1, prototype=0.5, cluster=0.5, text=0.005))
+    c.confident_frac = 0.9  # SIC: top floor(0.9 floor(N / K)) rows per cluster -> semantic centre
+    c.warmup_epochs = 1  # prototype/semantic targets come from the previous epoch's heads
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
+    return c
+
+
+# --------------------------------------------------------------------------- model
+
+
+class MCLAModel(nnx.Module):
+    """Image and text cluster heads (+ optional residual image adapter) over frozen features.
+
+    ``__call__(u [B, E], t [B, E]) -> (z [B, E], logits_img [B, K], logits_txt [B, K])`` where
+    ``z`` is the (adapted) unit-norm image feature. Inputs are expected centred and unit-norm
+    (``prepare``).
+    """
+
+    def __init__(self, dim: int, k: int, *, hidden: int = 0, adapter: bool = False,
+                 adapter_ratio: float = 0.2, rngs: nnx.Rngs):  # fmt: skip
+        def head():
+            if hidden <= 0:
+                return nnx.Linear(dim, k, rngs=rngs)
+            return nnx.Sequential(
+                nnx.Linear(dim, hidden, rngs=rngs), nnx.relu, nnx.Linear(hidden, k, rngs=rngs)
+            )
+
+        self.image_head = head()
+        self.text_head = head()
+        # Zero init: the adapter starts as the identity (z = u), so training starts from CLIP.
+        zeros = nnx.initializers.zeros
+        self.adapter = (
+            nnx.Linear(dim, dim, kernel_init=zeros, bias_init=zeros, rngs=rngs) if adapter else None
+        )
+        self.ratio = adapter_ratio
+
+    def embed_image(self, u: jax.Array) -> jax.Array:
+        if self.adapter is None:
+            return u
+        return L.l2_normalize(self.ratio * self.adapter(u) + (1.0 - self.ratio) * u)
+
+    def __call__(self, u: jax.Array, t: jax.Array):
+        z = self.embed_image(u)
+        return z, self.image_head(z), self.text_head(t)
+
+
+def prepare(x) -> np.ndarray:
+    """Centre by the dataset mean, then L2-normalise rows: ``[N, E] -> [N, E]`` float32.
+
+    Why: CLIP features of one dataset share a large common offset (and the two modalities
+    different ones, the "modality gap"); removing it makes cluster differences, and cross-modal
+    prototype comparisons, a matter of direction rather than of that offset.
+    """
+    x = np.asarray(x, np.float64)
+    x = x - x.mean(0, keepdims=True)
+    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def build_text_counterparts(features, nouns, tau: float = 0.005, block: int = 4096) -> np.ndarray:
+    """TAC text counterparts ``[N, E]`` of raw image features from noun embeddings ``[M, E]``,
+    in row blocks of ``block`` (memory ``[block, M]``); see ``losses.text_counterpart``."""
+    fn = jax.jit(functools.partial(L.text_counterpart, tau=tau))
+    nouns = jnp.asarray(nouns, jnp.float32)
+    x = np.asarray(features, np.float32)
+    return np.concatenate(
+        [np.asarray(fn(x[i : i + block], nouns)) for i in range(0, len(x), block)]
+    )
+
+
+# --------------------------------------------------------------------------- jitted programs
+
+
+def _probs(logits):
+    return jax.nn.softmax(logits, axis=-1)
+
+
+def make_epoch_targets(graphdef, n: int, k: int, confident_frac: float) -> Callable:
+    """Jitted ``(params, u [Np, E], t [Np, E], w [Np]) -> targets dict``, rows split over data.
+
+    Returns ``proto_img``/``proto_txt`` ``[K, E]`` (``soft_prototypes`` over all rows),
+    ``centres`` ``[K, E]`` (semantic centre of cluster k: normalised mean text counterpart of the
+    ``floor(frac floor(N/K))`` rows with the largest image logit k -- SIC's rule, text side) and
+    ``assign`` ``[Np]`` (image-head argmax). ``w`` is 1 for real rows, 0 for padding.
+    """
+    m = max(1, math.floor(confident_frac * (n // k)))
+
+    @jax.jit
+    def targets(params, u, t, w):
+        model = nnx.merge(graphdef, params)
+        z, li, lt = model(u, t)
+        pi, pt = _probs(li) * w[:, None], _probs(lt) * w[:, None]
+        scores = jnp.where(w[:, None] > 0, li, -jnp.inf).T  # [K, Np]
+        _, top = jax.lax.top_k(scores, m)  # [K, m]; ties -> lower row
+        return dict(
+            proto_img=L.soft_prototypes(pi, z),
+            proto_txt=L.soft_prototypes(pt, t),
+            centres=L.l2_normalize(jnp.mean(t[top], axis=1)),
+            assign=jnp.argmax(li, axis=-1),
+        )
+
+    return targets
+
+
+def loss_terms(model: MCLAModel, batch: dict, targets: dict, weights: dict, tau: dict, on):
+    """Weighted loss terms on one global batch (``u, t, u_nb, t_nb``: ``[B, E]``).
+
+    ``on`` (0/1 scalar) gates the terms that read the epoch targets (warm-up). Returns
+    ``(total, {name: unweighted value})``; zero-weight terms are not computed.
+    """
+    z, li, lt = model(batch["u"], batch["t"])
+    pi, pt = _probs(li), _probs(lt)
+    w = {k: float(v) for k, v in weights.items()}
+    out = {}
+    if w["instance"] and model.adapter is not None:
+        out["instance"] = L.instance_alignment(z, batch["t"], tau["instance"])
+    if w["consistency"]:
+        out["consistency"] = L.cross_modal_consistency(pi, pt)
+    if w["prototype"]:
+        out["prototype"] = 0.5 * (
+            L.prototype_alignment(L.soft_prototypes(pi, z), targets["proto_txt"], tau["prototype"])
+            + L.prototype_alignment(
+                L.soft_prototypes(pt, batch["t"]), targets["proto_img"], tau["prototype"]
+            )
+        )
+    if w["semantic"]:
+        out["semantic"] = L.semantic_alignment(li, batch["t"], targets["centres"])
+    if w["cluster"]:
+        out["cluster"] = L.cluster_contrastive(pi, pt, tau["cluster"])
+    if w["neighbour"]:
+        _, li_nb, lt_nb = model(batch["u_nb"], batch["t_nb"])
+        out["neighbour"] = L.neighbour_consistency(pi, _probs(li_nb)) + L.neighbour_consistency(
+            pt, _probs(lt_nb)
+        )
+    if w["entropy"]:
+        out["entropy"] = L.entropy_balance(pi) + L.entropy_balance(pt)
+    gated = {"prototype", "semantic"}
+    total = sum(w[name] * v * (on if name in gated else 1.0) for name, v in out.items())
+    return total, out
+
+
+def make_train_step(graphdef, tx, weights: dict, tau: dict) -> Callable:
+    """Pure ``(params, opt_state, batch, targets, on) -> (params, opt_state, metrics)``: one Adam
+    step on a global batch (dict of ``[B, E]``: ``u, t, u_nb, t_nb``). ``jax.jit`` it with the
+    batch under ``batch_sharding(mesh, 2)`` and everything else replicated, or scan it
+    (``make_epoch``). ``metrics`` holds ``loss`` and the unweighted terms."""
+
+    def train_step(params, opt_state, batch, targets, on):
+        def loss_fn(p):
+            return loss_terms(nnx.merge(graphdef, p), batch, targets, weights, tau, on)
+
+        (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, dict(terms, loss=loss)
+
+    return train_step
+
+
+def make_epoch(graphdef, tx, weights: dict, tau: dict) -> Callable:
+    """Jitted ``(params, opt_state, batches, targets, on) -> (params, opt_state, metrics)``.
+
+    ``batches``: dict of ``[S, B, E]`` arrays split over ``data`` on dim 1; one
+    ``make_train_step`` step per ``s`` (``lax.scan``: one dispatch and one compile per epoch
+    shape, instead of ``S`` host round trips). ``metrics``: epoch means of the terms.
+    """
+    train_step = make_train_step(graphdef, tx, weights, tau)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def epoch(params, opt_state, batches, targets, on):
+        def body(carry, batch):
+            p, o, metrics = train_step(*carry, batch, targets, on)
+            return (p, o), metrics
+
+        (params, opt_state), metrics = jax.lax.scan(body, (params, opt_state), batches)
+        return params, opt_state, jax.tree.map(jnp.mean, metrics)
+
+    return epoch
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def _batches(rng, n: int, knn_idx: np.ndarray, batch: int, u, t) -> dict:
+    """One epoch of shuffled batches (drop remainder) with one random kNN neighbour per anchor."""
+    steps = n // batch
+    a = rng.permutation(n)[: steps * batch]
+    nb = knn_idx[a, rng.integers(0, knn_idx.shape[1], size=a.shape)]
+    a, nb = a.reshape(steps, batch), nb.reshape(steps, batch)
+    return dict(u=u[a], t=t[a], u_nb=u[nb], t_nb=t[nb])
+
+
+def train(features, knn_indices, texts=None, *, nouns=None, config=None, mesh: Mesh | None = None,
+          labels=None) -> tuple[np.ndarray, list[dict]]:  # fmt: skip
+    """Train MCLA's heads on frozen features and return the image-head clustering.
+
+    Args:
+      features: ``[N, E]`` frozen image features (raw CLIP outputs are fine: ``prepare``).
+      knn_indices: ``[N, k]`` neighbour rows of each image (``vl_jax.cluster.knn``).
+      texts: ``[N, E]`` text counterparts; or None with ``nouns`` ``[M, E]`` (unit-norm noun
+        embeddings of the semantic space) to build them (``build_text_counterparts``).
+      config: ``get_config()``-shaped ConfigDict (``num_clusters`` etc.; ``batch_size`` is the
+        global batch, capped at N rounded down to the data axis, and must divide by it).
+      mesh: ``("data", "model")`` mesh; default from ``config.mesh``.
+      labels: optional ``[N]`` classes, used only to *report* ACC/NMI/ARI per epoch in the history
+        (never for selection: the last epoch is returned).
+
+    Returns:
+      ``(assignments [N] int32, history)``; history has one dict per epoch with the epoch means
+      of ``loss`` and each active term (and ``acc``/``nmi``/``ari`` with ``labels``).
+    """
+    cfg = get_config() if config is None else config
+    if texts is None:
+        if nouns is None:
+            raise ValueError("give text counterparts `texts` or noun embeddings `nouns`")
+        texts = build_text_counterparts(features, nouns, cfg.tau.text)
+    u, t = prepare(features), prepare(texts)
+    knn_idx = np.asarray(knn_indices, np.int64)
+    n, e = u.shape
+    k = int(cfg.num_clusters)
+    if t.shape != u.shape or knn_idx.ndim != 2 or knn_idx.shape[0] != n:
+        raise ValueError(f"shapes differ: features {u.shape}, texts {t.shape}, knn {knn_idx.shape}")
+    if mesh is None:
+        mesh = create_mesh(int(cfg.mesh.data), int(cfg.mesh.model))
+    d = mesh.shape[DATA]
+    bsz = min(int(cfg.batch_size), n // d * d)
+    if bsz % d or bsz == 0:
+        raise ValueError(f"batch_size {cfg.batch_size} must be a positive multiple of data={d}")
+
+    model = MCLAModel(e, k, hidden=int(cfg.model.hidden), adapter=bool(cfg.model.adapter),
+                      adapter_ratio=float(cfg.model.adapter_ratio), rngs=nnx.Rngs(int(cfg.seed)))  # fmt: skip
+    graphdef, params = nnx.split(model, nnx.Param)
+    tx = optax.adamw(cfg.lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
+    rep = replicated(mesh)
+    params = jax.device_put(params, rep)
+    opt_state = jax.device_put(tx.init(params), rep)
+
+    # All rows, padded to a multiple of the data axis, for the per-epoch targets.
+    n_pad = -(-n // d) * d
+    pad = ((0, n_pad - n), (0, 0))
+    rows = batch_sharding(mesh, 2)
+    u_all = jax.device_put(np.pad(u, pad), rows)
+    t_all = jax.device_put(np.pad(t, pad), rows)
+    w_all = jax.device_put((np.arange(n_pad) < n).astype(np.float32), batch_sharding(mesh, 1))
+    targets_fn = make_epoch_targets(graphdef, n, k, float(cfg.confident_frac))
+    epoch_fn = make_epoch(graphdef, tx, dict(cfg.weights), dict(cfg.tau))
+    steps_sharding = NamedSharding(mesh, P(None, DATA, None))
+
+    history = []
+    tg = targets_fn(params, u_all, t_all, w_all)
+    assign = np.asarray(jax.device_get(tg["assign"]))[:n].astype(np.int32)
+    for ep in range(int(cfg.epochs)):
+        tg.pop("assign")
+        rng = np.random.default_rng([int(cfg.seed), ep])
+        batches = jax.device_put(_batches(rng, n, knn_idx, bsz, u, t), steps_sharding)
+        on = jnp.float32(ep >= int(cfg.warmup_epochs))
+        params, opt_state, metrics = epoch_fn(params, opt_state, batches, tg, on)
+        rec = {"epoch": ep, **{name: float(v) for name, v in jax.device_get(metrics).items()}}
+        if not np.isfinite(rec["loss"]):
+            raise FloatingPointError(f"non-finite loss at epoch {ep}: {rec}")
+        tg = targets_fn(params, u_all, t_all, w_all)  # next epoch's targets, this epoch's result
+        assign = np.asarray(jax.device_get(tg["assign"]))[:n].astype(np.int32)
+        if labels is not None:  # reported only; the last epoch is returned regardless
+            rec.update(clustering_metrics(np.asarray(labels), assign))
+        history.append(rec)
+    return assign, history
