@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from jax.sharding import PartitionSpec as P
 
+from vl_jax import parallel
 from vl_jax.checkpoints import CheckpointError, SafetensorsReader, save_safetensors
 from vl_jax.models import get_model_module, llava, siglip
 
@@ -340,5 +342,21 @@ def test_processor_end_to_end(checkpoints, tmp_path):
     ids, mask = inputs["input_ids"].astype(np.int32), inputs["attention_mask"].astype(np.int32)
     llava.check_image_tokens(ids, model.config, allow_empty=False)  # what eager calls check
     got = np.asarray(_call(model, ids, pixels, mask))
+    real = mask.astype(bool)
+    np.testing.assert_allclose(got[real], hf_logits(ref, ids, pixels, mask)[real], atol=ATOL)
+
+
+def test_tensor_parallel_load_matches_hf(checkpoints, mesh_4x2):
+    """Parameters placed on a (data=4, model=2) mesh while loading: heads of the decoder are split
+    over `model`, the batch over `data`, and the logits are unchanged."""
+    ref, path = checkpoints("clip_llama")
+    model = llava.from_pretrained(path, shardings=lambda s: parallel.param_shardings(s, mesh_4x2))
+    q = model.language_model.layers[0].attn.q[...]
+    assert q.sharding.spec == P(None, parallel.MODEL, None)
+    assert {s.data.shape[1] for s in q.addressable_shards} == {LLAMA["num_attention_heads"] // 2}
+    ids, mask = prompts(model.config, rows=4)
+    pixels = images(model.config, len(ids))
+    put = lambda x: jax.device_put(x, parallel.batch_sharding(mesh_4x2, x.ndim))
+    got = np.asarray(_call(model, put(ids), put(pixels), put(mask)))
     real = mask.astype(bool)
     np.testing.assert_allclose(got[real], hf_logits(ref, ids, pixels, mask)[real], atol=ATOL)
