@@ -21,6 +21,7 @@ MODULES = (
     "benchmarks.input_pipeline",
     "benchmarks.knn",
     "benchmarks.kmeans",
+    "benchmarks.mcla_epoch",
     "benchmarks.vqa_generate",
 )
 
