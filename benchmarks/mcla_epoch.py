@@ -104,7 +104,8 @@ def _ours(u, t, knn_idx, weights: dict | None = None):
     w_all = jax.device_put((np.arange(n_pad) < n).astype(np.float32), batch_sharding(mesh, 1))
     targets_fn = mcla.make_epoch_targets(graphdef, n, CLUSTERS, float(cfg.confident_frac))
     epoch_fn = mcla.make_epoch(graphdef, tx, dict(cfg.weights), dict(cfg.tau))
-    steps_sharding = NamedSharding(mesh, P(None, DATA, None))
+    steps_sharding = NamedSharding(mesh, P(None, DATA))
+    feats = jax.device_put(dict(u=u, t=t), rep)
     on = jnp.float32(1.0)  # past warm-up: every configured term is computed and used
 
     params = jax.device_put(params, rep)
@@ -118,11 +119,11 @@ def _ours(u, t, knn_idx, weights: dict | None = None):
         t0 = time.perf_counter()
         rng = np.random.default_rng([0, box["ep"]])
         box["ep"] += 1
-        host = mcla._batches(rng, n, knn_idx, BATCH, u, t)
+        host = mcla._batches(rng, n, knn_idx, BATCH)
         t1 = time.perf_counter()
         batches = jax.block_until_ready(jax.device_put(host, steps_sharding))
         t2 = time.perf_counter()
-        box["p"], box["o"], metrics = epoch_fn(box["p"], box["o"], batches, box["tg"], on)
+        box["p"], box["o"], metrics = epoch_fn(box["p"], box["o"], batches, feats, box["tg"], on)
         metrics = jax.device_get(metrics)
         t3 = time.perf_counter()
         tg = targets_fn(box["p"], u_all, t_all, w_all)

@@ -222,21 +222,26 @@ def make_train_step(graphdef, tx, weights: dict, tau: dict) -> Callable:
 
 
 def make_epoch(graphdef, tx, weights: dict, tau: dict) -> Callable:
-    """Jitted ``(params, opt_state, batches, targets, on) -> (params, opt_state, metrics)``.
+    """Jitted ``(params, opt_state, index, feats, targets, on) -> (params, opt_state, metrics)``.
 
-    ``batches``: dict of ``[S, B, E]`` arrays split over ``data`` on dim 1; one
-    ``make_train_step`` step per ``s`` (``lax.scan``: one dispatch and one compile per epoch
-    shape, instead of ``S`` host round trips). ``metrics``: epoch means of the terms.
+    ``index``: dict of ``[S, B]`` int32 rows, ``a`` (anchors) and ``nb`` (one kNN neighbour of
+    each), split over ``data`` on dim 1 (``_batches``); ``feats``: dict ``u``, ``t`` of ``[N, E]``
+    features, replicated. Each step gathers its batch on the device -- only indices cross from
+    the host each epoch, not ``4 x S x B x E`` floats. One ``make_train_step`` step per ``s``
+    (``lax.scan``: one dispatch and one compile per epoch shape, instead of ``S`` host round
+    trips). ``metrics``: epoch means of the terms.
     """
     train_step = make_train_step(graphdef, tx, weights, tau)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def epoch(params, opt_state, batches, targets, on):
-        def body(carry, batch):
+    def epoch(params, opt_state, index, feats, targets, on):
+        def body(carry, rows):
+            a, nb = rows["a"], rows["nb"]
+            batch = dict(u=feats["u"][a], t=feats["t"][a], u_nb=feats["u"][nb], t_nb=feats["t"][nb])
             p, o, metrics = train_step(*carry, batch, targets, on)
             return (p, o), metrics
 
-        (params, opt_state), metrics = jax.lax.scan(body, (params, opt_state), batches)
+        (params, opt_state), metrics = jax.lax.scan(body, (params, opt_state), index)
         return params, opt_state, jax.tree.map(jnp.mean, metrics)
 
     return epoch
@@ -245,13 +250,15 @@ def make_epoch(graphdef, tx, weights: dict, tau: dict) -> Callable:
 # --------------------------------------------------------------------------- driver
 
 
-def _batches(rng, n: int, knn_idx: np.ndarray, batch: int, u, t) -> dict:
-    """One epoch of shuffled batches (drop remainder) with one random kNN neighbour per anchor."""
+def _batches(rng, n: int, knn_idx: np.ndarray, batch: int) -> dict:
+    """One epoch of shuffled batch rows (drop remainder) with one random kNN neighbour per
+    anchor: ``{"a", "nb"}``, int32 ``[S, B]`` (the features are gathered on the device)."""
     steps = n // batch
     a = rng.permutation(n)[: steps * batch]
     nb = knn_idx[a, rng.integers(0, knn_idx.shape[1], size=a.shape)]
-    a, nb = a.reshape(steps, batch), nb.reshape(steps, batch)
-    return dict(u=u[a], t=t[a], u_nb=u[nb], t_nb=t[nb])
+    return dict(
+        a=a.reshape(steps, batch).astype(np.int32), nb=nb.reshape(steps, batch).astype(np.int32)
+    )
 
 
 def train(features, knn_indices, texts=None, *, nouns=None, config=None, mesh: Mesh | None = None,
@@ -308,7 +315,9 @@ def train(features, knn_indices, texts=None, *, nouns=None, config=None, mesh: M
     w_all = jax.device_put((np.arange(n_pad) < n).astype(np.float32), batch_sharding(mesh, 1))
     targets_fn = make_epoch_targets(graphdef, n, k, float(cfg.confident_frac))
     epoch_fn = make_epoch(graphdef, tx, dict(cfg.weights), dict(cfg.tau))
-    steps_sharding = NamedSharding(mesh, P(None, DATA, None))
+    steps_sharding = NamedSharding(mesh, P(None, DATA))
+    # Replicated copies to gather batches from on the device (the row-sharded ones feed targets).
+    feats = jax.device_put(dict(u=u, t=t), rep)
 
     history = []
     tg = targets_fn(params, u_all, t_all, w_all)
@@ -316,9 +325,9 @@ def train(features, knn_indices, texts=None, *, nouns=None, config=None, mesh: M
     for ep in range(int(cfg.epochs)):
         tg.pop("assign")
         rng = np.random.default_rng([int(cfg.seed), ep])
-        batches = jax.device_put(_batches(rng, n, knn_idx, bsz, u, t), steps_sharding)
+        index = jax.device_put(_batches(rng, n, knn_idx, bsz), steps_sharding)
         on = jnp.float32(ep >= int(cfg.warmup_epochs))
-        params, opt_state, metrics = epoch_fn(params, opt_state, batches, tg, on)
+        params, opt_state, metrics = epoch_fn(params, opt_state, index, feats, tg, on)
         rec = {"epoch": ep, **{name: float(v) for name, v in jax.device_get(metrics).items()}}
         if not np.isfinite(rec["loss"]):
             raise FloatingPointError(f"non-finite loss at epoch {ep}: {rec}")
