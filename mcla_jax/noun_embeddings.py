@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from vl_jax import parallel
 from vl_jax.checkpoints import resolve
+from vl_jax.fileio import atomic_open
 from vl_jax.models import clip
 from vl_jax.models.clip_tokenizer import load_tokenizer, tokenize
 
@@ -289,17 +290,8 @@ def _read_parts(parts: str, key: str, n: int) -> tuple[list[np.ndarray], list[np
 
 def _write_npz(path: str, key: str, **arrays) -> None:
     """Atomic ``np.savez``: temp file in the same folder, fsync, rename."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, key=np.array(key), **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_open(path, "wb") as f:
+        np.savez(f, key=np.array(key), **arrays)
 
 
 def _remove_parts(parts: str) -> None:

@@ -28,6 +28,7 @@ import numpy as np
 
 from mcla_jax import wordnet
 from vl_jax.cluster import kmeans
+from vl_jax.fileio import atomic_open
 
 HI = jax.lax.Precision.HIGHEST
 NOUN_BLOCK = 8192  # nouns per similarity block: [Q, 8192] float32 scores per step
@@ -421,18 +422,9 @@ def write_tsv(space: SemanticSpace, workdir: str, nouns: wordnet.WordNetNouns | 
         if "\t" in lemma or "\n" in lemma:
             raise ValueError(f"lemma {lemma!r} cannot be written to a TSV")
         lines.append("\t".join([lemma, wn.wnids[row], *(fmt(c[i]) for c in cols)]))
-    os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, f"semantic_space_{space.method}.tsv")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
     return path
 
 

@@ -22,8 +22,9 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
+
+from vl_jax.fileio import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -245,17 +246,9 @@ def save_questions(path: str | os.PathLike, qs: Questions) -> None:
     path = os.fspath(path)
     data = {"version": FORMAT_VERSION, "general": list(qs.general)}
     data |= {"classes": qs.specific, "report": qs.report}
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".questions-", suffix=".json.tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.write("\n")
 
 
 def _line_of(text: str, s: str) -> str:

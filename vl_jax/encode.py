@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from vl_jax import parallel
 from vl_jax.checkpoints import resolve
+from vl_jax.fileio import atomic_open
 from vl_jax.images import walk_image_folder
 from vl_jax.models import clip
 from vl_jax.preprocess import ClipPreprocess
@@ -230,27 +231,15 @@ def write_npz(out: str, r: EncodeResult) -> None:
         labels=r.labels,
         class_names=np.asarray(r.class_names, dtype=str),
     )
-    _atomic_write(out, lambda f: np.savez(f, **arrays))
+    with atomic_open(out, "wb") as f:
+        np.savez(f, **arrays)
     skipped_file = f"{out}.skipped.tsv"
     if r.skipped:
-        lines = ["path\treason\n"] + [f"{p}\t{' '.join(str(w).split())}\n" for p, w in r.skipped]
-        _atomic_write(skipped_file, lambda f: f.write("".join(lines).encode()))
+        with atomic_open(skipped_file, "w", encoding="utf-8") as f:
+            f.write("path\treason\n")
+            f.writelines(f"{p}\t{' '.join(str(w).split())}\n" for p, w in r.skipped)
     elif os.path.exists(skipped_file):
         os.remove(skipped_file)  # a stale list from an earlier run would mislead
-
-
-def _atomic_write(path: str, write) -> None:
-    """`write(binary file)` into a temp file next to `path`, fsync, rename; no debris on error."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def main(argv=None) -> int:

@@ -23,6 +23,7 @@ import numpy as np
 
 from vl_jax import parallel
 from vl_jax.encode import encode_folder
+from vl_jax.fileio import atomic_open
 from vl_jax.models import clip
 from vl_jax.models.clip_config import CLIPConfig, TextConfig, VisionConfig
 from vl_jax.models.clip_tokenizer import load_tokenizer, openai_clip_tokenizer, tokenize
@@ -160,8 +161,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "mesh": parallel.describe(mesh),
         "outputs": {"features": out, "checkpoint": ckpt},
     }
-    with open(os.path.join(workdir, "summary.json.tmp"), "w") as f:
+    with atomic_open(os.path.join(workdir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    os.replace(os.path.join(workdir, "summary.json.tmp"), os.path.join(workdir, "summary.json"))
     print(json.dumps(summary, indent=2))
     return summary

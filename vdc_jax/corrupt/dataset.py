@@ -25,13 +25,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from vdc_jax.corrupt.triggers import Attack, BadNets, Blended, Sig, WaNet
+from vl_jax.fileio import atomic_open
 
 __all__ = [
     "ATTACKS",
@@ -233,7 +233,8 @@ class CorruptedSource:
             lines = ["\t".join(MANIFEST_FIELDS)]
             lines += ["\t".join(str(r[f]) for f in MANIFEST_FIELDS) for r in rows]
             text = "\n".join(lines) + "\n"
-        _atomic_write_text(path, text)
+        with atomic_open(path, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
 
     # ------------------------------------------------------------------ selection
     def _rng(self, stream: int, c: int) -> np.random.Generator:
@@ -305,17 +306,3 @@ def _source_labels(source) -> np.ndarray:
     if out.shape != (len(source),):
         raise ValueError(f"source labels have shape {out.shape}, expected ({len(source)},)")
     return out
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    """Write to a temp file in the same directory, then rename: readers never see a partial file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

@@ -17,6 +17,8 @@ from collections.abc import Iterator, Mapping
 import ml_dtypes
 import numpy as np
 
+from vl_jax.fileio import atomic_open
+
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -158,12 +160,8 @@ def save_safetensors(tensors: Mapping[str, np.ndarray], path: str, metadata: dic
         arrays.append(arr)
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # the format pads the header to 8-byte alignment
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
+    with atomic_open(path, "wb") as f:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         for arr in arrays:
             f.write(arr.tobytes())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -60,6 +60,7 @@ import numpy as np
 from PIL import Image
 
 from vl_jax import parallel
+from vl_jax.fileio import atomic_open
 from vl_jax.images import ImageError, decode_rgb, load_rgb, pil_to_rgb
 
 __all__ = [
@@ -459,5 +460,5 @@ def restore_state(directory: str | os.PathLike, it: DeviceIterator, step: int | 
 def write_skipped(path: str | os.PathLike, skipped: Sequence[Skipped]) -> None:
     """Write ``id<TAB>reason`` lines (with a header) for the caller's ``skipped.tsv``."""
     lines = ["id\treason\n"] + [f"{s.id}\t{' '.join(s.reason.split())}\n" for s in skipped]
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_open(path, "w", encoding="utf-8") as f:
         f.writelines(lines)

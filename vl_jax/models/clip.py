@@ -24,6 +24,7 @@ from vl_jax.checkpoints import (
     resolve,
     save_safetensors,
 )
+from vl_jax.fileio import atomic_open
 from vl_jax.models import clip_weights
 from vl_jax.models.clip_config import (
     OPEN_CLIP_CONFIG,
@@ -313,7 +314,5 @@ def _hf_config_dict(cfg: CLIPConfig) -> dict:
 
 
 def _write_json(path: str, obj: dict) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
+    with atomic_open(path, "w") as f:
         json.dump(obj, f, indent=2)
-    os.replace(tmp, path)

@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from vl_jax.fileio import atomic_open
 from vl_jax.images import ImageError, load_rgb
 
 __all__ = ["SKIPPED_TSV", "ArrayRecordBuilder", "SkipRecord", "read_skipped", "stored_image_bytes"]
@@ -89,7 +90,7 @@ class SkipRecord:
     def write(self, directory: str) -> str:
         """Write ``directory/skipped.tsv`` (header ``split path reason``; always written)."""
         path = os.path.join(os.fspath(directory), SKIPPED_TSV)
-        with open(path, "w", encoding="utf-8") as f:
+        with atomic_open(path, "w", encoding="utf-8") as f:
             f.write("split\tpath\treason\n")
             for row in self.rows:
                 f.write("\t".join(_clean(x) for x in row) + "\n")
