@@ -285,55 +285,82 @@ def train(features, knn_indices, texts=None, *, nouns=None, config=None, mesh: M
         if nouns is None:
             raise ValueError("give text counterparts `texts` or noun embeddings `nouns`")
         texts = build_text_counterparts(features, nouns, cfg.tau.text)
-    u, t = prepare(features), prepare(texts)
-    knn_idx = np.asarray(knn_indices, np.int64)
-    n, e = u.shape
-    k = int(cfg.num_clusters)
-    if t.shape != u.shape or knn_idx.ndim != 2 or knn_idx.shape[0] != n:
-        raise ValueError(f"shapes differ: features {u.shape}, texts {t.shape}, knn {knn_idx.shape}")
-    if mesh is None:
-        mesh = create_mesh(int(cfg.mesh.data), int(cfg.mesh.model))
-    d = mesh.shape[DATA]
-    bsz = min(int(cfg.batch_size), n // d * d)
-    if bsz % d or bsz == 0:
-        raise ValueError(f"batch_size {cfg.batch_size} must be a positive multiple of data={d}")
-
-    model = MCLAModel(e, k, hidden=int(cfg.model.hidden), adapter=bool(cfg.model.adapter),
-                      adapter_ratio=float(cfg.model.adapter_ratio), rngs=nnx.Rngs(int(cfg.seed)))  # fmt: skip
-    graphdef, params = nnx.split(model, nnx.Param)
-    tx = optax.adamw(cfg.lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
-    rep = replicated(mesh)
-    params = jax.device_put(params, rep)
-    opt_state = jax.device_put(tx.init(params), rep)
-
-    # All rows, padded to a multiple of the data axis, for the per-epoch targets.
-    n_pad = -(-n // d) * d
-    pad = ((0, n_pad - n), (0, 0))
-    rows = batch_sharding(mesh, 2)
-    u_all = jax.device_put(np.pad(u, pad), rows)
-    t_all = jax.device_put(np.pad(t, pad), rows)
-    w_all = jax.device_put((np.arange(n_pad) < n).astype(np.float32), batch_sharding(mesh, 1))
-    targets_fn = make_epoch_targets(graphdef, n, k, float(cfg.confident_frac))
-    epoch_fn = make_epoch(graphdef, tx, dict(cfg.weights), dict(cfg.tau))
-    steps_sharding = NamedSharding(mesh, P(None, DATA))
-    # Replicated copies to gather batches from on the device (the row-sharded ones feed targets).
-    feats = jax.device_put(dict(u=u, t=t), rep)
-
+    run = Trainer(prepare(features), prepare(texts), knn_indices, cfg, mesh)
     history = []
-    tg = targets_fn(params, u_all, t_all, w_all)
-    assign = np.asarray(jax.device_get(tg["assign"]))[:n].astype(np.int32)
-    for ep in range(int(cfg.epochs)):
-        tg.pop("assign")
+    for _ in range(int(cfg.epochs)):
+        rec = run.epoch()
+        if labels is not None:  # reported only; the last epoch is returned regardless
+            rec.update(clustering_metrics(np.asarray(labels), run.assign))
+        history.append(rec)
+    return run.assign, history
+
+
+class Trainer:
+    """One MCLA run's state on the mesh; each `epoch()` call trains one epoch.
+
+    `u`, `t`: prepared (`prepare`) image features and text counterparts ``[N, E]``; `knn_idx`
+    ``[N, k]``. After construction and after every epoch, `assign` holds the image head's
+    clustering ``[N]`` (the epoch targets' assignments). `train` drives it; benchmarks time it.
+    """
+
+    def __init__(self, u, t, knn_idx, cfg, mesh: Mesh | None = None):
+        knn_idx = np.asarray(knn_idx, np.int64)
+        n, e = u.shape
+        k = int(cfg.num_clusters)
+        if t.shape != u.shape or knn_idx.ndim != 2 or knn_idx.shape[0] != n:
+            raise ValueError(
+                f"shapes differ: features {u.shape}, texts {t.shape}, knn {knn_idx.shape}"
+            )
+        if mesh is None:
+            mesh = create_mesh(int(cfg.mesh.data), int(cfg.mesh.model))
+        d = mesh.shape[DATA]
+        bsz = min(int(cfg.batch_size), n // d * d)
+        if bsz % d or bsz == 0:
+            raise ValueError(f"batch_size {cfg.batch_size} must be a positive multiple of data={d}")
+
+        model = MCLAModel(e, k, hidden=int(cfg.model.hidden), adapter=bool(cfg.model.adapter),
+                          adapter_ratio=float(cfg.model.adapter_ratio), rngs=nnx.Rngs(int(cfg.seed)))  # fmt: skip
+        graphdef, params = nnx.split(model, nnx.Param)
+        tx = optax.adamw(cfg.lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
+        rep = replicated(mesh)
+        self.params = jax.device_put(params, rep)
+        self.opt_state = jax.device_put(tx.init(self.params), rep)
+
+        # All rows, padded to a multiple of the data axis, for the per-epoch targets; replicated
+        # copies to gather training batches from on the device.
+        n_pad = -(-n // d) * d
+        pad = ((0, n_pad - n), (0, 0))
+        rows = batch_sharding(mesh, 2)
+        self._all = (
+            jax.device_put(np.pad(u, pad), rows),
+            jax.device_put(np.pad(t, pad), rows),
+            jax.device_put((np.arange(n_pad) < n).astype(np.float32), batch_sharding(mesh, 1)),
+        )
+        self._feats = jax.device_put(dict(u=u, t=t), rep)
+        self._targets_fn = make_epoch_targets(graphdef, n, k, float(cfg.confident_frac))
+        self._epoch_fn = make_epoch(graphdef, tx, dict(cfg.weights), dict(cfg.tau))
+        self._steps_sharding = NamedSharding(mesh, P(None, DATA))
+        self._n, self._bsz, self._knn, self._cfg = n, bsz, knn_idx, cfg
+        self.epochs_done = 0
+        self._update_targets()
+
+    def _update_targets(self):
+        tg = self._targets_fn(self.params, *self._all)
+        self.assign = np.asarray(jax.device_get(tg.pop("assign")))[: self._n].astype(np.int32)
+        self._targets = tg
+
+    def epoch(self) -> dict:
+        """Trains one epoch; returns ``{"epoch", "loss", <term>: epoch mean}``."""
+        ep, cfg = self.epochs_done, self._cfg
         rng = np.random.default_rng([int(cfg.seed), ep])
-        index = jax.device_put(_batches(rng, n, knn_idx, bsz), steps_sharding)
+        index = jax.device_put(_batches(rng, self._n, self._knn, self._bsz), self._steps_sharding)
         on = jnp.float32(ep >= int(cfg.warmup_epochs))
-        params, opt_state, metrics = epoch_fn(params, opt_state, index, feats, tg, on)
+        self.params, self.opt_state, metrics = self._epoch_fn(
+            self.params, self.opt_state, index, self._feats, self._targets, on
+        )
         rec = {"epoch": ep, **{name: float(v) for name, v in jax.device_get(metrics).items()}}
         if not np.isfinite(rec["loss"]):
             raise FloatingPointError(f"non-finite loss at epoch {ep}: {rec}")
-        tg = targets_fn(params, u_all, t_all, w_all)  # next epoch's targets, this epoch's result
-        assign = np.asarray(jax.device_get(tg["assign"]))[:n].astype(np.int32)
-        if labels is not None:  # reported only; the last epoch is returned regardless
-            rec.update(clustering_metrics(np.asarray(labels), assign))
-        history.append(rec)
-    return assign, history
+        self._update_targets()  # next epoch's targets, this epoch's result
+        self.epochs_done += 1
+        return rec
