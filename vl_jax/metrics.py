@@ -186,3 +186,42 @@ def clustering_metrics(y_true, y_pred, *, ignore_label: int | None = -1) -> dict
     rows, cols = linear_sum_assignment(counts, maximize=True)
     acc = float(counts[rows, cols].sum() / y_true.size)
     return {"acc": acc, "nmi": _nmi(counts), "ari": _ari(counts)}
+
+
+def roc_curve(scores, positive) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ROC curve of a detector: higher ``scores`` mean "more likely positive".
+
+    Args:
+      scores: ``[N]`` float scores; positive: ``[N]`` bool ground truth.
+
+    Returns:
+      ``(fpr [M], tpr [M], thresholds [M])`` with one point per distinct score (ties move
+      together), starting at ``(0, 0)`` with threshold ``inf``: sklearn's ``roc_curve`` with
+      ``drop_intermediate=False``. A sample is called positive when ``score >= threshold``.
+
+    Raises:
+      ValueError: shapes differ, NaN scores, or only one class present.
+    """
+    s = np.asarray(scores, np.float64).ravel()
+    y = np.asarray(positive, bool).ravel()
+    if s.shape != y.shape:
+        raise ValueError(f"scores and positive differ in length: {s.shape} vs {y.shape}")
+    if np.isnan(s).any():
+        raise ValueError("scores contain NaN")
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"ROC needs both classes; got {n_pos} positive and {n_neg} negative")
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]  # last index of each distinct score
+    tps = np.cumsum(y)[last]
+    fps = (last + 1) - tps
+    fpr = np.r_[0.0, fps / n_neg]
+    tpr = np.r_[0.0, tps / n_pos]
+    return fpr, tpr, np.r_[np.inf, s[last]]
+
+
+def roc_auc(scores, positive) -> float:
+    """Area under the ROC curve (trapezoidal, ties counted half), = sklearn's ``roc_auc_score``."""
+    fpr, tpr, _ = roc_curve(scores, positive)
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
