@@ -35,16 +35,20 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mcla_jax import losses as L
+from mcla_jax import methods
+from mcla_jax.methods import MCLAModel, Method, mcla_loss_terms
 from vl_jax.metrics import clustering_metrics
 from vl_jax.parallel import DATA, batch_sharding, create_mesh, replicated
 
-# Loss weights and what each multiplies (docs/mcla.md). 0 disables a term: it is not computed.
-LOSS_TERMS = ("instance", "consistency", "prototype", "semantic", "cluster", "neighbour", "entropy")
+# MCLA's loss weights and what each multiplies (docs/mcla.md). 0 disables a term.
+LOSS_TERMS = methods.MCLA.terms
+__all__ = ["MCLAModel", "Trainer", "get_config", "prepare", "train"]
 
 
 def get_config() -> ml_collections.ConfigDict:
     """Defaults (TAC's optimiser and entropy weight, SIC's confident fraction; docs/mcla.md)."""
     c = ml_collections.ConfigDict()
+    c.method = "mcla"  # mcla | sic | tac (mcla_jax.methods)
     c.num_clusters = 10
     c.seed = 0
     c.epochs = 20
@@ -66,60 +70,16 @@ def get_config() -> ml_collections.ConfigDict:
     )
     c.tau = ml_collections.ConfigDict(dict(instance=0.1, prototype=0.5, cluster=0.5, text=0.005))
     c.confident_frac = 0.9  # SIC: top floor(0.9 floor(N / K)) rows per cluster -> semantic centre
+    c.semantic_nouns = 30  # SIC: space nouns averaged into each semantic centre
     c.warmup_epochs = 1  # prototype/semantic targets come from the previous epoch's heads
     c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
     return c
 
 
-# --------------------------------------------------------------------------- model
-
-
-class MCLAModel(nnx.Module):
-    """Image and text cluster heads (+ optional residual image adapter) over frozen features.
-
-    ``__call__(u [B, E], t [B, E]) -> (z [B, E], logits_img [B, K], logits_txt [B, K])`` where
-    ``z`` is the (adapted) unit-norm image feature. Inputs are expected centred and unit-norm
-    (``prepare``).
-    """
-
-    def __init__(self, dim: int, k: int, *, hidden: int = 0, adapter: bool = False,
-                 adapter_ratio: float = 0.2, rngs: nnx.Rngs):  # fmt: skip
-        def head():
-            if hidden <= 0:
-                return nnx.Linear(dim, k, rngs=rngs)
-            return nnx.Sequential(
-                nnx.Linear(dim, hidden, rngs=rngs), nnx.relu, nnx.Linear(hidden, k, rngs=rngs)
-            )
-
-        self.image_head = head()
-        self.text_head = head()
-        # Zero init: the adapter starts as the identity (z = u), so training starts from CLIP.
-        zeros = nnx.initializers.zeros
-        self.adapter = (
-            nnx.Linear(dim, dim, kernel_init=zeros, bias_init=zeros, rngs=rngs) if adapter else None
-        )
-        self.ratio = adapter_ratio
-
-    def embed_image(self, u: jax.Array) -> jax.Array:
-        if self.adapter is None:
-            return u
-        return L.l2_normalize(self.ratio * self.adapter(u) + (1.0 - self.ratio) * u)
-
-    def __call__(self, u: jax.Array, t: jax.Array):
-        z = self.embed_image(u)
-        return z, self.image_head(z), self.text_head(t)
-
-
 def prepare(x) -> np.ndarray:
-    """Centre by the dataset mean, then L2-normalise rows: ``[N, E] -> [N, E]`` float32.
-
-    Why: CLIP features of one dataset share a large common offset (and the two modalities
-    different ones, the "modality gap"); removing it makes cluster differences, and cross-modal
-    prototype comparisons, a matter of direction rather than of that offset.
-    """
-    x = np.asarray(x, np.float64)
-    x = x - x.mean(0, keepdims=True)
-    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    """Centre by this array's mean, then L2-normalise rows: ``[N, E] -> [N, E]`` float32
+    (``methods.prepare(x, "centre")``; see there for the why)."""
+    return methods.prepare(x, "centre")[0]
 
 
 def build_text_counterparts(features, nouns, tau: float = 0.005, block: int = 4096) -> np.ndarray:
@@ -136,75 +96,20 @@ def build_text_counterparts(features, nouns, tau: float = 0.005, block: int = 40
 # --------------------------------------------------------------------------- jitted programs
 
 
-def _probs(logits):
-    return jax.nn.softmax(logits, axis=-1)
-
-
-def make_epoch_targets(graphdef, n: int, k: int, confident_frac: float) -> Callable:
-    """Jitted ``(params, u [Np, E], t [Np, E], w [Np]) -> targets dict``, rows split over data.
-
-    Returns ``proto_img``/``proto_txt`` ``[K, E]`` (``soft_prototypes`` over all rows),
-    ``centres`` ``[K, E]`` (semantic centre of cluster k: normalised mean text counterpart of the
-    ``floor(frac floor(N/K))`` rows with the largest image logit k -- SIC's rule, text side) and
-    ``assign`` ``[Np]`` (image-head argmax). ``w`` is 1 for real rows, 0 for padding.
-    """
-    m = max(1, math.floor(confident_frac * (n // k)))
+def make_epoch_targets(graphdef, method: Method, n: int, k: int, cfg) -> Callable:
+    """Jitted ``(params, u [Np, E], t [Np, E], w [Np], aux) -> targets dict``, rows split over
+    ``data``: the method's per-epoch targets (``Method.targets``) and ``assign`` ``[Np]``.
+    ``w`` is 1 for real rows, 0 for padding; ``aux`` replicated extras (e.g. nouns)."""
+    m = max(1, math.floor(float(cfg.confident_frac) * (n // k)))
 
     @jax.jit
-    def targets(params, u, t, w):
-        model = nnx.merge(graphdef, params)
-        z, li, lt = model(u, t)
-        pi, pt = _probs(li) * w[:, None], _probs(lt) * w[:, None]
-        scores = jnp.where(w[:, None] > 0, li, -jnp.inf).T  # [K, Np]
-        _, top = jax.lax.top_k(scores, m)  # [K, m]; ties -> lower row
-        return dict(
-            proto_img=L.soft_prototypes(pi, z),
-            proto_txt=L.soft_prototypes(pt, t),
-            centres=L.l2_normalize(jnp.mean(t[top], axis=1)),
-            assign=jnp.argmax(li, axis=-1),
-        )
+    def targets(params, u, t, w, aux):
+        return method.targets(nnx.merge(graphdef, params), u, t, w, aux, m, cfg)
 
     return targets
 
 
-def loss_terms(model: MCLAModel, batch: dict, targets: dict, weights: dict, tau: dict, on):
-    """Weighted loss terms on one global batch (``u, t, u_nb, t_nb``: ``[B, E]``).
-
-    ``on`` (0/1 scalar) gates the terms that read the epoch targets (warm-up). Returns
-    ``(total, {name: unweighted value})``; zero-weight terms are not computed.
-    """
-    z, li, lt = model(batch["u"], batch["t"])
-    pi, pt = _probs(li), _probs(lt)
-    w = {k: float(v) for k, v in weights.items()}
-    out = {}
-    if w["instance"] and model.adapter is not None:
-        out["instance"] = L.instance_alignment(z, batch["t"], tau["instance"])
-    if w["consistency"]:
-        out["consistency"] = L.cross_modal_consistency(pi, pt)
-    if w["prototype"]:
-        out["prototype"] = 0.5 * (
-            L.prototype_alignment(L.soft_prototypes(pi, z), targets["proto_txt"], tau["prototype"])
-            + L.prototype_alignment(
-                L.soft_prototypes(pt, batch["t"]), targets["proto_img"], tau["prototype"]
-            )
-        )
-    if w["semantic"]:
-        out["semantic"] = L.semantic_alignment(li, batch["t"], targets["centres"])
-    if w["cluster"]:
-        out["cluster"] = L.cluster_contrastive(pi, pt, tau["cluster"])
-    if w["neighbour"]:
-        _, li_nb, lt_nb = model(batch["u_nb"], batch["t_nb"])
-        out["neighbour"] = L.neighbour_consistency(pi, _probs(li_nb)) + L.neighbour_consistency(
-            pt, _probs(lt_nb)
-        )
-    if w["entropy"]:
-        out["entropy"] = L.entropy_balance(pi) + L.entropy_balance(pt)
-    gated = {"prototype", "semantic"}
-    total = sum(w[name] * v * (on if name in gated else 1.0) for name, v in out.items())
-    return total, out
-
-
-def make_train_step(graphdef, tx, weights: dict, tau: dict) -> Callable:
+def make_train_step(graphdef, tx, weights: dict, tau: dict, loss_terms=mcla_loss_terms) -> Callable:
     """Pure ``(params, opt_state, batch, targets, on) -> (params, opt_state, metrics)``: one Adam
     step on a global batch (dict of ``[B, E]``: ``u, t, u_nb, t_nb``). ``jax.jit`` it with the
     batch under ``batch_sharding(mesh, 2)`` and everything else replicated, or scan it
@@ -221,7 +126,7 @@ def make_train_step(graphdef, tx, weights: dict, tau: dict) -> Callable:
     return train_step
 
 
-def make_epoch(graphdef, tx, weights: dict, tau: dict) -> Callable:
+def make_epoch(graphdef, tx, weights: dict, tau: dict, loss_terms=mcla_loss_terms) -> Callable:
     """Jitted ``(params, opt_state, index, feats, targets, on) -> (params, opt_state, metrics)``.
 
     ``index``: dict of ``[S, B]`` int32 rows, ``a`` (anchors) and ``nb`` (one kNN neighbour of
@@ -231,13 +136,15 @@ def make_epoch(graphdef, tx, weights: dict, tau: dict) -> Callable:
     (``lax.scan``: one dispatch and one compile per epoch shape, instead of ``S`` host round
     trips). ``metrics``: epoch means of the terms.
     """
-    train_step = make_train_step(graphdef, tx, weights, tau)
+    train_step = make_train_step(graphdef, tx, weights, tau, loss_terms)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def epoch(params, opt_state, index, feats, targets, on):
         def body(carry, rows):
-            a, nb = rows["a"], rows["nb"]
-            batch = dict(u=feats["u"][a], t=feats["t"][a], u_nb=feats["u"][nb], t_nb=feats["t"][nb])
+            batch = {}
+            for key, r in rows.items():  # a -> u, t; nb -> u_nb, t_nb; nbt -> u_nbt, t_nbt
+                sfx = "" if key == "a" else f"_{key}"
+                batch["u" + sfx], batch["t" + sfx] = feats["u"][r], feats["t"][r]
             p, o, metrics = train_step(*carry, batch, targets, on)
             return (p, o), metrics
 
@@ -250,15 +157,16 @@ def make_epoch(graphdef, tx, weights: dict, tau: dict) -> Callable:
 # --------------------------------------------------------------------------- driver
 
 
-def _batches(rng, n: int, knn_idx: np.ndarray, batch: int) -> dict:
+def _batches(rng, n: int, knn_idx: np.ndarray, batch: int, knn_txt=None) -> dict:
     """One epoch of shuffled batch rows (drop remainder) with one random kNN neighbour per
-    anchor: ``{"a", "nb"}``, int32 ``[S, B]`` (the features are gathered on the device)."""
+    anchor: ``{"a", "nb"}`` (and ``"nbt"`` from ``knn_txt``), int32 ``[S, B]`` (the features
+    are gathered on the device)."""
     steps = n // batch
     a = rng.permutation(n)[: steps * batch]
-    nb = knn_idx[a, rng.integers(0, knn_idx.shape[1], size=a.shape)]
-    return dict(
-        a=a.reshape(steps, batch).astype(np.int32), nb=nb.reshape(steps, batch).astype(np.int32)
-    )
+    out = dict(a=a, nb=knn_idx[a, rng.integers(0, knn_idx.shape[1], size=a.shape)])
+    if knn_txt is not None:
+        out["nbt"] = knn_txt[a, rng.integers(0, knn_txt.shape[1], size=a.shape)]
+    return {k: v.reshape(steps, batch).astype(np.int32) for k, v in out.items()}
 
 
 def train(features, knn_indices, texts=None, *, nouns=None, config=None, mesh: Mesh | None = None,
@@ -296,14 +204,23 @@ def train(features, knn_indices, texts=None, *, nouns=None, config=None, mesh: M
 
 
 class Trainer:
-    """One MCLA run's state on the mesh; each `epoch()` call trains one epoch.
+    """One run of a trained method (``config.method``: MCLA, SIC, TAC) on the mesh.
 
-    `u`, `t`: prepared (`prepare`) image features and text counterparts ``[N, E]``; `knn_idx`
-    ``[N, k]``. After construction and after every epoch, `assign` holds the image head's
-    clustering ``[N]`` (the epoch targets' assignments). `train` drives it; benchmarks time it.
+    Args:
+      u, t: prepared (``methods.prepare``) image features and text counterparts ``[N, E]``.
+      knn_idx: ``[N, k]`` image-space neighbours; knn_txt: ``[N, k']`` text-space neighbours
+        (methods with ``text_knn``).
+      cfg: ``get_config()``-shaped; mesh: default from ``cfg.mesh``.
+      aux: the method's extra arrays (SIC: ``{"nouns": [M, E]}``), replicated.
+
+    After construction and after every ``epoch()``, ``assign`` holds the image head's clustering
+    ``[N]`` (the epoch targets' assignments). ``state()`` / ``load_state()`` give the pytree a
+    checkpoint stores; ``predict`` clusters other (prepared) features. ``train`` and
+    ``mcla_jax.experiment`` drive it; the ``mcla_epoch`` benchmark times it.
     """
 
-    def __init__(self, u, t, knn_idx, cfg, mesh: Mesh | None = None):
+    def __init__(self, u, t, knn_idx, cfg, mesh: Mesh | None = None, *, knn_txt=None, aux=None):
+        self.method = methods.get_method(str(cfg.get("method", "mcla")))
         knn_idx = np.asarray(knn_idx, np.int64)
         n, e = u.shape
         k = int(cfg.num_clusters)
@@ -311,6 +228,13 @@ class Trainer:
             raise ValueError(
                 f"shapes differ: features {u.shape}, texts {t.shape}, knn {knn_idx.shape}"
             )
+        if self.method.text_knn and (knn_txt is None or np.shape(knn_txt)[0] != n):
+            raise ValueError(
+                f"method {self.method.name} needs text-space neighbours knn_txt [N, k]"
+            )
+        unknown = set(self.method.terms) - set(cfg.weights)
+        if unknown:
+            raise ValueError(f"config.weights lacks {sorted(unknown)} for {self.method.name}")
         if mesh is None:
             mesh = create_mesh(int(cfg.mesh.data), int(cfg.mesh.model))
         d = mesh.shape[DATA]
@@ -318,9 +242,8 @@ class Trainer:
         if bsz % d or bsz == 0:
             raise ValueError(f"batch_size {cfg.batch_size} must be a positive multiple of data={d}")
 
-        model = MCLAModel(e, k, hidden=int(cfg.model.hidden), adapter=bool(cfg.model.adapter),
-                          adapter_ratio=float(cfg.model.adapter_ratio), rngs=nnx.Rngs(int(cfg.seed)))  # fmt: skip
-        graphdef, params = nnx.split(model, nnx.Param)
+        model = self.method.build(e, k, cfg, nnx.Rngs(int(cfg.seed)))
+        self.graphdef, params = nnx.split(model, nnx.Param)
         tx = optax.adamw(cfg.lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
         rep = replicated(mesh)
         self.params = jax.device_put(params, rep)
@@ -336,16 +259,21 @@ class Trainer:
             jax.device_put(np.pad(t, pad), rows),
             jax.device_put((np.arange(n_pad) < n).astype(np.float32), batch_sharding(mesh, 1)),
         )
+        self._aux = jax.device_put(
+            {k: np.asarray(v, np.float32) for k, v in (aux or {}).items()}, rep
+        )
         self._feats = jax.device_put(dict(u=u, t=t), rep)
-        self._targets_fn = make_epoch_targets(graphdef, n, k, float(cfg.confident_frac))
-        self._epoch_fn = make_epoch(graphdef, tx, dict(cfg.weights), dict(cfg.tau))
+        self._targets_fn = make_epoch_targets(self.graphdef, self.method, n, k, cfg)
+        self._epoch_fn = make_epoch(self.graphdef, tx, dict(cfg.weights), dict(cfg.tau),
+                                    self.method.loss_terms)  # fmt: skip
         self._steps_sharding = NamedSharding(mesh, P(None, DATA))
-        self._n, self._bsz, self._knn, self._cfg = n, bsz, knn_idx, cfg
+        self._knn_txt = None if knn_txt is None else np.asarray(knn_txt, np.int64)
+        self._n, self._bsz, self._knn, self._cfg, self.mesh = n, bsz, knn_idx, cfg, mesh
         self.epochs_done = 0
         self._update_targets()
 
     def _update_targets(self):
-        tg = self._targets_fn(self.params, *self._all)
+        tg = self._targets_fn(self.params, *self._all, self._aux)
         self.assign = np.asarray(jax.device_get(tg.pop("assign")))[: self._n].astype(np.int32)
         self._targets = tg
 
@@ -353,7 +281,8 @@ class Trainer:
         """Trains one epoch; returns ``{"epoch", "loss", <term>: epoch mean}``."""
         ep, cfg = self.epochs_done, self._cfg
         rng = np.random.default_rng([int(cfg.seed), ep])
-        index = jax.device_put(_batches(rng, self._n, self._knn, self._bsz), self._steps_sharding)
+        rows = _batches(rng, self._n, self._knn, self._bsz, self._knn_txt)
+        index = jax.device_put(rows, self._steps_sharding)
         on = jnp.float32(ep >= int(cfg.warmup_epochs))
         self.params, self.opt_state, metrics = self._epoch_fn(
             self.params, self.opt_state, index, self._feats, self._targets, on
@@ -364,3 +293,29 @@ class Trainer:
         self._update_targets()  # next epoch's targets, this epoch's result
         self.epochs_done += 1
         return rec
+
+    def state(self) -> dict:
+        """The checkpointed state: ``{"params", "opt_state", "epoch"}`` (everything else -- the
+        shuffles, the neighbours drawn -- is a function of ``(seed, epoch)``)."""
+        return dict(params=self.params, opt_state=self.opt_state, epoch=np.int64(self.epochs_done))
+
+    def load_state(self, state: dict) -> None:
+        """Continues from ``state()`` of an earlier run with the same config and data."""
+        rep = replicated(self.mesh)
+        self.params = jax.device_put(state["params"], rep)
+        self.opt_state = jax.device_put(state["opt_state"], rep)
+        self.epochs_done = int(state["epoch"])
+        self._update_targets()
+
+    def predict(self, u, t=None) -> np.ndarray:
+        """Image-head clusters ``[M]`` int32 of other prepared features ``u`` ``[M, E]`` (``t``:
+        their text counterparts, only read by heads that need them; default ``u``)."""
+        model = nnx.merge(self.graphdef, jax.device_get(self.params))
+        t = u if t is None else t
+        out = [
+            np.asarray(
+                jnp.argmax(model(jnp.asarray(u[i : i + 8192]), jnp.asarray(t[i : i + 8192]))[1], -1)
+            )
+            for i in range(0, len(u), 8192)
+        ]
+        return np.concatenate(out).astype(np.int32) if out else np.zeros(0, np.int32)

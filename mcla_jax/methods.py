@@ -1,0 +1,302 @@
+"""The trained clustering methods on frozen features: MCLA, SIC and TAC as one `Method` each.
+
+A `Method` tells the generic trainer (`mcla_jax.train.Trainer`) four things:
+
+* how features are prepared (`prepare`: centre + normalise, normalise, or raw),
+* its learnable model, an NNX module ``(u [B, E], t [B, E]) -> (z [B, E], logits_img [B, K],
+  logits_txt [B, K] | None)``,
+* its per-epoch targets, computed by one jitted pass over all rows (`targets`), and
+* its loss terms on a batch (`loss_terms`), a weighted sum with the unweighted terms returned.
+
+Adding an alignment loss or a new method is a few lines here; the trainer, sharding,
+checkpointing, protocol and outputs are shared (docs/mcla.md). The baselines follow their
+official code as read in ../shared/reference/clustering.md §2-3; differences are listed in
+docs/mcla.md ("SIC and TAC in this framework").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mcla_jax import losses as L
+
+HI = jax.lax.Precision.HIGHEST
+
+
+def _probs(logits):
+    return jax.nn.softmax(logits, axis=-1)
+
+
+def _head(dim: int, k: int, hidden: int, rngs: nnx.Rngs) -> nnx.Module:
+    if hidden <= 0:
+        return nnx.Linear(dim, k, rngs=rngs)
+    return nnx.Sequential(
+        nnx.Linear(dim, hidden, rngs=rngs), nnx.relu, nnx.Linear(hidden, k, rngs=rngs)
+    )
+
+
+def _top_rows(logits, w, m: int):
+    """``[K, m]`` rows with the largest logit of each cluster (padding rows ``w == 0`` never)."""
+    scores = jnp.where(w[:, None] > 0, logits, -jnp.inf).T  # [K, Np]
+    return jax.lax.top_k(scores, m)[1]  # ties -> lower row
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One clustering method for `mcla_jax.train.Trainer`.
+
+    Attributes:
+      name: config name (``config.method``).
+      terms: the loss-term names it reads from ``config.weights`` (0 disables a term).
+      prepare: ``"centre"`` (subtract the train mean, then L2-normalise), ``"normalize"`` or
+        ``"raw"``; applied to image features and text counterparts alike.
+      build: ``(dim, k, config, rngs) -> nnx.Module`` (see the module docstring).
+      targets: ``(model, u [Np, E], t [Np, E], w [Np], aux, m, cfg) -> dict`` inside a jit;
+        must hold ``assign`` ``[Np]``; ``w``: 1 for real rows, 0 for padding; ``aux``: the
+        method's extra replicated arrays (e.g. noun embeddings); ``m``: the confident rows per
+        cluster, ``floor(frac floor(N / K))``; ``cfg``: the run config (static values).
+      loss_terms: ``(model, batch, targets, weights, tau, on) -> (total, {term: value})``;
+        ``batch`` holds ``u, t`` of the anchors and ``u_nb, t_nb`` of one image-space kNN
+        neighbour each (plus ``u_nbt, t_nbt`` of a text-space neighbour when ``text_knn``);
+        ``on`` (0/1) gates the terms that read targets during warm-up.
+      text_knn: batches also need neighbours in the text-counterpart space.
+    """
+
+    name: str
+    terms: tuple[str, ...]
+    prepare: str
+    build: Callable
+    targets: Callable
+    loss_terms: Callable
+    text_knn: bool = False
+
+
+def _weighted(out: dict, weights: dict, on, gated=()):
+    w = {k: float(v) for k, v in weights.items()}
+    return sum(w[n] * v * (on if n in gated else 1.0) for n, v in out.items())
+
+
+# ------------------------------------------------------------------------------------- MCLA
+
+
+class MCLAModel(nnx.Module):
+    """Image and text cluster heads (+ optional residual image adapter) over frozen features.
+
+    ``__call__(u [B, E], t [B, E]) -> (z [B, E], logits_img [B, K], logits_txt [B, K])`` where
+    ``z`` is the (adapted) unit-norm image feature. Inputs are centred and unit-norm (``prepare``).
+    """
+
+    def __init__(self, dim: int, k: int, *, hidden: int = 0, adapter: bool = False,
+                 adapter_ratio: float = 0.2, rngs: nnx.Rngs):  # fmt: skip
+        self.image_head = _head(dim, k, hidden, rngs)
+        self.text_head = _head(dim, k, hidden, rngs)
+        # Zero init: the adapter starts as the identity (z = u), so training starts from CLIP.
+        zeros = nnx.initializers.zeros
+        self.adapter = (
+            nnx.Linear(dim, dim, kernel_init=zeros, bias_init=zeros, rngs=rngs) if adapter else None
+        )
+        self.ratio = adapter_ratio
+
+    def embed_image(self, u: jax.Array) -> jax.Array:
+        if self.adapter is None:
+            return u
+        return L.l2_normalize(self.ratio * self.adapter(u) + (1.0 - self.ratio) * u)
+
+    def __call__(self, u: jax.Array, t: jax.Array):
+        z = self.embed_image(u)
+        return z, self.image_head(z), self.text_head(t)
+
+
+def _mcla_build(dim, k, cfg, rngs):
+    return MCLAModel(dim, k, hidden=int(cfg.model.hidden), adapter=bool(cfg.model.adapter),
+                     adapter_ratio=float(cfg.model.adapter_ratio), rngs=rngs)  # fmt: skip
+
+
+def _mcla_targets(model, u, t, w, aux, m, cfg):
+    """Image/text prototypes ``[K, E]`` over all rows, and semantic centres ``[K, E]``: the
+    normalised mean text counterpart of the ``m`` rows with the largest image logit k (SIC's
+    rule, on the text side)."""
+    z, li, lt = model(u, t)
+    pi, pt = _probs(li) * w[:, None], _probs(lt) * w[:, None]
+    top = _top_rows(li, w, m)
+    return dict(
+        proto_img=L.soft_prototypes(pi, z),
+        proto_txt=L.soft_prototypes(pt, t),
+        centres=L.l2_normalize(jnp.mean(t[top], axis=1)),
+        assign=jnp.argmax(li, axis=-1),
+    )
+
+
+def mcla_loss_terms(model, batch: dict, targets: dict, weights: dict, tau: dict, on):
+    """MCLA's weighted terms on one global batch (docs/mcla.md); zero-weight terms are skipped."""
+    z, li, lt = model(batch["u"], batch["t"])
+    pi, pt = _probs(li), _probs(lt)
+    w = {k: float(v) for k, v in weights.items()}
+    out = {}
+    if w["instance"] and model.adapter is not None:
+        out["instance"] = L.instance_alignment(z, batch["t"], tau["instance"])
+    if w["consistency"]:
+        out["consistency"] = L.cross_modal_consistency(pi, pt)
+    if w["prototype"]:
+        out["prototype"] = 0.5 * (
+            L.prototype_alignment(L.soft_prototypes(pi, z), targets["proto_txt"], tau["prototype"])
+            + L.prototype_alignment(
+                L.soft_prototypes(pt, batch["t"]), targets["proto_img"], tau["prototype"]
+            )
+        )
+    if w["semantic"]:
+        out["semantic"] = L.semantic_alignment(li, batch["t"], targets["centres"])
+    if w["cluster"]:
+        out["cluster"] = L.cluster_contrastive(pi, pt, tau["cluster"])
+    if w["neighbour"]:
+        _, li_nb, lt_nb = model(batch["u_nb"], batch["t_nb"])
+        out["neighbour"] = L.neighbour_consistency(pi, _probs(li_nb)) + L.neighbour_consistency(
+            pt, _probs(lt_nb)
+        )
+    if w["entropy"]:
+        out["entropy"] = L.entropy_balance(pi) + L.entropy_balance(pt)
+    return _weighted(out, weights, on, gated=("prototype", "semantic")), out
+
+
+MCLA = Method(
+    name="mcla",
+    terms=("instance", "consistency", "prototype", "semantic", "cluster", "neighbour", "entropy"),
+    prepare="centre",
+    build=_mcla_build,
+    targets=_mcla_targets,
+    loss_terms=mcla_loss_terms,
+)
+
+
+# -------------------------------------------------------------------------------------- SIC
+
+
+class SICModel(nnx.Module):
+    """SIC's one linear head on raw CLIP image features: ``u [B, E] -> (u, logits [B, K], None)``."""
+
+    def __init__(self, dim: int, k: int, *, rngs: nnx.Rngs):
+        self.head = nnx.Linear(dim, k, rngs=rngs)
+
+    def __call__(self, u: jax.Array, t: jax.Array):
+        return u, self.head(u), None
+
+
+def _sic_targets(model, u, t, w, aux, m, cfg):
+    """SIC's semantic centres: image centre ``v_k`` = mean raw feature of the ``m`` rows with
+    the largest logit k; ``h_k`` = normalised mean of the ``aux["nouns"]`` embeddings of the
+    ``cfg.semantic_nouns`` (30) space nouns nearest (cosine) to ``v_k``. ``[K, E]``."""
+    _, li, _ = model(u, t)
+    v = L.l2_normalize(jnp.mean(u[_top_rows(li, w, m)], axis=1))  # [K, E]
+    nouns = aux["nouns"]  # [M, E] unit rows of the semantic space
+    near_k = min(int(cfg.semantic_nouns), nouns.shape[0])
+    near = jax.lax.top_k(jnp.matmul(v, nouns.T, precision=HI), near_k)[1]
+    return dict(centres=L.l2_normalize(jnp.mean(nouns[near], axis=1)), assign=jnp.argmax(li, -1))
+
+
+def sic_loss_terms(model, batch: dict, targets: dict, weights: dict, tau: dict, on):
+    """``-mean log(p_i . p_j) - 5 H(mean p) + 0.1 CE(z_i, argmax_k <u_i, h_k>)`` (SIC's code)."""
+    _, li, _ = model(batch["u"], batch["t"])
+    _, li_nb, _ = model(batch["u_nb"], batch["t_nb"])
+    p = _probs(li)
+    out = dict(
+        neighbour=L.neighbour_consistency(p, _probs(li_nb)),
+        entropy=L.entropy_balance(p),
+        semantic=L.semantic_alignment(li, batch["u"], targets["centres"]),
+    )
+    out = {k: v for k, v in out.items() if float(weights[k])}
+    return _weighted(out, weights, on, gated=("semantic",)), out
+
+
+SIC = Method(
+    name="sic",
+    terms=("neighbour", "entropy", "semantic"),
+    prepare="raw",
+    build=lambda dim, k, cfg, rngs: SICModel(dim, k, rngs=rngs),
+    targets=_sic_targets,
+    loss_terms=sic_loss_terms,
+)
+
+
+# -------------------------------------------------------------------------------------- TAC
+
+
+class TACModel(nnx.Module):
+    """TAC's two cluster heads, ``Linear(E, H) - ReLU - Linear(H, K)`` each (TAC's BatchNorm
+    after the first layer is left out, see docs/mcla.md): ``(u, t) -> (u, logits_img,
+    logits_txt)`` on unit image features and text counterparts."""
+
+    def __init__(self, dim: int, k: int, *, hidden: int = 512, rngs: nnx.Rngs):
+        self.image_head = _head(dim, k, hidden, rngs)
+        self.text_head = _head(dim, k, hidden, rngs)
+
+    def __call__(self, u: jax.Array, t: jax.Array):
+        return u, self.image_head(u), self.text_head(t)
+
+
+def _assign_only(model, u, t, w, aux, m, cfg):
+    return dict(assign=jnp.argmax(model(u, t)[1], axis=-1))
+
+
+def tac_loss_terms(model, batch: dict, targets: dict, weights: dict, tau: dict, on):
+    """``L_dis + L_con - 5 [H(mean p^T) + H(mean p^I)]`` (TAC's code): ``L_dis`` contrasts the
+    assignment columns of each modality with the *other* modality's neighbours (image anchors
+    with the text head on text-space neighbours, text anchors with the image head on
+    image-space neighbours)."""
+    _, li, lt = model(batch["u"], batch["t"])
+    _, li_nb, _ = model(batch["u_nb"], batch["t_nb"])
+    _, _, lt_nbt = model(batch["u_nbt"], batch["t_nbt"])
+    pi, pt = _probs(li), _probs(lt)
+    out = dict(
+        cluster=L.cluster_contrastive(pi, _probs(lt_nbt), tau["cluster"])
+        + L.cluster_contrastive(pt, _probs(li_nb), tau["cluster"]),
+        consistency=L.cross_modal_consistency(pi, pt),
+        entropy=L.entropy_balance(pi) + L.entropy_balance(pt),
+    )
+    out = {k: v for k, v in out.items() if float(weights[k])}
+    return _weighted(out, weights, on), out
+
+
+TAC = Method(
+    name="tac",
+    terms=("cluster", "consistency", "entropy"),
+    prepare="normalize",
+    build=lambda dim, k, cfg, rngs: TACModel(dim, k, hidden=int(cfg.model.hidden), rngs=rngs),
+    targets=_assign_only,
+    loss_terms=tac_loss_terms,
+    text_knn=True,
+)
+
+METHODS = {m.name: m for m in (MCLA, SIC, TAC)}
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"unknown trained method {name!r}; known: {sorted(METHODS)}")
+    return METHODS[name]
+
+
+def prepare(x, how: str = "centre", mean=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Features for a method: ``[N, E] -> ([N, E] float32, mean [E] or None)``.
+
+    ``"centre"``: subtract ``mean`` (default: this array's mean -- pass the *train* mean for
+    the evaluation split), then L2-normalise rows. Why: CLIP features of one dataset share a
+    large common offset (and the two modalities different ones, the "modality gap"); removing
+    it makes cluster differences, and cross-modal prototype comparisons, a matter of direction.
+    ``"normalize"``: L2-normalise rows (TAC). ``"raw"``: unchanged (SIC).
+    """
+    x = np.asarray(x, np.float64)
+    if how == "raw":
+        return x.astype(np.float32), None
+    if how == "centre":
+        mean = x.mean(0) if mean is None else np.asarray(mean, np.float64)
+        x = x - mean
+    elif how != "normalize":
+        raise ValueError(f"unknown preparation {how!r}")
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x.astype(np.float32), (None if how == "normalize" else mean.astype(np.float32))
