@@ -297,7 +297,7 @@ class Trainer:
     def state(self) -> dict:
         """The checkpointed state: ``{"params", "opt_state", "epoch"}`` (everything else -- the
         shuffles, the neighbours drawn -- is a function of ``(seed, epoch)``)."""
-        return dict(params=self.params, opt_state=self.opt_state, epoch=np.int64(self.epochs_done))
+        return dict(params=self.params, opt_state=self.opt_state, epoch=np.asarray(self.epochs_done, np.int64))
 
     def load_state(self, state: dict) -> None:
         """Continues from ``state()`` of an earlier run with the same config and data."""
