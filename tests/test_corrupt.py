@@ -185,7 +185,8 @@ def test_determinism_and_seed_dependence():
     assert CorruptedSource(src, spec, 6).manifest != a.manifest
 
 
-@pytest.mark.parametrize("attack", sorted(corrupt.ATTACKS))
+# TrojanNN needs a vision model to optimise its trigger: tested in test_corrupt_trojannn_ssba.py.
+@pytest.mark.parametrize("attack", sorted(set(corrupt.ATTACKS) - {"trojannn"}))
 def test_getitem_applies_attack_and_leaves_clean_untouched(attack):
     src = _source(per_class=8, k=3, with_labels_method=False)
     cs = CorruptedSource(src, CorruptionSpec(attack=attack, target=1, poison_per_class=3), 2)
@@ -215,7 +216,7 @@ def test_attack_instances_and_kwargs():
     with pytest.raises(ValueError, match="exactly one"):
         CorruptionSpec(attack="sig")
     with pytest.raises(ValueError, match="unknown attack"):
-        CorruptionSpec(attack="trojannn", poison_per_class=1)
+        CorruptionSpec(attack="no_such_attack", poison_per_class=1)
 
 
 # ------------------------------------------------------------------ manifest

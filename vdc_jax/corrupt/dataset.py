@@ -30,7 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from vdc_jax.corrupt.stega import SSBA
 from vdc_jax.corrupt.triggers import Attack, BadNets, Blended, Sig, WaNet
+from vdc_jax.corrupt.trojan import TrojanNN
 from vl_jax.fileio import atomic_open
 
 __all__ = [
@@ -42,7 +44,9 @@ __all__ = [
     "read_manifest",
 ]
 
-ATTACKS: dict[str, type[Attack]] = {a.kind: a for a in (BadNets, Blended, Sig, WaNet)}
+ATTACKS: dict[str, type[Attack]] = {
+    a.kind: a for a in (BadNets, Blended, Sig, WaNet, TrojanNN, SSBA)
+}
 NOISE_KINDS = {"sym": "noise_sym", "asym": "noise_asym"}
 KINDS = (*ATTACKS, *NOISE_KINDS.values())
 MANIFEST_FIELDS = ("index", "id", "kind", "original_label", "new_label")
@@ -56,8 +60,9 @@ class CorruptionSpec:
 
     Attributes:
       attack: ``None`` (no poisons), a name in :data:`ATTACKS` (``"badnets"``, ``"blended"``,
-        ``"sig"``, ``"wanet"``; built with ``attack_kwargs`` and, for seeded triggers, a seed
-        derived from the dataset seed), or an :class:`Attack` instance used as is.
+        ``"sig"``, ``"wanet"``, ``"trojannn"``, ``"ssba"``; built with ``attack_kwargs`` and,
+        for seeded triggers, a seed derived from the dataset seed), or an :class:`Attack`
+        instance used as is.
       attack_kwargs: parameters of the named attack (e.g. ``{"alpha": 0.1}``).
       target: the all-to-one target class.
       poison_per_class: poisons per non-target class (VDC: 500 on CIFAR-10, 80 on ImageNet-Dog).
@@ -66,6 +71,9 @@ class CorruptionSpec:
         eta = 0.09 on CIFAR-10 -> 500). Give exactly one of the two when ``attack`` is set.
       noise: ``None``, ``"sym"`` or ``"asym"``.
       noise_rate: fraction of every class that gets a noisy label (VDC: 0.4).
+      model: for attacks optimised against a model (``"trojannn"``): a CLIP checkpoint
+        directory / hub id or a loaded ``vl_jax.models.clip.CLIP``; ignored by the others.
+      cache_dir: where such attacks cache their optimised trigger (e.g. the run's workdir).
     """
 
     attack: str | Attack | None = None
@@ -75,6 +83,8 @@ class CorruptionSpec:
     poison_rate: float | None = None
     noise: str | None = None
     noise_rate: float = 0.0
+    model: Any = None
+    cache_dir: str | None = None
 
     def __post_init__(self):
         if self.attack is not None:
@@ -94,15 +104,20 @@ class CorruptionSpec:
 
 
 def make_attack(spec: CorruptionSpec, seed: int) -> Attack | None:
-    """The spec's attack; a named seeded trigger gets ``seed`` unless ``attack_kwargs`` has one."""
+    """The spec's attack; a named seeded trigger gets ``seed`` unless ``attack_kwargs`` has one,
+    and an attack with ``model`` / ``cache_dir`` fields gets the spec's unless given there."""
     if spec.attack is None or isinstance(spec.attack, Attack):
         return spec.attack
     cls = ATTACKS[spec.attack]
     kwargs = dict(spec.attack_kwargs)
-    if "seed" in {f.name for f in dataclasses.fields(cls)}:
+    fields = {f.name for f in dataclasses.fields(cls)}
+    if "seed" in fields:
         kwargs.setdefault(
             "seed", int(np.random.default_rng([seed, _ATTACK_STREAM]).integers(2**31))
         )
+    for name in ("model", "cache_dir"):
+        if name in fields and getattr(spec, name) is not None:
+            kwargs.setdefault(name, getattr(spec, name))
     return cls(**kwargs)
 
 
