@@ -38,7 +38,7 @@ from mcla_jax import losses as L
 from mcla_jax import methods
 from mcla_jax.methods import MCLAModel, Method, mcla_loss_terms
 from vl_jax.metrics import clustering_metrics
-from vl_jax.parallel import DATA, batch_sharding, create_mesh, replicated
+from vl_jax.parallel import DATA, batch_sharding, create_mesh, fetch, replicated
 
 # MCLA's loss weights and what each multiplies (docs/mcla.md). 0 disables a term.
 LOSS_TERMS = methods.MCLA.terms
@@ -274,7 +274,7 @@ class Trainer:
 
     def _update_targets(self):
         tg = self._targets_fn(self.params, *self._all, self._aux)
-        self.assign = np.asarray(jax.device_get(tg.pop("assign")))[: self._n].astype(np.int32)
+        self.assign = fetch(tg.pop("assign"))[: self._n].astype(np.int32)  # all rows, any host
         self._targets = tg
 
     def epoch(self) -> dict:
@@ -297,7 +297,11 @@ class Trainer:
     def state(self) -> dict:
         """The checkpointed state: ``{"params", "opt_state", "epoch"}`` (everything else -- the
         shuffles, the neighbours drawn -- is a function of ``(seed, epoch)``)."""
-        return dict(params=self.params, opt_state=self.opt_state, epoch=np.asarray(self.epochs_done, np.int64))
+        return dict(
+            params=self.params,
+            opt_state=self.opt_state,
+            epoch=np.asarray(self.epochs_done, np.int64),
+        )
 
     def load_state(self, state: dict) -> None:
         """Continues from ``state()`` of an earlier run with the same config and data."""
