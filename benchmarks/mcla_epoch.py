@@ -13,13 +13,15 @@ gathering batches on the device (`make_epoch`), then the jitted full-data pass
 metrics and assignments. Default config
 (two heads; all loss terms on except `instance`, which needs the adapter), post-warm-up (the
 prototype/semantic terms active). Compiled once before timing; every timed call is a later epoch.
-A second figure-param (`ours_sic_terms_seconds`) times our trainer with only SIC's terms
-(neighbour 1, entropy 5, semantic 0.1).
+A second figure (`sic_seconds_per_epoch`) compares like with like: SIC itself run by our
+trainer (`config.method = "sic"`, `mcla_jax.methods.SIC`: one linear head, SIC's three terms and
+semantic centres) against the same PyTorch loop.
 
 Baseline (SIC, AAAI'23, ../shared/reference/clustering.md §2): one `nn.Linear(512, K)` head,
 `torch.optim.Adam`, a `DataLoader(TensorDataset(features, knn_idx, texts), shuffle=True,
 drop_last=True)`; per epoch one no-grad pass over all N (top floor(0.9 floor(N/K)) rows per
-cluster -> normalised mean text counterpart = semantic centre h_k), then per batch: a random kNN
+cluster -> image centre v_k -> normalised mean of the 30 nouns nearest to v_k = semantic centre
+h_k; nouns: 2,000 synthetic unit text embeddings), then per batch: a random kNN
 neighbour per anchor, forward of anchors and neighbours, L = -mean log(p_i . p_j) - 5 H(mean p)
 + 0.1 CE(logits_i, argmax_k <u_i, h_k>), `loss.backward()`, `opt.step()`. fp32, all cores.
 Same batch size and samples per epoch (N // B * B) on both sides. `params.torch_no_loader_seconds`
@@ -48,6 +50,17 @@ SIC_WEIGHTS = dict(neighbour=1.0, entropy=5.0, semantic=0.1)  # clustering.md §
 SIC_LR, SIC_WD, SIC_ENTROPY, SIC_SEMANTIC = 1e-4, 1e-4, 5.0, 0.1
 
 
+SIC_NOUNS, SIC_NEAR = 2000, 30
+
+
+def _nouns() -> np.ndarray:
+    """[SIC_NOUNS, D] unit noun embeddings: around the blobs' text directions, plus noise."""
+    rng = np.random.default_rng(2)
+    tc = np.random.default_rng(1).standard_normal((CLUSTERS, DIM))
+    x = tc[rng.integers(0, CLUSTERS, SIC_NOUNS)] + 1.5 * rng.standard_normal((SIC_NOUNS, DIM))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
 def _data(n: int, *, exact_knn: bool):
     """(u [n, D], t [n, D], knn_idx [n, KNN] int64), host arrays; not timed."""
     u, y = clip_like_features(n)
@@ -68,7 +81,7 @@ def _data(n: int, *, exact_knn: bool):
     return u, t, idx
 
 
-def _ours(u, t, knn_idx, weights: dict | None = None):
+def _ours(u, t, knn_idx, method: str = "mcla"):
     """`() -> loss` running the next epoch of `mcla_jax.train.Trainer` (the object `train`
     drives), and its config; the first epoch (compiling both programs) runs here."""
     from mcla_jax import train as mcla
@@ -76,10 +89,19 @@ def _ours(u, t, knn_idx, weights: dict | None = None):
     cfg = mcla.get_config()
     cfg.num_clusters = CLUSTERS
     cfg.batch_size = BATCH
-    if weights is not None:
-        for name in mcla.LOSS_TERMS:
-            cfg.weights[name] = float(weights.get(name, 0.0))
-    run = mcla.Trainer(mcla.prepare(u), mcla.prepare(t), knn_idx, cfg)  # prepare: not timed
+    if method == "sic":  # SIC's settings, as the torch loop below
+        cfg.method, cfg.lr, cfg.weight_decay, cfg.b2, cfg.warmup_epochs = (
+            "sic",
+            SIC_LR,
+            SIC_WD,
+            0.999,
+            0,
+        )
+        cfg.weights = dict(SIC_WEIGHTS)
+        cfg.semantic_nouns = SIC_NEAR
+        run = mcla.Trainer(u, t, knn_idx, cfg, aux={"nouns": _nouns()})  # SIC: raw features
+    else:
+        run = mcla.Trainer(mcla.prepare(u), mcla.prepare(t), knn_idx, cfg)  # prepare: not timed
 
     def epoch():
         return run.epoch()["loss"]
@@ -96,6 +118,7 @@ def _torch(u, t, knn_idx, *, loader: bool = True):
 
     torch.manual_seed(0)
     u_all, t_all = torch.from_numpy(u), torch.from_numpy(t)
+    nouns = torch.from_numpy(_nouns())
     nb_all = torch.from_numpy(knn_idx)
     n = len(u)
     m = max(1, int(0.9 * (n // CLUSTERS)))
@@ -116,7 +139,9 @@ def _torch(u, t, knn_idx, *, loader: bool = True):
     def epoch():
         with torch.no_grad():  # SIC: logits on all N -> confident rows -> semantic centres
             top = head(u_all).topk(m, dim=0).indices  # [m, K]
-            centres = F.normalize(t_all[top].mean(0), dim=-1)  # [K, D]
+            v = F.normalize(u_all[top].mean(0), dim=-1)  # [K, D] image centres
+            near = (v @ nouns.T).topk(SIC_NEAR, dim=1).indices  # [K, 30]
+            centres = F.normalize(nouns[near].mean(1), dim=-1)  # [K, D]
         total = 0.0
         for ub, nb, _tb in batches():
             j = nb[torch.arange(len(nb)), torch.randint(0, nb.shape[1], (len(nb),))]
@@ -149,7 +174,7 @@ def _one(n: int, *, iters: int, exact_knn: bool, extras: bool) -> dict:
     ours, cfg = _ours(u, t, idx)
     fns = {"ours": ours, "torch": _torch(u, t, idx)}
     if extras:
-        fns["ours_sic_terms"] = _ours(u, t, idx, SIC_WEIGHTS)[0]
+        fns["ours_sic"] = _ours(u, t, idx, "sic")[0]
         fns["torch_no_loader"] = _torch(u, t, idx, loader=False)
     with ForeignLoad() as load:
         tm = time_interleaved(fns, warmup=1, iters=iters)
@@ -163,7 +188,7 @@ def _one(n: int, *, iters: int, exact_knn: bool, extras: bool) -> dict:
         "foreign_cpu_cores": load.cores,
     }
     if extras:
-        out["ours_sic_terms_seconds"] = tm["ours_sic_terms"]
+        out["ours_sic_seconds"] = tm["ours_sic"]
         out["torch_no_loader_seconds"] = tm["torch_no_loader"]
     return out
 
@@ -199,7 +224,12 @@ def mcla_epoch_bench(
     t = r.pop("t")
     figs = [
         figure(NAME, "seconds_per_epoch", t["ours"], t["torch"], base, higher_is_better=False,
-               params={**params, "n": n, "epochs_timed": iters, **r})
+               params={**params, "n": n, "epochs_timed": iters, **r}),
+        figure(NAME, "sic_seconds_per_epoch", t["ours_sic"], t["torch"], base,
+               higher_is_better=False,
+               params={**params, "n": n, "epochs_timed": iters,
+                       "ours_model": "mcla_jax.methods.SIC: one Linear(512, K) head, SIC's terms, "
+                                     "optax.adamw(1e-4, wd 1e-4)", **r}),
     ]  # fmt: skip
     if growth:
         for gn in (5_000, 20_000, 80_000):
