@@ -23,6 +23,7 @@ MODULES = (
     "benchmarks.kmeans",
     "benchmarks.mcla_epoch",
     "benchmarks.vqa_generate",
+    "benchmarks.vdc_pipeline",
 )
 
 

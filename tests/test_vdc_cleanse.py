@@ -1,0 +1,207 @@
+"""The VDC driver end to end (vdc_jax.cleanse, report, inputs, main): runlocal in-process, a
+killed-and-resumed run equal to an uninterrupted one, CSV / image-folder inputs, clear errors.
+
+All runs share one tiny random LLaVA checkpoint (written with transformers once per module);
+its answers mean nothing, so the tests check plumbing and determinism, not accuracy."""
+
+import csv
+import json
+import os
+import runpy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vdc_jax import cleanse
+from vdc_jax.inputs import DataError, csv_dataset, folder_dataset, write_shapes_folder
+from vdc_jax.vqa import EXIT_AFTER_ENV
+
+REPO = Path(__file__).resolve().parents[1]
+RUNLOCAL = REPO / "configs" / "vdc" / "runlocal.py"
+
+
+def config_of(name: str, arg: str | None = None):
+    get = runpy.run_path(str(REPO / "configs" / "vdc" / name))["get_config"]
+    return get() if arg is None else get(arg)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from vdc_jax.inputs import write_tiny_llava
+
+    return write_tiny_llava(str(tmp_path_factory.mktemp("tiny_llava")))
+
+
+def runlocal(checkpoint):
+    c = config_of("runlocal.py")
+    c.model.name = checkpoint  # the shared checkpoint instead of one built per workdir
+    return c
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoint, tmp_path_factory):
+    """An uninterrupted runlocal run: (workdir, metrics)."""
+    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+    return workdir, cleanse.run(runlocal(checkpoint), workdir)
+
+
+def _answers(workdir) -> dict:
+    out = {}
+    for line in Path(workdir, "answers.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        assert (r["id"], r["question"]) not in out, "duplicate answer"
+        out[(r["id"], r["question"])] = r
+    return out
+
+
+def test_runlocal_end_to_end(reference):
+    workdir, m = reference
+    w = Path(workdir)
+    for name in ["scores.csv", "metrics.json", "kept_ids.txt", "label_issues.npy", "cleaned.csv",
+                 "scores_hist.png", "roc.png", "manifest.tsv", "questions.json", "answers.jsonl",
+                 "run_config.json"]:  # fmt: skip
+        assert (w / name).exists(), name  # kept_ids.txt may be empty: all flagged
+    rows = list(csv.DictReader(open(w / "scores.csv")))
+    assert len(rows) == 24 and [int(r["index"]) for r in rows] == list(range(24))
+    assert sum(int(r["is_dirty"]) for r in rows) == 4  # 2 poisoned per non-target class
+    assert {r["dirt_kind"] for r in rows} == {"", "badnets"}
+    for r in rows:
+        assert float(r["score"]) == pytest.approx(int(r["consistent"]) / int(r["total"]), abs=1e-6)
+        assert int(r["total"]) == 2 + 4 and int(r["flagged"]) == (float(r["score"]) < 0.5)
+    assert len(_answers(workdir)) == 24 * 6
+    mask = np.load(w / "label_issues.npy", allow_pickle=False)
+    assert mask.dtype == bool and mask.shape == (24,)
+    np.testing.assert_array_equal(mask, [int(r["flagged"]) == 1 for r in rows])
+    kept = (w / "kept_ids.txt").read_text().splitlines()
+    assert kept == [r["id"] for r in rows if r["flagged"] == "0"]
+    saved = json.loads((w / "metrics.json").read_text())
+    assert set(saved["overall"]) >= {"tpr", "fpr", "precision", "f1", "auroc"}
+    assert set(saved["per_kind"]) == {"badnets"} and len(saved["per_class"]) == 3
+    assert saved["counts"] == m["counts"] and saved["counts"]["dirty"] == 4
+
+
+def test_kill_and_resume_equals_uninterrupted(reference, checkpoint, tmp_path):
+    """A run killed (os._exit) after its first batch of answers, plus a torn half line as a kill
+    mid-write leaves, then the same run again: same answers, same scores.csv, no duplicates."""
+    workdir = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "vdc_jax.main", f"--config={RUNLOCAL}", f"--workdir={workdir}",
+           f"--config.model.name={checkpoint}"]  # fmt: skip
+    workdir.mkdir()  # the reference's questions: the subprocess skips VQG (test time)
+    shutil.copy(Path(reference[0], "questions.json"), workdir / "questions.json")
+    env = {**os.environ, EXIT_AFTER_ENV: "1"}
+    p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 17, p.stderr[-3000:]
+    assert len(_answers(workdir)) == 8 * 6  # one batch of 8 images x 6 questions
+    assert not (workdir / "scores.csv").exists()
+    with open(workdir / "answers.jsonl", "a") as f:
+        f.write('{"index": 8, "id": "square/000.png", "question": "Descr')
+    cleanse.run(runlocal(checkpoint), str(workdir))
+    assert _answers(workdir) == _answers(reference[0])
+    ref = Path(reference[0], "scores.csv").read_text()
+    assert (workdir / "scores.csv").read_text() == ref
+
+
+def test_changed_settings_are_refused(reference, checkpoint):
+    c = runlocal(checkpoint)
+    c.vqa.describe_tokens += 1
+    with pytest.raises(cleanse.IncompatibleWorkdirError, match=r"vqa\.describe_tokens: 12 -> 13"):
+        cleanse.run(c, reference[0])
+
+
+def _write_csv(path, rows):
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+
+
+def test_csv_and_folder_inputs(checkpoint, tmp_path):
+    write_shapes_folder(str(tmp_path / "imgs"), per_class=3)
+    folder = folder_dataset(str(tmp_path / "imgs"))
+    assert folder.class_names == ["circle", "square", "triangle"] and len(folder.source) == 9
+    assert folder.source[4]["id"] == "square/001.png" and folder.source[4]["label"] == 1
+    rows = [["path", "label"]] + [[f"imgs/{i}", i.split("/")[0]] for i in folder.source.ids()[1:]]
+    _write_csv(tmp_path / "data.csv", rows)
+    data = csv_dataset(str(tmp_path / "data.csv"))
+    assert data.source.ids() == [r[0] for r in rows[1:]]  # ids: the paths as written
+    assert data.class_names == folder.class_names
+    np.testing.assert_array_equal(data.source.labels(), folder.source.labels()[1:])
+    np.testing.assert_array_equal(data.source[0]["image"], folder.source[1]["image"])
+
+    # The whole pipeline on the CSV (8 images: one batch), no dirt, template questions, no judge.
+    c = runlocal(checkpoint)
+    c.data.kind, c.data.path = "csv", str(tmp_path / "data.csv")
+    c.corrupt.attack = ""
+    c.vqg.llm, c.judge.kind = "", "none"
+    m = cleanse.run(c, str(tmp_path / "run"))
+    assert m["counts"]["scored"] == 8 and "overall" not in m
+    cleaned = list(csv.reader(open(tmp_path / "run" / "cleaned.csv")))
+    assert cleaned[0] == ["path", "label"] and len(cleaned) == 1 + m["counts"]["kept"]
+    assert all(os.path.isfile(p) for p, _ in cleaned[1:])
+    header = next(csv.reader(open(tmp_path / "run" / "scores.csv")))
+    assert "is_dirty" not in header  # no ground truth without injected dirt
+    qs = json.loads((tmp_path / "run" / "questions.json").read_text())
+    assert qs["classes"]["circle"][0] == "Is there a circle in the image?"  # templates
+
+
+def test_bad_inputs_name_file_and_line(tmp_path):
+    write_shapes_folder(str(tmp_path / "imgs"), per_class=1)
+    (tmp_path / "imgs" / "circle" / "broken.png").write_text("not an image")
+    good = ["imgs/circle/000.png", "circle"]
+    cases = {
+        "fields.csv": ([good, ["imgs/square/000.png", "square", "x"]], "line 2: expected 2 fields"),
+        "label.csv": ([good, ["imgs/square/000.png", ""]], "line 2: empty path or label"),
+        "missing.csv": ([good, ["imgs/nope.png", "circle"]], "line 2: image not found"),
+        "dup.csv": ([good, good], "listed twice"),
+    }
+    for name, (rows, message) in cases.items():
+        _write_csv(tmp_path / name, rows)
+        with pytest.raises(DataError, match=message):
+            csv_dataset(str(tmp_path / name))
+    _write_csv(tmp_path / "names.csv", [good, ["imgs/square/000.png", "dog"]])
+    with pytest.raises(DataError, match="line 2: unknown label 'dog'"):
+        csv_dataset(str(tmp_path / "names.csv"), class_names=["circle", "square"])
+    _write_csv(tmp_path / "broken.csv", [good, ["imgs/circle/broken.png", "circle"]])
+    data = csv_dataset(str(tmp_path / "broken.csv"))
+    with pytest.raises(DataError, match=r"broken\.csv, line 2: unreadable image"):
+        data.source[1]
+    with pytest.raises(DataError, match="does not exist"):
+        folder_dataset(str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match="CSV file not found"):
+        csv_dataset(str(tmp_path / "nowhere.csv"))
+
+
+def test_configs_and_args():
+    dog = config_of("imagenet_dog.py", "wanet")
+    assert (dog.data.name, dog.data.split, dog.corrupt.attack) == (
+        "imagenet_dog10",
+        "train_800",
+        "wanet",
+    )
+    assert dog.corrupt.poison_per_class == 80 and dog.model.name == cleanse.MLLMS["7b"]
+    assert config_of("imagenet_dog.py", "ssba,small").model.name == cleanse.MLLMS["small"]
+    assert config_of("cifar10.py", "sig").corrupt.poison_per_class == 500
+    assert config_of("imagenet100.py", "trojannn").corrupt.poison_per_class == 50
+    noise = config_of("noise.py", "cifar10,asym")
+    assert (noise.corrupt.noise, noise.corrupt.noise_rate, noise.corrupt.attack) == (
+        "asym",
+        0.4,
+        "",
+    )
+    hybrid = config_of("hybrid.py")
+    assert (hybrid.corrupt.attack, hybrid.corrupt.noise) == ("badnets", "sym")
+    for name, arg in [("imagenet_dog.py", "nope"), ("noise.py", "cifar10,both"),
+                      ("cifar10.py", "badnets,extra")]:  # fmt: skip
+        with pytest.raises(ValueError, match="config arg"):
+            config_of(name, arg)
+
+
+def test_cli_dataset_not_prepared_is_a_clear_error(tmp_path):
+    cmd = [sys.executable, "-m", "vdc_jax.main", f"--config={REPO}/configs/vdc/cifar10.py",
+           f"--workdir={tmp_path / 'w'}", f"--config.data.data_dir={tmp_path / 'tfds'}"]  # fmt: skip
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1
+    assert "error: dataset not prepared" in p.stderr and "download_and_prepare" in p.stderr
+    assert "Traceback" not in p.stderr
