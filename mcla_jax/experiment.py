@@ -83,7 +83,7 @@ def base_config(method: str, arg: str = "imagenet_dogs") -> ml_collections.Confi
     c.space = ml_collections.ConfigDict(
         dict(kind={"sic": "sic", "tac": "tac", "tac_notrain": "tac"}.get(method, "mcla"),
              prompts="tac" if method.startswith("tac") and not runlocal else "single", cache_dir="",
-             gamma_r=500, gamma_u=0.05, tac_per_centre=5)
+             gamma_r=500, gamma_u=0.05, tac_per_centre=5, max_tokens=0)
     )  # fmt: skip
     c.knn = 50 if method.startswith("tac") else 20
     c.kmeans_n_init = 10
@@ -167,9 +167,14 @@ def noun_space(config, workdir: str, model: str, train_u: np.ndarray, mesh):
     """Noun embeddings ``[M, E]`` and the configured semantic space over ``train_u``; writes
     ``semantic_space.tsv``. Returns ``(space_embeddings [S, E], space)``."""
     from mcla_jax import wordnet
-    from mcla_jax.noun_embeddings import embed_nouns
+    from mcla_jax.noun_embeddings import embed_nouns, vocabulary_mask
 
     table = wordnet.load()
+    # Optional vocabulary filter: only nouns the tokenizer spells in <= max_tokens tokens.
+    cand = None
+    if int(config.space.max_tokens) > 0:
+        cand = vocabulary_mask(model, table.lemmas, int(config.space.max_tokens))
+        print(f"vocabulary filter: {int(cand.sum())} of {len(cand)} nouns", file=sys.stderr)
     emb, _ = embed_nouns(
         model, list(table.lemmas), prompts=config.space.prompts, dtype=config.model.dtype,
         cache_dir=config.space.cache_dir or None, mesh=mesh,
@@ -178,13 +183,14 @@ def noun_space(config, workdir: str, model: str, train_u: np.ndarray, mesh):
     x = methods.prepare(train_u, "normalize")[0]
     if kind == "sic":
         space = semantic_space.sic_space(x, emb, n_clusters=k, gamma_r=int(config.space.gamma_r),
-                                         gamma_u=float(config.space.gamma_u))  # fmt: skip
+                                         gamma_u=float(config.space.gamma_u), candidates=cand)  # fmt: skip
     elif kind == "tac":
-        space = semantic_space.tac_space(x, emb, per_centre=int(config.space.tac_per_centre))
+        space = semantic_space.tac_space(x, emb, per_centre=int(config.space.tac_per_centre),
+                                         candidates=cand)  # fmt: skip
     elif kind == "mcla":
         space = semantic_space.mcla_space(x, emb, table, n_clusters=k,
                                           gamma_r=int(config.space.gamma_r),
-                                          gamma_u=float(config.space.gamma_u))  # fmt: skip
+                                          gamma_u=float(config.space.gamma_u), candidates=cand)  # fmt: skip
     else:
         raise ValueError(f"unknown semantic space {kind!r}; known: sic, tac, mcla")
     if len(space) == 0:
@@ -211,7 +217,19 @@ def fit_trained(config, workdir, seed, train_u, eval_u, nouns, mesh, writer) -> 
     knn_img = knn(u, int(config.knn), metric, mesh=mesh)[0]
     knn_txt = knn(t, int(config.knn), "cosine", mesh=mesh)[0] if method.text_knn else None
     aux = {"nouns": nouns} if method.name == "sic" else None
-    run = train_lib.Trainer(u, t, knn_img, cfg, mesh, knn_txt=knn_txt, aux=aux)
+    centres = None
+    if cfg.init == "kmeans":  # heads start at k-means centres of the prepared features
+        from vl_jax.cluster import kmeans
+
+        c_img, assign, _ = kmeans(u, int(cfg.num_clusters), n_init=int(config.kmeans_n_init),
+                                  seed=seed, mesh=mesh)  # fmt: skip
+        assign = np.asarray(assign)
+        c_txt = np.stack([t[assign == j].mean(0) if np.any(assign == j) else np.zeros(t.shape[1])
+                          for j in range(int(cfg.num_clusters))])  # fmt: skip
+        centres = (np.asarray(c_img), None if method.name == "sic" else c_txt)
+    elif cfg.init != "random":
+        raise ValueError(f"train.init must be 'random' or 'kmeans', got {cfg.init!r}")
+    run = train_lib.Trainer(u, t, knn_img, cfg, mesh, knn_txt=knn_txt, aux=aux, centres=centres)
     fingerprint = dict(config=cfg.to_json(sort_keys=True), n=len(u), features=float(np.sum(u[:64])))
     with TrainCheckpoints(
         os.path.join(workdir, f"seed_{seed}", "checkpoints"), meta=fingerprint

@@ -275,6 +275,29 @@ TAC = Method(
 METHODS = {m.name: m for m in (MCLA, SIC, TAC)}
 
 
+def init_from_centres(model, image_centres, text_centres=None, scale: float = 0.05) -> None:
+    """SIC's centre initialisation of linear heads (clustering.md §2): ``W = 2 a C^T``,
+    ``b_k = -a ||C_k||^2``, so ``logits_k = a (||x||^2 - ||x - C_k||^2)`` and the head's argmax
+    starts as the nearest centre. ``image_centres`` ``[K, E]`` go to ``image_head`` (or SIC's
+    ``head``), ``text_centres`` to ``text_head``; ``scale`` is ``a`` (SIC: 0.05 on raw CLIP
+    features, whose norms are ~10; unit-norm features need a larger one for confident starts).
+
+    Raises:
+      ValueError: a head to initialise is not a single ``nnx.Linear`` (MLP heads).
+    """
+    pairs = [(getattr(model, "image_head", None) or getattr(model, "head", None), image_centres)]
+    if text_centres is not None:
+        pairs.append((getattr(model, "text_head", None), text_centres))
+    for head, c in pairs:
+        if not isinstance(head, nnx.Linear):
+            raise ValueError("centre initialisation needs linear heads (model.hidden = 0)")
+        c = jnp.asarray(c, jnp.float32)
+        if c.shape != head.kernel.value.shape[::-1]:
+            raise ValueError(f"centres {c.shape} do not fit a head of {head.kernel.value.shape}")
+        head.kernel.value = 2.0 * scale * c.T
+        head.bias.value = -scale * jnp.sum(c * c, axis=1)
+
+
 def get_method(name: str) -> Method:
     if name not in METHODS:
         raise ValueError(f"unknown trained method {name!r}; known: {sorted(METHODS)}")

@@ -215,6 +215,23 @@ def embed_nouns(
     return emb[inverse], nouns
 
 
+def vocabulary_mask(model_path: str, nouns: Sequence[str], max_tokens: int) -> np.ndarray:
+    """bool ``[M]``: the nouns the checkpoint's tokenizer writes in at most ``max_tokens``
+    tokens (special tokens not counted) and without its unknown token.
+
+    Why: a text tower only knows the words of its training text. A small model with a small
+    vocabulary (the offline demo's CLIP) spells every other noun as pieces, and those pieces
+    embed near whatever words share them, so SIC's image-centre filter happily selects them;
+    restricting the candidates to whole words it knows keeps the semantic space meaningful.
+    """
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    tokenizer = load_tokenizer(resolve(model_path))
+    ids = tokenizer(list(nouns), add_special_tokens=False)["input_ids"]
+    unk = getattr(tokenizer, "unk_token_id", None)
+    return np.array([0 < len(i) <= max_tokens and unk not in i for i in ids], bool)
+
+
 def load_wordnet_lemmas() -> tuple[str, ...]:
     from mcla_jax import wordnet  # lazy: a given noun list needs no table
 

@@ -64,15 +64,24 @@ def _unit(x, name: str) -> np.ndarray:
     return x / np.where(norm > 0, norm, 1.0)
 
 
-def _padded_blocks(t: np.ndarray, block: int):
-    """Noun table ``[M, E]`` -> (``[Mp, E]`` zero padded to a multiple of ``block``, valid [Mp])."""
+def _padded_blocks(t: np.ndarray, block: int, candidates=None):
+    """Noun table ``[M, E]`` -> (``[Mp, E]`` zero padded to a multiple of ``block``, valid [Mp]);
+    ``candidates`` (bool ``[M]``) marks the nouns that may be chosen (default all)."""
     if block < 1:
         raise ValueError(f"block must be >= 1, got {block}")
     m = t.shape[0]
     mp = -(-m // block) * block
     if mp != m:  # one copy of the table; blocks are then static-shape slices of it
         t = np.concatenate([t, np.zeros((mp - m, t.shape[1]), t.dtype)])
-    return t, np.arange(mp) < m
+    valid = np.arange(mp) < m
+    if candidates is not None:
+        candidates = np.asarray(candidates, bool)
+        if candidates.shape != (m,):
+            raise ValueError(
+                f"candidates must be a bool mask of shape ({m},), got {candidates.shape}"
+            )
+        valid[:m] &= candidates
+    return t, valid
 
 
 def _merge(vals, idx, v, j, k):
@@ -105,21 +114,23 @@ def _topk_program(k: int, block: int):
     return jax.jit(run)
 
 
-def topk_nouns(queries, nouns, k: int, *, block: int = NOUN_BLOCK):
+def topk_nouns(queries, nouns, k: int, *, block: int = NOUN_BLOCK, candidates=None):
     """The ``k`` nouns of largest inner product with each query, blocked over the nouns.
 
     Args:
       queries: ``[Q, E]``; nouns: ``[M, E]`` (pass unit rows for cosine similarity).
       k: ``1 <= k <= M``.
       block: nouns per step; the result does not depend on it.
+      candidates: optional bool ``[M]``: only these nouns can be returned.
 
     Returns:
       (scores float32 ``[Q, k]`` descending, rows int64 ``[Q, k]``; ties -> lower row).
     """
     q, t = np.asarray(queries, np.float32), np.asarray(nouns, np.float32)
-    if not 1 <= k <= t.shape[0]:
-        raise ValueError(f"need 1 <= k <= M, got k={k}, M={t.shape[0]}")
-    tp, valid = _padded_blocks(t, block)
+    m = t.shape[0] if candidates is None else int(np.count_nonzero(candidates))
+    if not 1 <= k <= m:
+        raise ValueError(f"need 1 <= k <= M (candidate nouns), got k={k}, M={m}")
+    tp, valid = _padded_blocks(t, block, candidates)
     vals, idx = jax.device_get(_topk_program(k, block)(q, tp, valid))
     return np.asarray(vals, np.float32), np.asarray(idx, np.int64)
 
@@ -176,15 +187,18 @@ def _centres(x: np.ndarray, centres, k: int, n_init: int, seed: int, spherical: 
 
 
 # ------------------------------------------------------------------------------ SIC
-def _sic_lists(img, emb, *, n_clusters, gamma_r, centres, n_init, seed, block):
+def _sic_lists(img, emb, *, n_clusters, gamma_r, centres, n_init, seed, block, candidates=None):
     """SIC's per-centre top-``gamma_r`` lists ``[K, r]`` and the uniqueness cosine of each
     listed noun ``{row: cos(t_w, mean text)}``."""
     x, t = _unit(img, "image_features"), _unit(emb, "noun_embeddings")
     c = _centres(x, centres, n_clusters, n_init, seed, spherical=False)
-    vals, idx = topk_nouns(c, t, min(gamma_r, t.shape[0]), block=block)
-    # Mean over the *whole* noun table (float64, O(M E) time, O(E) memory): a noun close to the
-    # average text is one CLIP finds similar to every image -- it separates nothing.
-    mean = t.sum(axis=0, dtype=np.float64)
+    m = t.shape[0] if candidates is None else int(np.count_nonzero(candidates))
+    vals, idx = topk_nouns(c, t, min(gamma_r, m), block=block, candidates=candidates)
+    # Mean over the *whole* candidate table (float64, O(M E) time, O(E) memory): a noun close to
+    # the average text is one CLIP finds similar to every image -- it separates nothing.
+    mean = (t if candidates is None else t[np.asarray(candidates, bool)]).sum(
+        axis=0, dtype=np.float64
+    )
     mean /= max(np.linalg.norm(mean), 1e-12)
     rows = np.unique(idx)
     uniq = dict(zip(rows.tolist(), (t[rows] @ mean).astype(np.float32).tolist()))
@@ -202,6 +216,7 @@ def sic_space(
     n_init: int = 20,
     seed: int = 0,
     block: int = NOUN_BLOCK,
+    candidates=None,
 ) -> SemanticSpace:
     """SIC's semantic space (Cai et al., AAAI 2023; clustering.md §2).
 
@@ -216,6 +231,8 @@ def sic_space(
       centres: ``[K, E]`` image centres to use instead of k-means (then ``n_clusters`` is unused).
       n_init, seed: k-means (sklearn-style Lloyd, SIC's n_init 20).
       block: nouns per similarity block.
+      candidates: optional bool ``[M]`` vocabulary mask (e.g. ``vocabulary_mask``): only these
+        nouns can be chosen, and the uniqueness mean is taken over them.
 
     Returns:
       ``SemanticSpace("sic")``; score = the largest ``cos(C_k, t_w)`` over the centres whose
@@ -223,7 +240,7 @@ def sic_space(
     """
     vals, idx, uniq = _sic_lists(
         image_features, noun_embeddings, n_clusters=n_clusters, gamma_r=gamma_r,
-        centres=centres, n_init=n_init, seed=seed, block=block,
+        centres=centres, n_init=n_init, seed=seed, block=block, candidates=candidates,
     )  # fmt: skip
     rows, score, centre = _best_per_noun(vals, idx)
     u = np.array([uniq[r] for r in rows.tolist()], np.float32)
@@ -245,6 +262,7 @@ def tac_space(
     n_init: int = 10,
     seed: int = 0,
     block: int = NOUN_BLOCK,
+    candidates=None,
 ) -> SemanticSpace:
     """TAC's semantic space by reverse assignment (Li et al., ICML 2024; clustering.md §3).
 
@@ -260,6 +278,7 @@ def tac_space(
       centres: ``[L, E]`` to use instead of k-means.
       n_init, seed: spherical k-means.
       block: nouns per step.
+      candidates: optional bool ``[M]`` vocabulary mask (only these nouns can be chosen).
 
     Returns:
       ``SemanticSpace("tac")``; score = ``p(w)``; column ``centre`` = ``a(w)``.
@@ -267,7 +286,7 @@ def tac_space(
     x, t = _unit(image_features, "image_features"), _unit(noun_embeddings, "noun_embeddings")
     n_centres = n_centres or max(1, x.shape[0] // 300)
     c = _centres(x, centres, n_centres, n_init, seed, spherical=True)
-    tp, valid = _padded_blocks(t, block)
+    tp, valid = _padded_blocks(t, block, candidates)
     program = _reverse_program(min(per_centre, t.shape[0]), block, float(temperature))
     vals, idx = jax.device_get(program(c, tp, valid))
     rows, score, centre = _best_per_noun(np.asarray(vals), np.asarray(idx, np.int64))
@@ -318,6 +337,7 @@ def mcla_space(
     n_init: int = 20,
     seed: int = 0,
     block: int = NOUN_BLOCK,
+    candidates=None,
 ) -> SemanticSpace:
     """MCLA's "smaller but better" space: SIC's filters, then a WordNet-hierarchy filter.
 
@@ -339,6 +359,7 @@ def mcla_space(
       nouns: the WordNet noun table (default ``wordnet.load()``).
       n_clusters, gamma_r, gamma_u, centres, n_init, seed, block: as ``sic_space``.
       keep_per_centre, min_depth, max_descendants, instances, dup_cos, dup_hops: steps 1-4.
+      candidates: optional bool ``[M]`` vocabulary mask, as ``sic_space``.
 
     Returns:
       ``SemanticSpace("mcla")``; score and ``centre`` as SIC's; columns ``uniq_cos``, ``depth``.
@@ -349,7 +370,7 @@ def mcla_space(
         raise ValueError(f"{t.shape[0]} noun embeddings for a table of {len(wn)} nouns")
     vals, idx, uniq = _sic_lists(
         image_features, t, n_clusters=n_clusters, gamma_r=gamma_r, centres=centres,
-        n_init=n_init, seed=seed, block=block,
+        n_init=n_init, seed=seed, block=block, candidates=candidates,
     )  # fmt: skip
     rows, score, centre = _best_per_noun(vals, idx)
     ok = np.array([uniq[r] for r in rows.tolist()]) < 1.0 - gamma_u

@@ -71,6 +71,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.tau = ml_collections.ConfigDict(dict(instance=0.1, prototype=0.5, cluster=0.5, text=0.005))
     c.confident_frac = 0.9  # SIC: top floor(0.9 floor(N / K)) rows per cluster -> semantic centre
     c.semantic_nouns = 30  # SIC: space nouns averaged into each semantic centre
+    c.init = "random"  # or "kmeans": linear heads start at k-means centres (SIC's option)
+    c.init_scale = 0.05  # a in W = 2aC, b = -a|C|^2
     c.warmup_epochs = 1  # prototype/semantic targets come from the previous epoch's heads
     c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
     return c
@@ -212,6 +214,9 @@ class Trainer:
         (methods with ``text_knn``).
       cfg: ``get_config()``-shaped; mesh: default from ``cfg.mesh``.
       aux: the method's extra arrays (SIC: ``{"nouns": [M, E]}``), replicated.
+      centres: optional ``(image [K, E], text [K, E] | None)`` cluster centres (e.g. k-means on
+        ``u``) that initialise the linear heads so that the first assignment is the nearest
+        centre (``methods.init_from_centres``).
 
     After construction and after every ``epoch()``, ``assign`` holds the image head's clustering
     ``[N]`` (the epoch targets' assignments). ``state()`` / ``load_state()`` give the pytree a
@@ -219,7 +224,8 @@ class Trainer:
     ``mcla_jax.experiment`` drive it; the ``mcla_epoch`` benchmark times it.
     """
 
-    def __init__(self, u, t, knn_idx, cfg, mesh: Mesh | None = None, *, knn_txt=None, aux=None):
+    def __init__(self, u, t, knn_idx, cfg, mesh: Mesh | None = None, *, knn_txt=None, aux=None,
+                 centres=None):  # fmt: skip
         self.method = methods.get_method(str(cfg.get("method", "mcla")))
         knn_idx = np.asarray(knn_idx, np.int64)
         n, e = u.shape
@@ -243,6 +249,8 @@ class Trainer:
             raise ValueError(f"batch_size {cfg.batch_size} must be a positive multiple of data={d}")
 
         model = self.method.build(e, k, cfg, nnx.Rngs(int(cfg.seed)))
+        if centres is not None:  # SIC's optional centre initialisation of the linear heads
+            methods.init_from_centres(model, *centres, scale=float(cfg.get("init_scale", 0.05)))
         self.graphdef, params = nnx.split(model, nnx.Param)
         tx = optax.adamw(cfg.lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
         rep = replicated(mesh)

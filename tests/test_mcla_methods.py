@@ -158,3 +158,28 @@ def test_prepare_uses_the_train_mean():
     assert methods.prepare(a, "raw")[1] is None
     with pytest.raises(ValueError):
         methods.prepare(a, "whiten")
+
+
+def test_centre_init_starts_at_the_nearest_centre(mesh1):
+    x, t, _, _ = _blobs(n=256)
+    from vl_jax.cluster import kmeans
+
+    c, assign, _ = kmeans(x, 4, n_init=3, seed=0)
+    model = methods.MCLAModel(32, 4, rngs=nnx.Rngs(0))
+    methods.init_from_centres(model, np.asarray(c), np.asarray(c), scale=5.0)
+    np.testing.assert_array_equal(np.argmax(model(x, t)[1], -1), np.asarray(assign))
+    with pytest.raises(ValueError, match="linear heads"):
+        methods.init_from_centres(methods.TACModel(32, 4, hidden=8, rngs=nnx.Rngs(0)), c)
+
+
+def test_vocabulary_mask_keeps_words_the_tokenizer_knows(tmp_path):
+    from mcla_jax.experiment import base_config
+    from mcla_jax.noun_embeddings import vocabulary_mask
+    from vl_jax.models import clip
+    from vl_jax.smoke import tiny_clip_config, write_checkpoint
+
+    write_checkpoint(
+        clip.init(tiny_clip_config(base_config("kmeans", "runlocal").tiny)), str(tmp_path)
+    )
+    mask = vocabulary_mask(str(tmp_path), ["dog", "photo", "xylophonist", "a b c d"], 1)
+    np.testing.assert_array_equal(mask, [True, True, False, False])  # CLIP's BPE: whole words

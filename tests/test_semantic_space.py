@@ -272,3 +272,21 @@ def test_bad_inputs(world):
         ss.topk_nouns(world["centres"], world["emb"][:3], 4)
     with pytest.raises(ValueError, match="finite"):
         ss.sic_space(np.full((4, E), np.nan), world["emb"], n_clusters=2)
+
+
+def test_candidates_mask_restricts_every_space():
+    rng = np.random.default_rng(5)
+    img = rng.normal(size=(60, 8)).astype(np.float32)
+    emb = rng.normal(size=(50, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    cand = np.zeros(50, bool)
+    cand[::3] = True
+    _, rows = ss.topk_nouns(img[:4], emb, 5, candidates=cand)
+    assert cand[rows].all()
+    want = np.argsort(-(img[:4] @ emb[cand].T), axis=1, kind="stable")[:, :5]
+    np.testing.assert_array_equal(rows, np.flatnonzero(cand)[want])
+    sic = ss.sic_space(img, emb, n_clusters=3, gamma_r=4, gamma_u=1.0, candidates=cand, n_init=2)
+    tac = ss.tac_space(img, emb, n_centres=3, per_centre=2, candidates=cand, n_init=2)
+    assert len(sic) and cand[sic.indices].all() and len(tac) and cand[tac.indices].all()
+    with pytest.raises(ValueError, match="candidate"):
+        ss.topk_nouns(img[:2], emb, 20, candidates=cand)
