@@ -22,6 +22,7 @@ MODULES = (
     "benchmarks.knn",
     "benchmarks.kmeans",
     "benchmarks.mcla_epoch",
+    "benchmarks.scale",
     "benchmarks.vqa_generate",
     "benchmarks.vdc_pipeline",
 )

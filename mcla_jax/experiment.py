@@ -135,11 +135,15 @@ def clip_path(config, workdir: str) -> str:
 
 def load_features(config, workdir: str, split: str, model: str, mesh) -> dict:
     """Features of one split, encoded once into ``<features_dir>/<split>.npz`` (default
-    ``workdir/features``; point several methods' runs at one folder to encode once), reused when
+    ``workdir/features``; point several methods' runs at one folder to encode once; ``{workdir}``
+    in it is replaced by the workdir), reused when
     the model and dataset match its ``.json`` description."""
     from vl_jax.encode import encode_dataset
 
-    folder = config.data.features_dir or os.path.join(workdir, "features")
+    # "{workdir}" in features_dir stands for this run's workdir (suites share a sibling folder)
+    folder = config.data.features_dir.replace("{workdir}", workdir) or os.path.join(
+        workdir, "features"
+    )
     out = os.path.join(folder, f"{split}.npz")
     desc = dict(model=model, data=config.data.source, split=split, limit=int(config.data.limit))
     if os.path.exists(out) and os.path.exists(out + ".json"):
@@ -149,13 +153,15 @@ def load_features(config, workdir: str, split: str, model: str, mesh) -> dict:
     data = f"{config.data.source}:{split}"
     if config.data.limit:
         data += f"[:{int(config.data.limit)}]"
-    encode_dataset(
+    r = encode_dataset(
         model, data, out, data_dir=config.data.data_dir or None,
         manual_dir=config.data.manual_dir or None, batch_size=int(config.data.encode_batch),
         dtype=config.model.dtype, mesh=mesh,
     )  # fmt: skip
-    runlog.write_json(out + ".json", desc)
-    return _read_npz(out)
+    runlog.write_json(out + ".json", desc)  # after the .npz: its presence marks a complete pair
+    # Every process has the result; only process 0 wrote the file (do not read it back here).
+    return dict(features=r.features, labels=r.labels, paths=np.asarray(r.paths, str),
+                class_names=np.asarray(r.class_names, str))  # fmt: skip
 
 
 def _read_npz(path: str) -> dict:
@@ -195,8 +201,9 @@ def noun_space(config, workdir: str, model: str, train_u: np.ndarray, mesh):
         raise ValueError(f"unknown semantic space {kind!r}; known: sic, tac, mcla")
     if len(space) == 0:
         raise ValueError(f"the {kind} semantic space is empty; loosen config.space filters")
-    tsv = semantic_space.write_tsv(space, workdir, table)
-    os.replace(tsv, os.path.join(workdir, "semantic_space.tsv"))
+    if runlog.is_main_process():  # one writer for shared files
+        tsv = semantic_space.write_tsv(space, workdir, table)
+        os.replace(tsv, os.path.join(workdir, "semantic_space.tsv"))
     return emb[space.indices], space
 
 

@@ -141,3 +141,39 @@ def test_clip_encode_tiny_end_to_end():
         clip_encode.forward_flops_per_image({**clip_encode.VIT_B32, **TINY}) / 1e9
     )
     assert figs[0]["ratio"] == pytest.approx(figs[1]["ratio"])
+
+
+def test_scale_stages_in_process_and_one_child():
+    from benchmarks import scale
+
+    assert run.load()["scale"] is scale.scale_bench
+    res = scale.child(list(scale.STAGES), 1000, 8)  # here: conftest's 8 fake devices
+    assert [r["stage"] for r in res] == list(scale.STAGES)
+    for r in res:
+        assert r["status"] == "ok" and r["seconds"] > 0 and r["n"] == 1000
+        assert r["peak_gb"] is None or 0 < r["peak_gb"] < 16
+    (r,) = scale._run_child(["knn"], 5000, 8, partial=1, cap_gb=8, timeout=120)
+    assert r["status"] == "ok" and r["devices"] == 1 and r["extrapolated"]  # 1 of 3 blocks
+    assert r["seconds"] == pytest.approx(r["measured_seconds"] * r["query_blocks"])
+    assert 0 < r["peak_gb"] <= r["watchdog_peak_gb"] + 0.05
+
+
+def test_scale_figures_exponents_and_watchdog(monkeypatch):
+    from benchmarks import scale
+
+    def fake(stages, n, k, **kw):  # time ~ N^2, memory above the runtime ~ N
+        return [dict(stage=s, n=n, k=k, status="ok", seconds=(n / 1000) ** 2, rss_start_gb=0.1,
+                     peak_gb=0.1 + n / 1000) for s in stages]  # fmt: skip
+
+    monkeypatch.setattr(scale, "_run_child", fake)
+    by = {f["metric"]: f for f in scale.scale_bench(False, sizes=(1000, 4000), stages=("knn",))}
+    assert by["knn_n4000_seconds"]["ours"] == 16.0 and by["knn_n4000_peak_gb"]["ours"] == 4.1
+    assert by["knn_time_exponent"]["ours"] == pytest.approx(2.0)
+    assert by["knn_memory_exponent"]["ours"] == pytest.approx(1.0)
+    for f in by.values():
+        assert tuple(f) == common.FIELDS and f["baseline"] is None
+        json.dumps(f, allow_nan=False)
+    monkeypatch.undo()
+    assert scale.exponent([10], [1.0]) is None
+    (res,) = scale._run_child(["knn"], 1000, 8, partial=None, cap_gb=0.02, timeout=60)
+    assert res["status"].startswith("killed: RSS") and res["seconds"] is None

@@ -36,6 +36,7 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from vl_jax import parallel
 from vl_jax.cluster import _rows
 from vl_jax.parallel import DATA
 
@@ -278,7 +279,8 @@ def kmeans(
         jax.random.key_data(jax.random.key(seed)),
         tol_abs,
     )
-    centres, labels, inertia, n_iter = jax.device_get((centres, labels, inertia, n_iter))
+    # all rows on every process (labels are split over `data`; allgather if multi-host)
+    centres, labels, inertia, n_iter = parallel.fetch((centres, labels, inertia, n_iter))
     best = int(np.argmin(inertia))
     c, lab = np.asarray(centres[best]), np.asarray(labels[:n, best], np.int32)
     resid = x - c[lab]  # float32 rows, float64 total: accurate without a float64 copy of x

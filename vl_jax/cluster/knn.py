@@ -26,6 +26,7 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from vl_jax import parallel
 from vl_jax.cluster import _rows
 from vl_jax.parallel import DATA
 
@@ -139,5 +140,5 @@ def knn(
     npad = _rows.round_up(max(nl * shards, n), bdb)
     program = _knn_program(mesh, n, k, metric, bq, bdb, nl)
     idx, dist = program(_rows.put(_rows.pad_rows(x, npad), mesh, rows=False))
-    idx, dist = jax.device_get((idx, dist))  # fully addressable on one host
+    idx, dist = parallel.fetch((idx, dist))  # all rows on every process (allgather if multi-host)
     return np.asarray(idx[:n], np.int32), np.asarray(dist[:n], np.float32)
