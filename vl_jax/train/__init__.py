@@ -1,0 +1,1 @@
+"""Small-scale training (CLIP contrastive, LLaVA-style) on one jitted, sharded, resumable loop."""
