@@ -35,6 +35,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from vl_jax import parallel
+from vl_jax.checkpoints.train_state import TrainCheckpoints
 
 _log = logging.getLogger(__name__)
 
@@ -149,28 +150,18 @@ class Trainer:
     def _target(self):
         return {"params": self.params, "opt_state": self.opt_state}
 
-    def save(self, manager) -> None:
-        import orbax.checkpoint as ocp
+    def save(self, checkpoints) -> None:
+        """Saves step `self.step` to a `vl_jax.checkpoints.train_state.TrainCheckpoints`."""
+        checkpoints.save(self.step, self._target())
 
-        manager.save(self.step, args=ocp.args.StandardSave(self._target()))
-
-    def restore_latest(self, manager) -> int:
+    def restore_latest(self, checkpoints) -> int:
         """Restores the newest checkpoint that loads (older ones if the newest is damaged).
         Returns the restored step, or 0 when there is none (the state is left as it is)."""
-        import orbax.checkpoint as ocp
-
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self._target()
-        )
-        for step in sorted(manager.all_steps(), reverse=True):
-            try:
-                got = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-            except Exception as e:  # a truncated / corrupt step: fall back to the previous one
-                _log.warning("checkpoint %d does not restore (%s); trying an older one", step, e)
-                continue
-            self.params, self.opt_state, self.step = got["params"], got["opt_state"], int(step)
-            return self.step
-        return 0
+        step, got = checkpoints.restore_latest(self._target())
+        if step is None:
+            return 0
+        self.params, self.opt_state, self.step = got["params"], got["opt_state"], int(step)
+        return self.step
 
     def fit(
         self,
@@ -199,11 +190,8 @@ class Trainer:
         """
         manager = None
         if workdir is not None:
-            import orbax.checkpoint as ocp
-
-            manager = ocp.CheckpointManager(
-                os.path.abspath(os.path.join(workdir, "checkpoints")),
-                options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+            manager = TrainCheckpoints(
+                os.path.join(workdir, "checkpoints"), max_to_keep=max_to_keep
             )
             if self.restore_latest(manager):
                 _log.info("resumed from step %d", self.step)
@@ -226,6 +214,5 @@ class Trainer:
                     self.save(manager)
         finally:
             if manager is not None:
-                manager.wait_until_finished()
                 manager.close()
         return self.model(), history
