@@ -26,6 +26,7 @@ import functools
 import json
 import logging
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -306,7 +307,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     m = report.write_report(workdir, table, threshold=config.threshold, config_summary=summary)
     if "overall" in m:
         o = m["overall"]
-        log.info("TPR %.4f FPR %.4f F1 %.4f AUROC %.4f", o["tpr"], o["fpr"], o["f1"], o["auroc"])
+        print(f"vdc: TPR {o['tpr']:.4f} FPR {o['fpr']:.4f} F1 {o['f1']:.4f} AUROC {o['auroc']:.4f} "
+              f"({m['counts']['flagged']} of {m['counts']['dataset']} flagged); outputs in {workdir}",
+              file=sys.stderr)  # fmt: skip
+    else:
+        print(f"vdc: {m['counts']['flagged']} of {m['counts']['dataset']} samples flagged; "
+              f"outputs in {workdir}", file=sys.stderr)  # fmt: skip
     return m
 
 
