@@ -11,32 +11,17 @@ prepared, a bad CSV row, an unreadable image, a workdir made with other settings
 questions file) end with one `error: ...` line and exit status 1, not a traceback.
 """
 
-import logging
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import app
 
-from vl_jax import parallel
+from vl_jax import cli
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "VDC config file (configs/vdc/*.py[:arg])", lock_config=True
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "output directory (created; resumed if present)")
-_COORD = flags.DEFINE_string("coordinator_address", None, "multi-host: host:port of process 0")
-_NPROC = flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
-_PID = flags.DEFINE_integer("process_id", None, "multi-host: this process's index")
-_AUTO = flags.DEFINE_bool(
-    "distributed_auto", False, "multi-host: let JAX detect the cluster (TPU pod, SLURM)"
-)
-flags.mark_flags_as_required(["config", "workdir"])
+_CONFIG, _WORKDIR = cli.define_flags("VDC config file (configs/vdc/*.py[:arg])")
 
 
 def main(argv):
-    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    parallel.initialize_distributed(_COORD.value, _NPROC.value, _PID.value, auto=_AUTO.value)
+    cli.start(argv)
     # Imported after initialize_distributed: nothing may touch the JAX backend before it.
     from vdc_jax.cleanse import IncompatibleWorkdirError, run
     from vdc_jax.inputs import DataError

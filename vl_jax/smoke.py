@@ -90,23 +90,10 @@ def write_checkpoint(model: clip.CLIP, path: str) -> None:
     """A complete HF CLIP directory: weights, config, tokenizer, preprocessing."""
     clip.save_pretrained(model, path)
     openai_clip_tokenizer(model.config.text.context_length).save_pretrained(path)
-    size = model.config.vision.image_size
-    pre = {
-        "image_processor_type": "CLIPImageProcessor",
-        "do_resize": True,
-        "size": {"shortest_edge": size},
-        "resample": 3,
-        "do_center_crop": True,
-        "crop_size": {"height": size, "width": size},
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": list(model.config.mean),
-        "image_std": list(model.config.std),
-        "do_convert_rgb": True,
-    }
-    with open(os.path.join(path, "preprocessor_config.json"), "w") as f:
-        json.dump(pre, f, indent=2)
+    from vl_jax.train.clip import write_preprocessor_config  # the one HF preprocessing writer
+
+    cfg = model.config
+    write_preprocessor_config(path, cfg.vision.image_size, cfg.mean, cfg.std)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:

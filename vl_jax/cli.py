@@ -1,0 +1,53 @@
+"""What every entry point shares: the --config / --workdir / multi-host flags and start-up.
+
+    _CONFIG, _WORKDIR = cli.define_flags("VDC config file (configs/vdc/*.py[:arg])")
+
+    def main(argv):
+        cli.start(argv)          # quiet logs, jax.distributed when asked
+        run(_CONFIG.value, _WORKDIR.value)
+
+Used by main.py, `python -m mcla_jax.main` and `python -m vdc_jax.main`, so the three accept the
+same flags: --coordinator_address / --num_processes / --process_id, or --distributed_auto on a
+TPU pod or SLURM cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from vl_jax import parallel
+
+_COORD = _NPROC = _PID = _AUTO = None
+
+
+def define_flags(config_help: str = "experiment config file"):
+    """Defines --config (locked: a mistyped override fails) and --workdir (both required) and
+    the multi-host flags; returns the (config, workdir) flag holders."""
+    global _COORD, _NPROC, _PID, _AUTO
+    config = config_flags.DEFINE_config_file("config", None, config_help, lock_config=True)
+    workdir = flags.DEFINE_string("workdir", None, "output directory (created; a rerun resumes)")
+    _COORD = flags.DEFINE_string("coordinator_address", None, "multi-host: host:port of process 0")
+    _NPROC = flags.DEFINE_integer("num_processes", None, "multi-host: number of processes")
+    _PID = flags.DEFINE_integer("process_id", None, "multi-host: this process's index")
+    _AUTO = flags.DEFINE_bool(
+        "distributed_auto", False, "multi-host: let JAX detect the cluster (TPU pod, SLURM)"
+    )
+    flags.mark_flags_as_required(["config", "workdir"])
+    return config, workdir
+
+
+def start(argv) -> None:
+    """Rejects stray arguments, quiets INFO logs, initialises `jax.distributed` when asked.
+
+    Call before anything touches the JAX backend."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # JAX logs at INFO that it found no TPU on every non-TPU machine; Orbax and TFDS log every
+    # save and read at INFO. None of that is news to a user.
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    parallel.initialize_distributed(_COORD.value, _NPROC.value, _PID.value, auto=_AUTO.value)
