@@ -207,22 +207,35 @@ def noun_space(config, workdir: str, model: str, train_u: np.ndarray, mesh):
     return emb[space.indices], space
 
 
-def fit_trained(config, workdir, seed, train_u, eval_u, nouns, mesh, writer) -> tuple:
+def prepare_inputs(config, train_u, eval_u, nouns, mesh) -> dict:
+    """What every seed of a trained method shares, computed once: prepared features and text
+    counterparts of both splits (``u, t, ue, te``) and the kNN indices (``knn_img``, ``knn_txt``)."""
+    from vl_jax.cluster import knn
+
+    method = methods.get_method(config.train.method)
+    tau = config.train.tau.text
+    u, mean = methods.prepare(train_u, method.prepare)
+    t, tmean = methods.prepare(
+        train_lib.build_text_counterparts(train_u, nouns, tau), method.prepare
+    )
+    ue = methods.prepare(eval_u, method.prepare, mean)[0]
+    te = methods.prepare(
+        train_lib.build_text_counterparts(eval_u, nouns, tau), method.prepare, tmean
+    )[0]
+    metric = "l2" if method.name == "sic" else "cosine"  # SIC: L2 on raw features
+    return dict(
+        u=u, t=t, ue=ue, te=te,
+        knn_img=knn(u, int(config.knn), metric, mesh=mesh)[0],
+        knn_txt=knn(t, int(config.knn), "cosine", mesh=mesh)[0] if method.text_knn else None,
+    )  # fmt: skip
+
+
+def fit_trained(config, workdir, seed, inputs: dict, nouns, mesh, writer) -> tuple:
     """One seed of a trained method with per-epoch checkpoints; returns (train, eval) clusters."""
     cfg = ml_collections.ConfigDict(config.train.to_dict())
     cfg.seed = seed
     method = methods.get_method(cfg.method)
-    t_train = train_lib.build_text_counterparts(train_u, nouns, cfg.tau.text)
-    t_eval = train_lib.build_text_counterparts(eval_u, nouns, cfg.tau.text)
-    u, mean = methods.prepare(train_u, method.prepare)
-    t, tmean = methods.prepare(t_train, method.prepare)
-    ue = methods.prepare(eval_u, method.prepare, mean)[0]
-    te = methods.prepare(t_eval, method.prepare, tmean)[0]
-    from vl_jax.cluster import knn
-
-    metric = "l2" if method.name == "sic" else "cosine"  # SIC: L2 on raw features
-    knn_img = knn(u, int(config.knn), metric, mesh=mesh)[0]
-    knn_txt = knn(t, int(config.knn), "cosine", mesh=mesh)[0] if method.text_knn else None
+    u, t, knn_img, knn_txt = inputs["u"], inputs["t"], inputs["knn_img"], inputs["knn_txt"]
     aux = {"nouns": nouns} if method.name == "sic" else None
     centres = None
     if cfg.init == "kmeans":  # heads start at k-means centres of the prepared features
@@ -253,7 +266,7 @@ def fit_trained(config, workdir, seed, train_u, eval_u, nouns, mesh, writer) -> 
                 rec["epoch"], {f"seed{seed}/{k}": v for k, v in rec.items() if k != "epoch"}
             )
             ck.save(run.epochs_done, run.state())
-    return run.assign, run.predict(ue, te)
+    return run.assign, run.predict(inputs["ue"], inputs["te"])
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -274,11 +287,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if method in (*TRAINED, "tac_notrain"):
         nouns, space = noun_space(config, workdir, model, train["features"], mesh)
     per_seed, assign = [], {}
+    if method in TRAINED:
+        inputs = prepare_inputs(config, train["features"], evals["features"], nouns, mesh)
     with runlog.MetricWriter(workdir) as writer:
         for seed in seeds:
             if method in TRAINED:
-                _, pred = fit_trained(config, workdir, seed, train["features"], evals["features"],
-                                      nouns, mesh, writer)  # fmt: skip
+                _, pred = fit_trained(config, workdir, seed, inputs, nouns, mesh, writer)
             elif method == "tac_notrain":
                 pred = baselines.tac_notrain(train["features"], evals["features"], nouns, k, seed,
                                              config.train.tau.text, mesh)  # fmt: skip
