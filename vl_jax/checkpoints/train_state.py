@@ -66,19 +66,21 @@ class TrainCheckpoints:
         """
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         errors = []
-        for step in reversed(self.steps()):
+
+        def read(step, **items):
             try:
-                meta = self._mngr.restore(
-                    step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
-                )["meta"]
-            except Exception as exc:
-                log.warning(
-                    "checkpoint %d in %s is unreadable (%s); trying an older one",
-                    step,
-                    self.directory,
-                    exc,
-                )
+                return self._mngr.restore(step, args=ocp.args.Composite(**items))
+            except Exception as exc:  # any unreadable step is skipped, loudly
+                errors.append(f"step {step}: {exc}")
+                log.warning("checkpoint %d in %s is unreadable (%s); trying an older one",
+                            step, self.directory, exc)  # fmt: skip
+                return None
+
+        for step in reversed(self.steps()):
+            got = read(step, meta=ocp.args.JsonRestore())
+            if got is None:
                 continue
+            meta = got["meta"]
             if meta != self.meta:
                 diff = sorted(
                     k for k in set(meta) | set(self.meta) if meta.get(k) != self.meta.get(k)
@@ -87,19 +89,9 @@ class TrainCheckpoints:
                     f"{self.directory} holds checkpoints of another run (differs in {diff}); "
                     "use a new --workdir, or delete that folder to start over"
                 )
-            try:
-                got = self._mngr.restore(
-                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-                )
-            except Exception as exc:
-                log.warning(
-                    "checkpoint %d in %s is unreadable (%s); trying an older one",
-                    step,
-                    self.directory,
-                    exc,
-                )
-                continue
-            return step, got["state"]
+            got = read(step, state=ocp.args.StandardRestore(abstract))
+            if got is not None:
+                return step, got["state"]
         if errors:
             raise RuntimeError(f"no readable checkpoint in {self.directory}: " + "; ".join(errors))
         return None, None
