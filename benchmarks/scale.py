@@ -12,11 +12,12 @@ JAX device, all cores), so its peak memory is its own:
   (82,115 nouns) with random unit noun embeddings ``[82115, 512]`` and K = 1000 given centres
   (k-means is the stage above; SIC's gamma_r = 500 -> up to 500k candidate nouns, all filters).
 - ``mcla_epoch``: one ``mcla_jax.train.Trainer`` epoch (batch 512, K = 1000: two heads, all
-  terms), timed on the second epoch (the first compiles); its 20-NN indices are random same-blob
-  rows (an epoch's cost does not depend on which rows they are). ``params.init_seconds``: the
-  constructor (placement + the first full-data targets pass, compiled). Above 20k rows the
-  epoch's scan runs only its first ``EPOCH_STEPS`` batches and the epoch is **extrapolated**:
-  host shuffle (all N, timed) + targets pass (all N, timed) + steps x the measured time per step.
+  terms) = host shuffle (all N) + the jitted scan of its steps + the full-data targets pass
+  (row-blocked, ``mcla_jax.rowpass``), each part timed alone after a call that compiled it; its
+  20-NN indices are random same-blob rows (an epoch's cost does not depend on which rows they
+  are). ``params.init_seconds``: the constructor (placement + the first targets pass, compiled).
+  Above 20k rows the scan runs only the epoch's first ``EPOCH_STEPS`` batches and the epoch is
+  **extrapolated**: host + targets pass + steps x the measured time per step.
 - ``knn``: ``vl_jax.cluster.knn`` program, k = 20, cosine, exact. Every query block scans the
   whole database, so the work is ``(N / 2048)`` identical blocks of ``2048 x N`` scores: at 160k
   and 1.28M only the first ``KNN_QUERY_BLOCKS`` query blocks run (against the full database)
@@ -227,6 +228,9 @@ def _stage_semantic_space(x, y, k):
 
 
 def _stage_mcla_epoch(x, y, k, *, epoch_steps: int | None):
+    import jax
+    import jax.numpy as jnp
+
     from mcla_jax import train as T
 
     u = _prepared(x)  # in place: x is not needed afterwards
@@ -240,35 +244,36 @@ def _stage_mcla_epoch(x, y, k, *, epoch_steps: int | None):
     knn_idx = _same_blob_neighbours(y, k)
     steps = len(u) // BATCH
     run_steps = steps if epoch_steps is None else min(epoch_steps, steps)
-    full_batches = T._batches
-    if run_steps < steps:  # the epoch's scan runs the first `run_steps` of its batches
-        T._batches = lambda *a, **kw: {n: v[:run_steps] for n, v in full_batches(*a, **kw).items()}
     cfg = T.get_config()
     cfg.num_clusters, cfg.batch_size = k, BATCH
     t0 = time.perf_counter()
     run = T.Trainer(u, t, knn_idx, cfg)
     init_s = time.perf_counter() - t0
+    # An epoch = host shuffle + neighbour draw (all N) + the scan of its steps + the full-data
+    # targets pass. Each part is timed alone (after a first call compiled it); with
+    # `epoch_steps` the scan runs only the epoch's first `run_steps` batches and the epoch is
+    # extrapolated: host + targets + steps x the measured time per step.
     t0 = time.perf_counter()
-    run.epoch()  # compiles the epoch program
-    first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    rec = run.epoch()
-    measured = time.perf_counter() - t0
-    # The parts of an epoch that do not scale with its steps, timed alone: the host shuffle +
-    # neighbour draw of all N rows, and the full-data targets pass.
-    t0 = time.perf_counter()
-    full_batches(np.random.default_rng(0), len(u), knn_idx, BATCH)
+    rows = T._batches(np.random.default_rng(0), len(u), knn_idx, BATCH)
     host_s = time.perf_counter() - t0
+    index = jax.device_put({n: v[:run_steps] for n, v in rows.items()}, run._steps_sharding)
+    on = jnp.float32(1.0)
+    for _ in range(2):  # compile, then time
+        t0 = time.perf_counter()
+        run.params, run.opt_state, metrics = run._epoch_fn(
+            run.params, run.opt_state, index, run._feats, run._targets, on
+        )
+        loss = float(metrics["loss"])
+    scan_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     run._update_targets()
     targets_s = time.perf_counter() - t0
-    T._batches = full_batches
-    per_step = max(measured - host_s - targets_s, 0.0) / run_steps
-    seconds = measured if run_steps == steps else host_s + targets_s + steps * per_step
-    return dict(seconds=seconds, measured_seconds=measured, measured_steps=run_steps, steps=steps,
+    per_step = scan_s / run_steps
+    seconds = host_s + targets_s + steps * per_step
+    return dict(seconds=seconds, measured_steps=run_steps, steps=steps,
                 extrapolated=run_steps < steps, step_seconds=per_step, host_batches_seconds=host_s,
-                targets_pass_seconds=targets_s, init_seconds=init_s, first_epoch_seconds=first,
-                batch=BATCH, loss=rec["loss"])  # fmt: skip
+                targets_pass_seconds=targets_s, target_block_rows=int(cfg.target_block_rows),
+                init_seconds=init_s, batch=BATCH, loss=loss)  # fmt: skip
 
 
 def child(stages: list[str], n: int, k: int, partial: int | None = None) -> list[dict]:

@@ -29,7 +29,7 @@ import numpy as np
 
 from mcla_jax import baselines, methods, semantic_space
 from mcla_jax import train as train_lib
-from vl_jax import parallel, plots, runlog
+from vl_jax import faults, parallel, plots, runlog
 from vl_jax.checkpoints.train_state import TrainCheckpoints
 from vl_jax.fileio import atomic_open
 from vl_jax.metrics import clustering_metrics, confusion_matrix, hungarian_match
@@ -262,6 +262,7 @@ def fit_trained(config, workdir, seed, inputs: dict, nouns, mesh, writer) -> tup
             range(run.epochs_done, int(cfg.epochs)), desc=f"{cfg.method} seed {seed}"
         ):
             rec = run.epoch()
+            faults.point("train.epoch")
             writer.scalars(
                 rec["epoch"], {f"seed{seed}/{k}": v for k, v in rec.items() if k != "epoch"}
             )

@@ -5,7 +5,8 @@ A `Method` tells the generic trainer (`mcla_jax.train.Trainer`) four things:
 * how features are prepared (`prepare`: centre + normalise, normalise, or raw),
 * its learnable model, an NNX module ``(u [B, E], t [B, E]) -> (z [B, E], logits_img [B, K],
   logits_txt [B, K] | None)``,
-* its per-epoch targets, computed by one jitted pass over all rows (`targets`), and
+* its per-epoch targets, computed by one jitted pass over all rows in blocks (`targets`,
+  built on `mcla_jax.rowpass.epoch_pass`), and
 * its loss terms on a batch (`loss_terms`), a weighted sum with the unweighted terms returned.
 
 Adding an alignment loss or a new method is a few lines here; the trainer, sharding,
@@ -25,6 +26,7 @@ import numpy as np
 from flax import nnx
 
 from mcla_jax import losses as L
+from mcla_jax.rowpass import epoch_pass, mean_rows
 
 HI = jax.lax.Precision.HIGHEST
 
@@ -41,12 +43,6 @@ def _head(dim: int, k: int, hidden: int, rngs: nnx.Rngs) -> nnx.Module:
     )
 
 
-def _top_rows(logits, w, m: int):
-    """``[K, m]`` rows with the largest logit of each cluster (padding rows ``w == 0`` never)."""
-    scores = jnp.where(w[:, None] > 0, logits, -jnp.inf).T  # [K, Np]
-    return jax.lax.top_k(scores, m)[1]  # ties -> lower row
-
-
 @dataclasses.dataclass(frozen=True)
 class Method:
     """One clustering method for `mcla_jax.train.Trainer`.
@@ -57,8 +53,9 @@ class Method:
       prepare: ``"centre"`` (subtract the train mean, then L2-normalise), ``"normalize"`` or
         ``"raw"``; applied to image features and text counterparts alike.
       build: ``(dim, k, config, rngs) -> nnx.Module`` (see the module docstring).
-      targets: ``(model, u [Np, E], t [Np, E], w [Np], aux, m, cfg) -> dict`` inside a jit;
-        must hold ``assign`` ``[Np]``; ``w``: 1 for real rows, 0 for padding; ``aux``: the
+      targets: ``(model, u [R, E], t [R, E], blocks, aux, m, cfg) -> dict`` inside a jit:
+        ``u, t`` all rows (``R = blocks.rows``; rows from ``N`` on are padding),
+        ``blocks`` their ``rowpass.Blocks``; must hold ``assign`` ``[N]``; ``aux``: the
         method's extra replicated arrays (e.g. noun embeddings); ``m``: the confident rows per
         cluster, ``floor(frac floor(N / K))``; ``cfg``: the run config (static values).
       loss_terms: ``(model, batch, targets, weights, tau, on) -> (total, {term: value})``;
@@ -118,19 +115,13 @@ def _mcla_build(dim, k, cfg, rngs):
                      adapter_ratio=float(cfg.model.adapter_ratio), rngs=rngs)  # fmt: skip
 
 
-def _mcla_targets(model, u, t, w, aux, m, cfg):
+def _mcla_targets(model, u, t, blocks, aux, m, cfg):
     """Image/text prototypes ``[K, E]`` over all rows, and semantic centres ``[K, E]``: the
     normalised mean text counterpart of the ``m`` rows with the largest image logit k (SIC's
     rule, on the text side)."""
-    z, li, lt = model(u, t)
-    pi, pt = _probs(li) * w[:, None], _probs(lt) * w[:, None]
-    top = _top_rows(li, w, m)
-    return dict(
-        proto_img=L.soft_prototypes(pi, z),
-        proto_txt=L.soft_prototypes(pt, t),
-        centres=L.l2_normalize(jnp.mean(t[top], axis=1)),
-        assign=jnp.argmax(li, axis=-1),
-    )
+    out = epoch_pass(model, u, t, blocks, int(cfg.num_clusters), m=m, prototypes=True)
+    out["centres"] = mean_rows(t, out.pop("top"))
+    return out
 
 
 def mcla_loss_terms(model, batch: dict, targets: dict, weights: dict, tau: dict, on):
@@ -187,16 +178,16 @@ class SICModel(nnx.Module):
         return u, self.head(u), None
 
 
-def _sic_targets(model, u, t, w, aux, m, cfg):
+def _sic_targets(model, u, t, blocks, aux, m, cfg):
     """SIC's semantic centres: image centre ``v_k`` = mean raw feature of the ``m`` rows with
     the largest logit k; ``h_k`` = normalised mean of the ``aux["nouns"]`` embeddings of the
     ``cfg.semantic_nouns`` (30) space nouns nearest (cosine) to ``v_k``. ``[K, E]``."""
-    _, li, _ = model(u, t)
-    v = L.l2_normalize(jnp.mean(u[_top_rows(li, w, m)], axis=1))  # [K, E]
+    out = epoch_pass(model, u, t, blocks, int(cfg.num_clusters), m=m)
+    v = mean_rows(u, out.pop("top"))  # [K, E]
     nouns = aux["nouns"]  # [M, E] unit rows of the semantic space
     near_k = min(int(cfg.semantic_nouns), nouns.shape[0])
     near = jax.lax.top_k(jnp.matmul(v, nouns.T, precision=HI), near_k)[1]
-    return dict(centres=L.l2_normalize(jnp.mean(nouns[near], axis=1)), assign=jnp.argmax(li, -1))
+    return dict(out, centres=L.l2_normalize(jnp.mean(nouns[near], axis=1)))
 
 
 def sic_loss_terms(model, batch: dict, targets: dict, weights: dict, tau: dict, on):
@@ -239,8 +230,8 @@ class TACModel(nnx.Module):
         return u, self.image_head(u), self.text_head(t)
 
 
-def _assign_only(model, u, t, w, aux, m, cfg):
-    return dict(assign=jnp.argmax(model(u, t)[1], axis=-1))
+def _assign_only(model, u, t, blocks, aux, m, cfg):
+    return epoch_pass(model, u, t, blocks, int(cfg.num_clusters))
 
 
 def tac_loss_terms(model, batch: dict, targets: dict, weights: dict, tau: dict, on):

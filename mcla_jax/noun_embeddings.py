@@ -35,7 +35,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from vl_jax import parallel
+from vl_jax import faults, parallel
 from vl_jax.checkpoints import resolve
 from vl_jax.fileio import atomic_open
 from vl_jax.models import clip
@@ -208,6 +208,7 @@ def embed_nouns(
                     _write_npz(
                         os.path.join(parts, f"rows-{rows[0]:08d}.npz"), key, rows=rows, emb=e
                     )
+                faults.point("nouns.block")
                 bar.update(len(rows))
     if cache and jax.process_index() == 0:
         _write_npz(final, key, emb=emb, nouns=np.array(texts, dtype=str))

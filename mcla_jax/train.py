@@ -10,7 +10,8 @@
 Learnable parts (``MCLAModel``, NNX): an image head and a text head (``E -> K``, linear or a
 one-hidden-layer MLP) and an optional residual image adapter ``n(r A(u) + (1 - r) u)``. CLIP stays
 frozen; its features are inputs. Each epoch: (1) a jitted, sharded pass over all rows gives the
-image/text prototypes and the semantic centres (``make_epoch_targets``); (2) a jitted ``lax.scan`` of
+image/text prototypes and the semantic centres (``make_epoch_targets``, in row blocks:
+``mcla_jax.rowpass``); (2) a jitted ``lax.scan`` of
 Adam steps over the epoch's shuffled batches (``make_epoch``); batches are split over the mesh's
 ``data`` axis, parameters replicated, so every batch mean (entropy balance, prototypes, cluster
 contrast) is global -- XLA inserts the all-reduces. Shuffling and neighbour sampling use a numpy
@@ -37,8 +38,9 @@ from jax.sharding import PartitionSpec as P
 from mcla_jax import losses as L
 from mcla_jax import methods
 from mcla_jax.methods import MCLAModel, Method, mcla_loss_terms
+from mcla_jax.rowpass import Blocks
 from vl_jax.metrics import clustering_metrics
-from vl_jax.parallel import DATA, batch_sharding, create_mesh, fetch, replicated
+from vl_jax.parallel import DATA, create_mesh, fetch, replicated
 
 # MCLA's loss weights and what each multiplies (docs/mcla.md). 0 disables a term.
 LOSS_TERMS = methods.MCLA.terms
@@ -73,6 +75,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.semantic_nouns = 30  # SIC: space nouns averaged into each semantic centre
     c.init = "random"  # or "kmeans": linear heads start at k-means centres (SIC's option)
     c.init_scale = 0.05  # a in W = 2aC, b = -a|C|^2
+    c.target_block_rows = 16384  # rows per block of the per-epoch targets pass (memory ~ rows x K)
     c.warmup_epochs = 1  # prototype/semantic targets come from the previous epoch's heads
     c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
     return c
@@ -98,15 +101,18 @@ def build_text_counterparts(features, nouns, tau: float = 0.005, block: int = 40
 # --------------------------------------------------------------------------- jitted programs
 
 
-def make_epoch_targets(graphdef, method: Method, n: int, k: int, cfg) -> Callable:
-    """Jitted ``(params, u [Np, E], t [Np, E], w [Np], aux) -> targets dict``, rows split over
-    ``data``: the method's per-epoch targets (``Method.targets``) and ``assign`` ``[Np]``.
-    ``w`` is 1 for real rows, 0 for padding; ``aux`` replicated extras (e.g. nouns)."""
-    m = max(1, math.floor(float(cfg.confident_frac) * (n // k)))
+def make_epoch_targets(graphdef, method: Method, blocks: Blocks, cfg) -> Callable:
+    """Jitted ``(params, feats, aux) -> targets dict``: the method's per-epoch targets
+    (``Method.targets``) and ``assign`` ``[N]``, from one pass over ``feats`` (``u``, ``t``:
+    ``[blocks.rows, E]``) in row ``blocks`` split over ``data`` (``mcla_jax.rowpass``); ``aux``
+    the method's replicated extras (e.g. nouns)."""
+    k = int(cfg.num_clusters)
+    m = max(1, math.floor(float(cfg.confident_frac) * (blocks.n // k)))
 
     @jax.jit
-    def targets(params, u, t, w, aux):
-        return method.targets(nnx.merge(graphdef, params), u, t, w, aux, m, cfg)
+    def targets(params, feats, aux):
+        model = nnx.merge(graphdef, params)
+        return method.targets(model, feats["u"], feats["t"], blocks, aux, m, cfg)
 
     return targets
 
@@ -257,21 +263,21 @@ class Trainer:
         self.params = jax.device_put(params, rep)
         self.opt_state = jax.device_put(tx.init(self.params), rep)
 
-        # All rows, padded to a multiple of the data axis, for the per-epoch targets; replicated
-        # copies to gather training batches from on the device.
-        n_pad = -(-n // d) * d
-        pad = ((0, n_pad - n), (0, 0))
-        rows = batch_sharding(mesh, 2)
-        self._all = (
-            jax.device_put(np.pad(u, pad), rows),
-            jax.device_put(np.pad(t, pad), rows),
-            jax.device_put((np.arange(n_pad) < n).astype(np.float32), batch_sharding(mesh, 1)),
+        # ONE replicated copy of the features serves both the batch gathers of training and the
+        # per-epoch targets pass (which splits each of its row blocks over `data` inside the
+        # jit: slicing a replicated array moves nothing). Only inputs smaller than one block
+        # are padded. At 1.28M x 512 each extra copy would be 2.6 GB per modality.
+        blocks = Blocks.plan(n, int(cfg.get("target_block_rows", 16384)), d,
+                             NamedSharding(mesh, P(DATA, None)))  # fmt: skip
+        pad = ((0, blocks.rows - n), (0, 0))
+        self._feats = jax.device_put(
+            {name: np.pad(x, pad) if blocks.rows > n else x for name, x in (("u", u), ("t", t))},
+            rep,
         )
         self._aux = jax.device_put(
             {k: np.asarray(v, np.float32) for k, v in (aux or {}).items()}, rep
         )
-        self._feats = jax.device_put(dict(u=u, t=t), rep)
-        self._targets_fn = make_epoch_targets(self.graphdef, self.method, n, k, cfg)
+        self._targets_fn = make_epoch_targets(self.graphdef, self.method, blocks, cfg)
         self._epoch_fn = make_epoch(self.graphdef, tx, dict(cfg.weights), dict(cfg.tau),
                                     self.method.loss_terms)  # fmt: skip
         self._steps_sharding = NamedSharding(mesh, P(None, DATA))
@@ -281,8 +287,8 @@ class Trainer:
         self._update_targets()
 
     def _update_targets(self):
-        tg = self._targets_fn(self.params, *self._all, self._aux)
-        self.assign = fetch(tg.pop("assign"))[: self._n].astype(np.int32)  # all rows, any host
+        tg = self._targets_fn(self.params, self._feats, self._aux)
+        self.assign = fetch(tg.pop("assign")).astype(np.int32)  # all rows, on every host
         self._targets = tg
 
     def epoch(self) -> dict:

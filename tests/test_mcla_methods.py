@@ -10,6 +10,7 @@ from flax import nnx
 from configs.mcla.synthetic import get_config
 from mcla_jax import methods
 from mcla_jax import train as T
+from mcla_jax.rowpass import Blocks
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -55,16 +56,17 @@ def test_sic_loss_equals_torch_transcription(batch):
     np.testing.assert_allclose(float(terms["entropy"]), -ent.item(), **TOL)
 
 
-def test_sic_semantic_centres_follow_sic(batch):
+@pytest.mark.parametrize("block_rows", [64, 16])  # one block; three, the last overlapping
+def test_sic_semantic_centres_follow_sic(batch, block_rows):
     # h_k = n(mean of the 3 nouns nearest to the mean raw feature of cluster k's top-m rows)
     rng = np.random.default_rng(2)
     u = rng.normal(size=(40, 16)).astype(np.float32)
     nouns = _unit(rng.normal(size=(30, 16))).astype(np.float32)
     model = methods.SICModel(16, 4, rngs=nnx.Rngs(0))
     cfg = get_config()
-    cfg.semantic_nouns = 3
-    w = np.ones(40, np.float32)
-    got = methods._sic_targets(model, u, u, w, {"nouns": nouns}, 6, cfg)
+    cfg.semantic_nouns, cfg.num_clusters = 3, 4
+    blocks = Blocks.plan(40, block_rows)
+    got = methods._sic_targets(model, u, u, blocks, {"nouns": nouns}, 6, cfg)
     logits = u @ np.asarray(model.head.kernel.value) + np.asarray(model.head.bias.value)
     for k in range(4):
         top = np.argsort(-logits[:, k], kind="stable")[:6]

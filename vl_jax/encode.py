@@ -28,7 +28,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from vl_jax import parallel
+from vl_jax import faults, parallel
 from vl_jax.checkpoints import resolve
 from vl_jax.fileio import atomic_open
 from vl_jax.images import walk_image_folder
@@ -118,6 +118,7 @@ def encode_source(
                 (encoder(batch["image"]), batch["mask"], batch["index"], batch["label"])
             )
             row_ids = _gather_ids(batch["id"])
+            faults.point("encode.batch")
             feats.append(f[ok])
             rows.append(index[ok])
             labels.append(label[ok])
@@ -155,6 +156,7 @@ def _encode(model_path, source, out, *, class_names, ignored, batch_size, dtype,
     )
     if jax.process_index() == 0:
         write_npz(out, result)
+    faults.point("encode.saved")
     return result
 
 

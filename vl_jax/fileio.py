@@ -14,6 +14,8 @@ import contextlib
 import os
 import tempfile
 
+from vl_jax import faults
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs):
@@ -31,6 +33,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs):
             yield f
             f.flush()
             os.fsync(f.fileno())
+        faults.point("file.temp")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -22,6 +22,8 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from vl_jax import faults
+
 log = logging.getLogger(__name__)
 
 
@@ -51,7 +53,9 @@ class TrainCheckpoints:
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(self.meta)
         )
         self._mngr.save(int(step), args=args, force=True)
+        faults.point("checkpoint.writing")
         self._mngr.wait_until_finished()
+        faults.point("checkpoint.saved")
 
     def restore_latest(self, like) -> tuple[int | None, object]:
         """The newest readable step restored into the structure/sharding of `like`.
