@@ -10,9 +10,12 @@ dirt: BadNets and Blended poisons relabelled to a target class, plus 20 % symmet
 No network; a few minutes on 2 CPU cores. Each part writes its own metrics.json; a rerun resumes.
 
 The demo CLIP's tokenizer knows only the ~500 pieces of the easy-VQA text, so its semantic space
-is restricted to WordNet nouns it spells as one token (`space.max_tokens = 1`, 106 nouns) and
-each k-means centre lists its 8 nearest (`space.gamma_r = 8`): circle, triangle, rectangle, the
-colour words, and a few letters.
+is restricted to WordNet nouns it spells as one token (`space.max_tokens = 1`, 106 nouns). Shapes
+and colours are the *same* images; each image's nearest nouns are colour words, so a space of the
+nouns nearest to the k-means centres (SIC's rule) makes colour-dominated text counterparts. MCLA
+here keeps, per centre, the 4 nouns that single it out from the other centres (`space.rule =
+"margin"`, `space.gamma_r = 4`; shapes: circle, rectangle, triangle and letters) and starts its
+heads from the k-means centres (`train.init = "kmeans"`), so it refines CLIP k-means.
 """
 
 import os
@@ -34,6 +37,10 @@ def _mcla(method: str, dataset: str, features: str) -> ml_collections.ConfigDict
     c.space.gamma_r = 8
     c.train.lr = 0.01  # 4,000 images make 15 steps per epoch at batch 256: a larger step
     c.train.batch_size = 256
+    if method == "mcla":
+        c.space.rule = "margin"  # nouns that tell the K centres apart (docs/mcla.md)
+        c.space.gamma_r = 4  # per centre; 6 or more lets colour words into the shapes space
+        c.train.init = "kmeans"  # start from the k-means solution (few steps on 800 images)
     return c
 
 

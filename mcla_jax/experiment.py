@@ -83,8 +83,10 @@ def base_config(method: str, arg: str = "imagenet_dogs") -> ml_collections.Confi
     c.space = ml_collections.ConfigDict(
         dict(kind={"sic": "sic", "tac": "tac", "tac_notrain": "tac"}.get(method, "mcla"),
              prompts="tac" if method.startswith("tac") and not runlocal else "single", cache_dir="",
-             gamma_r=500, gamma_u=0.05, tac_per_centre=5, max_tokens=0)
+             gamma_r=500, gamma_u=0.05, tac_per_centre=5, max_tokens=0, rule="nearest")
     )  # fmt: skip
+    # space.rule (mcla space only): "nearest" = each k-means centre lists its gamma_r nearest
+    # nouns (SIC); "margin" = the gamma_r nouns that single it out from the other centres.
     c.knn = 50 if method.startswith("tac") else 20
     c.kmeans_n_init = 10
     c.train = train_lib.get_config()
@@ -196,7 +198,8 @@ def noun_space(config, workdir: str, model: str, train_u: np.ndarray, mesh):
     elif kind == "mcla":
         space = semantic_space.mcla_space(x, emb, table, n_clusters=k,
                                           gamma_r=int(config.space.gamma_r),
-                                          gamma_u=float(config.space.gamma_u), candidates=cand)  # fmt: skip
+                                          gamma_u=float(config.space.gamma_u), candidates=cand,
+                                          rule=str(config.space.rule))  # fmt: skip
     else:
         raise ValueError(f"unknown semantic space {kind!r}; known: sic, tac, mcla")
     if len(space) == 0:

@@ -163,6 +163,55 @@ def _reverse_program(p: int, block: int, temperature: float):
     return jax.jit(run)
 
 
+@functools.lru_cache(maxsize=16)
+def _margin_program(r: int, block: int):
+    """Jitted discriminative lists ``(c [K, E], t [Mp, E], valid [Mp]) -> (margin [K, r], rows
+    [K, r])``, K >= 2: each noun goes to its nearest centre ``a(w) = argmax_k c_k . t_w`` (ties:
+    lower k) with margin ``c_a . t_w - max_{k != a} c_k . t_w``; each centre keeps the ``r``
+    nouns of largest margin that went to it (-inf / -1 pad a centre that got fewer)."""
+    rb = min(r, block)
+
+    def run(c, t, valid):
+        mp, e = t.shape
+        ids = jnp.arange(mp, dtype=jnp.int32)
+        blocks = (t.reshape(-1, block, e), valid.reshape(-1, block), ids.reshape(-1, block))
+
+        def step(carry, blk):
+            tb, vb, ib = blk
+            s = jnp.dot(c, tb.T, precision=HI)  # [K, b]
+            top2 = jax.lax.top_k(s.T, 2)[0]  # [b, 2]: best and second-best centre
+            margin = top2[:, 0] - top2[:, 1]
+            mine = jnp.arange(c.shape[0])[:, None] == jnp.argmax(s, axis=0)[None]
+            v, j = jax.lax.top_k(jnp.where(mine & vb[None], margin[None], -jnp.inf), rb)
+            return _merge(*carry, v, ib[j], r), None
+
+        init = (jnp.full((c.shape[0], r), -jnp.inf), jnp.full((c.shape[0], r), -1, jnp.int32))
+        return jax.lax.scan(step, init, blocks)[0]
+
+    return jax.jit(run)
+
+
+def margin_nouns(centres, nouns, r: int, *, block: int = NOUN_BLOCK, candidates=None):
+    """Per centre, the ``r`` nouns that single it out most: the nouns whose nearest centre it is,
+    by largest margin over the second-nearest centre (``_margin_program``), blocked over nouns.
+
+    Args:
+      centres: ``[K, E]``, K >= 2; nouns: ``[M, E]`` (unit rows for cosine similarity).
+      r: ``r >= 1`` nouns per centre at most.
+      block, candidates: as ``topk_nouns``.
+
+    Returns:
+      (margins float32 ``[K, r]`` descending, rows int64 ``[K, r]``; ties -> lower row; a centre
+      that is the nearest of fewer than ``r`` nouns is padded with -inf / -1).
+    """
+    c, t = np.asarray(centres, np.float32), np.asarray(nouns, np.float32)
+    if c.shape[0] < 2 or r < 1:
+        raise ValueError(f"margin lists need >= 2 centres and r >= 1, got {c.shape[0]}, {r}")
+    tp, valid = _padded_blocks(t, block, candidates)
+    vals, idx = jax.device_get(_margin_program(r, block)(c, tp, valid))
+    return np.asarray(vals, np.float32), np.asarray(idx, np.int64)
+
+
 def _best_per_noun(vals: np.ndarray, idx: np.ndarray):
     """Per-centre lists ``[K, r]`` -> (rows [S], best score [S], its centre [S]), one entry per
     distinct noun, sorted by score desc then row asc. A noun listed by several centres keeps its
@@ -187,20 +236,32 @@ def _centres(x: np.ndarray, centres, k: int, n_init: int, seed: int, spherical: 
 
 
 # ------------------------------------------------------------------------------ SIC
-def _sic_lists(img, emb, *, n_clusters, gamma_r, centres, n_init, seed, block, candidates=None):
-    """SIC's per-centre top-``gamma_r`` lists ``[K, r]`` and the uniqueness cosine of each
-    listed noun ``{row: cos(t_w, mean text)}``."""
+RULES = ("nearest", "margin")  # per-centre noun lists (mcla_space's ``rule``)
+
+
+def _sic_lists(
+    img, emb, *, n_clusters, gamma_r, centres, n_init, seed, block, candidates=None,
+    rule="nearest",
+):  # fmt: skip
+    """Per-centre lists ``[K, r]`` (scores, rows; -1 pads) and the uniqueness cosine of each
+    listed noun ``{row: cos(t_w, mean text)}``. ``rule``: ``"nearest"`` = SIC's top-``gamma_r``
+    by cosine; ``"margin"`` = ``margin_nouns`` (the ``gamma_r`` most discriminative nouns)."""
+    if rule not in RULES:
+        raise ValueError(f"unknown noun rule {rule!r}; known: {RULES}")
     x, t = _unit(img, "image_features"), _unit(emb, "noun_embeddings")
     c = _centres(x, centres, n_clusters, n_init, seed, spherical=False)
     m = t.shape[0] if candidates is None else int(np.count_nonzero(candidates))
-    vals, idx = topk_nouns(c, t, min(gamma_r, m), block=block, candidates=candidates)
+    if rule == "margin":
+        vals, idx = margin_nouns(c, t, min(gamma_r, m), block=block, candidates=candidates)
+    else:
+        vals, idx = topk_nouns(c, t, min(gamma_r, m), block=block, candidates=candidates)
     # Mean over the *whole* candidate table (float64, O(M E) time, O(E) memory): a noun close to
     # the average text is one CLIP finds similar to every image -- it separates nothing.
     mean = (t if candidates is None else t[np.asarray(candidates, bool)]).sum(
         axis=0, dtype=np.float64
     )
     mean /= max(np.linalg.norm(mean), 1e-12)
-    rows = np.unique(idx)
+    rows = np.unique(idx[idx >= 0])
     uniq = dict(zip(rows.tolist(), (t[rows] @ mean).astype(np.float32).tolist()))
     return vals, idx, uniq
 
@@ -338,12 +399,20 @@ def mcla_space(
     seed: int = 0,
     block: int = NOUN_BLOCK,
     candidates=None,
+    rule: str = "nearest",
 ) -> SemanticSpace:
     """MCLA's "smaller but better" space: SIC's filters, then a WordNet-hierarchy filter.
 
     Only "SIC's filters + hierarchy-aware filtering" is known of MCA (clustering.md §1); the
-    filter below is our design (docs/semantic_space.md). On SIC's candidates (per-centre
-    top-``gamma_r`` lists, uniqueness filter), with ``s(w)`` = SIC's score:
+    filter below is our design (docs/semantic_space.md). On the candidates (per-centre lists of
+    ``gamma_r`` nouns by ``rule``, SIC's uniqueness filter), with ``s(w)`` = the list score:
+
+    0. lists: ``rule="nearest"`` (SIC): centre ``k`` lists the ``gamma_r`` nouns of largest
+       ``cos(C_k, t_w)``, ``s(w)`` = that cosine. ``rule="margin"`` (ours): each noun goes to its
+       nearest centre ``a(w)``; centre ``k`` lists the ``gamma_r`` nouns with ``a(w) = k`` of
+       largest ``s(w) = cos(C_a, t_w) - max_{j != a} cos(C_j, t_w)`` -- nouns that tell the
+       clusters apart, not nouns that fit every image (e.g. a colour word, when the K clusters
+       differ in shape and each holds every colour);
 
     1. too general: drop ``w`` with ``depth < min_depth`` or ``n_descendants >
        max_descendants`` (and instances if ``instances=False``);
@@ -360,9 +429,11 @@ def mcla_space(
       n_clusters, gamma_r, gamma_u, centres, n_init, seed, block: as ``sic_space``.
       keep_per_centre, min_depth, max_descendants, instances, dup_cos, dup_hops: steps 1-4.
       candidates: optional bool ``[M]`` vocabulary mask, as ``sic_space``.
+      rule: ``"nearest"`` | ``"margin"``, step 0 (``"margin"`` needs K >= 2).
 
     Returns:
-      ``SemanticSpace("mcla")``; score and ``centre`` as SIC's; columns ``uniq_cos``, ``depth``.
+      ``SemanticSpace("mcla")``; score = ``s(w)``, ``centre`` = the centre whose list holds
+      ``w`` (the best-scoring one); columns ``uniq_cos``, ``depth``.
     """
     wn = wordnet.load() if nouns is None else nouns
     t = _unit(noun_embeddings, "noun_embeddings")
@@ -370,7 +441,7 @@ def mcla_space(
         raise ValueError(f"{t.shape[0]} noun embeddings for a table of {len(wn)} nouns")
     vals, idx, uniq = _sic_lists(
         image_features, t, n_clusters=n_clusters, gamma_r=gamma_r, centres=centres,
-        n_init=n_init, seed=seed, block=block, candidates=candidates,
+        n_init=n_init, seed=seed, block=block, candidates=candidates, rule=rule,
     )  # fmt: skip
     rows, score, centre = _best_per_noun(vals, idx)
     ok = np.array([uniq[r] for r in rows.tolist()]) < 1.0 - gamma_u
@@ -410,7 +481,8 @@ def mcla_space(
     survive[rows[ok]] = True
     chosen = np.zeros(t.shape[0], bool)
     for k in range(idx.shape[0]):
-        listed = idx[k][survive[idx[k]]]
+        listed = idx[k][idx[k] >= 0]  # margin lists are -1 padded
+        listed = listed[survive[listed]]
         chosen[listed[:keep_per_centre]] = True
     sel = chosen[rows]
     r = rows[sel]

@@ -2,7 +2,11 @@
 
 The full command runs every part on the whole easy-VQA splits; here each part keeps its settings
 but reads fewer images, so the suite stays within CI time. Bounds (issue 7): MCLA on shapes ACC
->= 0.95 and not below CLIP k-means on the same features; VDC TPR >= 0.95 at FPR <= 0.05.
+>= 0.95 and not below CLIP k-means on the same features; on colours above it; VDC TPR >= 0.95 at
+FPR <= 0.05. "Not below" on shapes, not "above": k-means misses one image of this subset
+(test/852, a small yellow circle on a pale background) that every classifier *trained with the
+labels* on the frozen demo-CLIP features also misses (logistic regression, MLP, RBF-SVM; its 20
+nearest training images are all triangles), so no method on these features can do better.
 """
 
 import json
@@ -29,18 +33,33 @@ def test_suite_lists_the_demo_parts(parts):
         assert os.path.isdir(parts[name].model.get("clip", parts[name].model.get("name")))
 
 
-def test_mcla_shapes_bounds(parts, tmp_path):
+def _subset_acc(parts, data, tmp_path):
     from mcla_jax import experiment
 
     acc = {}
     for method in ("kmeans", "mcla"):
-        c = parts[f"{method}_shapes"]
+        c = parts[f"{method}_{data}"]
         c.data.limit = 800
         c.data.features_dir = str(tmp_path / "features")
         c.space.cache_dir = str(tmp_path / "nouns")
         acc[method] = experiment.run(c, str(tmp_path / method))["mean"]["acc"]
+    return acc
+
+
+def test_mcla_shapes_bounds(parts, tmp_path):
+    acc = _subset_acc(parts, "shapes", tmp_path)
     assert acc["mcla"] >= 0.95
     assert acc["mcla"] >= acc["kmeans"] - 1e-9
+    with open(tmp_path / "mcla" / "semantic_space.tsv") as f:
+        lemmas = {line.split("\t")[0] for line in f}
+    # the margin rule keeps the nouns that tell the shapes apart, not the colour words
+    assert {"circle", "triangle", "rectangle"} <= lemmas
+    assert not {"red", "green", "blue", "yellow", "black", "gray", "brown", "teal"} & lemmas
+
+
+def test_mcla_colors_above_kmeans(parts, tmp_path):
+    acc = _subset_acc(parts, "colors", tmp_path)
+    assert acc["mcla"] >= acc["kmeans"] + 0.03, acc  # measured 0.579 vs 0.513
 
 
 def test_vdc_bounds(parts, tmp_path):

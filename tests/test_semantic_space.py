@@ -90,9 +90,25 @@ def _order(rows, score):
     return rows[o], score[o]
 
 
-def ref_sic_lists(img_centres, emb, gamma_r):
+def ref_margin_lists(centres, emb, r):
+    """Each noun to its nearest centre; per centre its r nouns of largest top-1 minus top-2
+    cosine (lists may be shorter than r)."""
+    sims = centres @ emb.T  # [K, M]
+    top = np.sort(sims, axis=0)
+    margin, assign = top[-1] - top[-2], sims.argmax(0)  # argmax: lowest centre on ties
+    idx = []
+    for k in range(len(centres)):
+        mine = np.flatnonzero(assign == k)
+        idx.append(mine[np.argsort(-margin[mine], kind="stable")[:r]])
+    return idx, margin
+
+
+def ref_sic_lists(img_centres, emb, gamma_r, rule="nearest"):
     sims = img_centres @ emb.T  # [K, M] -- fine at test size
     idx = np.argsort(-sims, axis=1, kind="stable")[:, :gamma_r]
+    if rule == "margin":
+        idx, margin = ref_margin_lists(img_centres, emb, gamma_r)
+        sims = np.broadcast_to(margin, sims.shape)  # a noun's score is its margin
     best = {}
     for k in range(len(sims)):
         for r in idx[k]:
@@ -128,8 +144,11 @@ def dup(emb, wn, v, w, dup_cos, dup_hops):
     return emb[v] @ emb[w] >= dup_cos and (a.lemma == b.lemma or close)
 
 
-def ref_mcla(centres, emb, wn, gamma_r, gamma_u, keep, min_depth, max_desc, dup_cos, dup_hops):
-    idx, best, uniq = ref_sic_lists(centres, emb, gamma_r)
+def ref_mcla(
+    centres, emb, wn, gamma_r, gamma_u, keep, min_depth, max_desc, dup_cos, dup_hops,
+    rule="nearest",
+):  # fmt: skip
+    idx, best, uniq = ref_sic_lists(centres, emb, gamma_r, rule)
     cand = [r for r in best if uniq[r] < 1 - gamma_u]
     cand = [r for r in cand if wn.depth[r] >= min_depth and wn.n_descendants[r] <= max_desc]
     # subsumed: a hyponym among the candidates scoring at least as well
@@ -290,3 +309,102 @@ def test_candidates_mask_restricts_every_space():
     assert len(sic) and cand[sic.indices].all() and len(tac) and cand[tac.indices].all()
     with pytest.raises(ValueError, match="candidate"):
         ss.topk_nouns(img[:2], emb, 20, candidates=cand)
+
+
+# ------------------------------------------------------------------------ space.rule = "margin"
+@pytest.mark.parametrize("block", [1, 7, 4096])
+def test_margin_nouns_matches_numpy_for_any_block(world, block):
+    c, t = world["centres"], world["emb"]
+    cand = np.ones(len(t), bool)
+    cand[1::4] = False
+    for mask in (None, cand):
+        vals, idx = ss.margin_nouns(c, t, 6, block=block, candidates=mask)
+        sub = np.flatnonzero(cand if mask is not None else np.ones(len(t), bool))
+        lists, margin = ref_margin_lists(c, t[sub], 6)
+        for k in range(len(c)):
+            want = sub[lists[k]]
+            np.testing.assert_array_equal(idx[k, : len(want)], want)
+            np.testing.assert_allclose(vals[k, : len(want)], margin[lists[k]], atol=1e-6)
+            assert (idx[k, len(want) :] == -1).all() and np.isneginf(vals[k, len(want) :]).all()
+
+
+def test_margin_nouns_pads_a_centre_that_is_nearest_to_few_nouns():
+    c = np.eye(3, dtype=np.float32)[:2]  # centres e0, e1
+    t = np.array([[1, 0, 0], [0.6, 0.8, 0], [0.8, 0.6, 0], [0, 0, 1.0]], np.float32)
+    vals, idx = ss.margin_nouns(c, t, 3)
+    # noun 3 ties (0 - 0): it goes to the lower centre with margin 0
+    np.testing.assert_array_equal(idx, [[0, 2, 3], [1, -1, -1]])
+    np.testing.assert_allclose(vals[0], [1.0, 0.2, 0.0], atol=1e-6)
+    np.testing.assert_allclose(vals[1, 0], 0.2, atol=1e-6)
+    with pytest.raises(ValueError, match="2 centres"):
+        ss.margin_nouns(c[:1], t, 2)
+
+
+def test_mcla_margin_rule_matches_numpy_transcription(world):
+    kw = dict(MCLA_KW, gamma_r=8)
+    space = ss.mcla_space(
+        world["img"], world["emb"], world["wn"], n_clusters=4, centres=world["centres"],
+        rule="margin", **kw,
+    )  # fmt: skip
+    rows, score = ref_mcla(
+        world["centres"], world["emb"], world["wn"], 8, 0.05, 3, 2, 50, 0.95, 2, rule="margin"
+    )
+    assert len(rows) >= 4
+    np.testing.assert_array_equal(space.indices, rows)
+    np.testing.assert_allclose(space.scores, score, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown noun rule"):
+        ss.mcla_space(world["img"], world["emb"], world["wn"], n_clusters=4, rule="far")
+
+
+def _shapes_and_colours(seed=0, n_per=40):
+    """Images of 3 shapes x 4 colours, colour the stronger direction; nouns: the 3 shape words,
+    the 4 colour words and "paint" (the mean colour direction). k-means on shapes (K = 3) puts
+    every colour in every cluster, so "paint" is the nearest noun of every centre."""
+    rng = np.random.default_rng(seed)
+    unit = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)
+    basis = np.linalg.qr(rng.normal(size=(16, 16)))[0]
+    shape, colour = basis[:3], basis[3:7]
+    paint = unit(colour.sum(0))
+    y_s, y_c = np.meshgrid(np.arange(3), np.arange(4), indexing="ij")
+    y_s, y_c = np.repeat(y_s.ravel(), n_per), np.repeat(y_c.ravel(), n_per)
+    img = unit(0.3 * shape[y_s] + colour[y_c] + 0.02 * rng.normal(size=(len(y_s), 16)))
+    emb = np.concatenate([shape, colour, paint[None]]).astype(np.float32)
+    spec = [("root", "entity", None), *[(f"w{i}", f"noun {i}", "root") for i in range(8)]]
+    wn = _table(spec)
+    emb = np.concatenate([unit(rng.normal(size=(1, 16))), emb]).astype(np.float32)  # the root
+    return img.astype(np.float32), emb, wn, y_s
+
+
+def test_margin_rule_keeps_the_nouns_that_tell_clusters_apart():
+    img, emb, wn, y = _shapes_and_colours()
+    centres = np.stack([img[y == k].mean(0) for k in range(3)])
+    kw = dict(n_clusters=3, centres=centres, gamma_r=1, gamma_u=-1.0, min_depth=0)
+    near = ss.mcla_space(img, emb, wn, rule="nearest", **kw)
+    marg = ss.mcla_space(img, emb, wn, rule="margin", **kw)
+    assert set(near.indices.tolist()) == {8}  # "paint": nearest to every centre
+    assert set(marg.indices.tolist()) == {1, 2, 3}  # one shape word per centre
+    np.testing.assert_array_equal(np.sort(marg.columns["centre"]), [0, 1, 2])
+
+
+def test_experiment_passes_space_rule(world, monkeypatch, tmp_path):
+    from mcla_jax import experiment, noun_embeddings, wordnet
+
+    monkeypatch.setattr(wordnet, "load", lambda: world["wn"])
+    monkeypatch.setattr(noun_embeddings, "embed_nouns", lambda *a, **k: (world["emb"], None))
+    # the planted table is shallower than the default min_depth: relax the hierarchy filter
+    shallow = dict(min_depth=2, max_descendants=50)
+    build = ss.mcla_space
+    monkeypatch.setattr(ss, "mcla_space", lambda *a, **k: build(*a, **k, **shallow))
+    cfg = experiment.base_config("mcla", "easy_vqa_shapes")
+    cfg.train.num_clusters, cfg.space.gamma_r = 4, 8
+    spaces = {}
+    for rule in ("nearest", "margin"):
+        cfg.space.rule = rule
+        _, space = experiment.noun_space(cfg, str(tmp_path), "unused", world["img"], None)
+        want = build(world["img"], world["emb"], world["wn"], n_clusters=4, gamma_r=8,
+                     rule=rule, **shallow)  # fmt: skip
+        spaces[rule] = space.scores
+        np.testing.assert_array_equal(space.indices, want.indices)
+        np.testing.assert_allclose(space.scores, want.scores, atol=1e-6)
+    assert len(spaces["margin"]) and spaces["margin"].max() < spaces["nearest"].max()  # differ
+    assert experiment.base_config("mcla").space.rule == "nearest"  # default unchanged
