@@ -1,12 +1,13 @@
 """Kill -9 at seeded random points of a real MCLA run, rerun the same command: same outputs.
 
 An uninterrupted run with ``VL_JAX_FAULT_TRACE`` lists every fault point it passes
-(`vl_jax.faults`). For each stage -- feature encoding, noun embedding, training, a checkpoint
-being written, an output file being written -- a generator seeded by ``KILL_SEED`` picks one of
-that stage's passes; a fresh run is SIGKILLed there (by itself, like a preempted machine), the
-same command is rerun, and its metrics, assignments and semantic space must equal the
-uninterrupted run's. Stages before the one under test read caches the uninterrupted run filled,
-so each case pays only for its own stage onwards. Set ``KILL_SEED`` to explore other points.
+(`vl_jax.faults`). Then one fresh workdir goes through a chain of runs of the same command, each
+SIGKILLed (by itself, like a preempted machine) at a pass drawn by a generator seeded with
+``KILL_SEED``: during feature encoding, during noun embedding, after an epoch, while a
+checkpoint is being written, and between an output file's temporary copy and its rename. Each
+run resumes what the previous one left; the last, uninterrupted, must write the same metrics,
+assignments and semantic space as the uninterrupted run. Set ``KILL_SEED`` to explore other
+points.
 """
 
 import collections
@@ -25,14 +26,6 @@ from vl_jax import faults
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED = int(os.environ.get("KILL_SEED", "0"))
-# stage -> (fault points it may be killed at, caches it starts without)
-STAGES = {
-    "encoding": (("encode.batch", "encode.saved"), ("features", "nouns")),
-    "nouns": (("nouns.block",), ("nouns",)),
-    "training": (("train.epoch", "checkpoint.saved"), ()),
-    "checkpoint": (("checkpoint.writing",), ()),
-    "outputs": (("file.temp",), ("features", "nouns")),  # any atomic write, caches included
-}
 
 
 def _args(root, workdir, features, nouns):
@@ -72,31 +65,36 @@ def reference(tmp_path_factory):
         _args(root, root / "ref", root / "features", root / "nouns"), VL_JAX_FAULT_TRACE=str(trace)
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    passes = trace.read_text().split()
-    return root, passes, _outputs(root / "ref")
+    return root, trace.read_text().split(), _outputs(root / "ref")
 
 
-@pytest.mark.parametrize("stage,seed", [(stage, SEED) for stage in STAGES])
-def test_kill_anywhere_then_rerun_gives_the_same_outputs(reference, stage, seed, tmp_path):
+def _kill_chain(passes: list[str], seed: int) -> list[str]:
+    """``VL_JAX_KILL_AT`` values, one per stage in run order. Each stage has not begun when the
+    run before it is killed, so its passes in the next run are those of the uninterrupted run;
+    only the checkpoint writes left depend on the epoch the previous kill stopped at."""
+    rng = np.random.default_rng(seed)
+    count = collections.Counter(passes)
+    pick = lambda names: names[rng.integers(len(names))]
+    encode = pick([f"encode.batch:{i + 1}" for i in range(count["encode.batch"])]
+                  + [f"encode.saved:{i + 1}" for i in range(count["encode.saved"])])  # fmt: skip
+    nouns = f"nouns.block:{rng.integers(count['nouns.block']) + 1}"
+    epochs = count["train.epoch"]
+    epoch = int(rng.integers(epochs)) + 1  # killed after this epoch, before its checkpoint
+    saving = f"checkpoint.writing:{rng.integers(epochs - epoch + 1) + 1}"  # resumes at epoch - 1
+    last = max(i for i, p in enumerate(passes) if p.startswith("checkpoint."))
+    outputs = sorted({p for p in passes[last:] if p.startswith("file.temp/")})
+    return [encode, nouns, f"train.epoch:{epoch}", saving, f"{pick(outputs)}:1"]
+
+
+def test_killed_again_and_again_then_rerun_gives_the_same_outputs(reference, tmp_path):
     root, passes, want = reference
-    names, fresh = STAGES[stage]
-    counts = collections.Counter(passes)
-    choices = [(name, i + 1) for name in names for i in range(counts[name])]
-    assert choices, f"the reference run passed no {names} point: {counts}"
-    rng = np.random.default_rng([seed, list(STAGES).index(stage)])
-    if stage == "outputs" and rng.random() < 0.5:
-        # Most atomic writes are noun-cache parts; half the seeds pick one of the run's own
-        # outputs instead (metrics.json, assignments.csv, ...: the writes after the last checkpoint).
-        last = max(i for i, p in enumerate(passes) if p.startswith("checkpoint."))
-        choices = choices[passes[:last].count("file.temp") :]
-    point, n = choices[rng.integers(len(choices))]
-    features = tmp_path / "features" if "features" in fresh else root / "features"
-    nouns = tmp_path / "nouns" if "nouns" in fresh else root / "nouns"
-    args = _args(root, tmp_path / "run", features, nouns)
-
-    killed = _run(args, VL_JAX_KILL_AT=f"{point}:{n}")
-    assert killed.returncode == -signal.SIGKILL, (point, n, killed.stderr[-3000:])
-    assert not (tmp_path / "run" / "metrics.json").exists() or stage == "outputs"
-    again = _run(args)
-    assert again.returncode == 0, (point, n, again.stderr[-3000:])
-    assert _outputs(tmp_path / "run") == want, (point, n)
+    assert {"encode.batch", "nouns.block", "train.epoch", "checkpoint.writing"} <= set(passes)
+    args = _args(root, tmp_path / "run", tmp_path / "features", tmp_path / "nouns")
+    chain = _kill_chain(passes, SEED)
+    for kill in chain:
+        killed = _run(args, VL_JAX_KILL_AT=kill)
+        assert killed.returncode == -signal.SIGKILL, (chain, kill, killed.stderr[-3000:])
+    done = _run(args)
+    assert done.returncode == 0, (chain, done.stderr[-3000:])
+    assert "resumed after epoch" in done.stderr
+    assert _outputs(tmp_path / "run") == want, chain

@@ -32,20 +32,26 @@ __doc__ += "".join(f"\n- ``{k}``: {v}" for k, v in NAMES.items()) + "\n"
 _seen: dict[str, int] = {}
 
 
-def point(name: str) -> None:
-    """Counts a pass through ``name``; SIGKILLs this process on the pass ``VL_JAX_KILL_AT`` names."""
+def point(name: str, detail: str = "") -> None:
+    """Counts a pass through ``name``; SIGKILLs this process on the pass ``VL_JAX_KILL_AT`` names.
+
+    ``detail`` (e.g. a file name) narrows the point: ``VL_JAX_KILL_AT=file.temp:3`` counts every
+    atomic write, ``file.temp/metrics.json:1`` only those of ``metrics.json``; traces list
+    ``name/detail``.
+    """
     if name not in NAMES:
         raise ValueError(f"unknown fault point {name!r}; known: {sorted(NAMES)}")
+    key = f"{name}/{detail}" if detail else name
     trace = os.environ.get(TRACE_ENV)
     if trace:
         with open(trace, "a", encoding="utf-8") as f:
-            f.write(name + "\n")
+            f.write(key + "\n")
     spec = os.environ.get(ENV)
     if not spec:
         return
     target, _, nth = spec.rpartition(":")
-    if target != name:
+    if target not in (name, key):
         return
-    _seen[name] = _seen.get(name, 0) + 1
-    if _seen[name] == int(nth):
+    _seen[target] = _seen.get(target, 0) + 1
+    if _seen[target] == int(nth):
         os.kill(os.getpid(), signal.SIGKILL)

@@ -33,7 +33,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs):
             yield f
             f.flush()
             os.fsync(f.fileno())
-        faults.point("file.temp")
+        faults.point("file.temp", os.path.basename(path))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
