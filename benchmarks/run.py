@@ -25,6 +25,7 @@ MODULES = (
     "benchmarks.scale",
     "benchmarks.vqa_generate",
     "benchmarks.vdc_pipeline",
+    "benchmarks.vdc_stream",
 )
 
 

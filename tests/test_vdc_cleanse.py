@@ -9,6 +9,7 @@ import json
 import os
 import runpy
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 
 from vdc_jax import cleanse
 from vdc_jax.inputs import DataError, csv_dataset, folder_dataset, write_shapes_folder
-from vdc_jax.vqa import EXIT_AFTER_ENV
+from vl_jax import faults
 
 REPO = Path(__file__).resolve().parents[1]
 RUNLOCAL = REPO / "configs" / "vdc" / "runlocal.py"
@@ -85,16 +86,17 @@ def test_runlocal_end_to_end(reference):
 
 
 def test_kill_and_resume_equals_uninterrupted(reference, checkpoint, tmp_path):
-    """A run killed (os._exit) after its first batch of answers, plus a torn half line as a kill
-    mid-write leaves, then the same run again: same answers, same scores.csv, no duplicates."""
+    """A run SIGKILLed (fault point ``vdc.answers``) after its first batch of answers, plus a
+    torn half line as a kill mid-write leaves, then the same run again: same answers, same
+    scores.csv, no duplicates."""
     workdir = tmp_path / "killed"
     cmd = [sys.executable, "-m", "vdc_jax.main", f"--config={RUNLOCAL}", f"--workdir={workdir}",
            f"--config.model.name={checkpoint}"]  # fmt: skip
     workdir.mkdir()  # the reference's questions: the subprocess skips VQG (test time)
     shutil.copy(Path(reference[0], "questions.json"), workdir / "questions.json")
-    env = {**os.environ, EXIT_AFTER_ENV: "1"}
+    env = {**os.environ, faults.ENV: "vdc.answers:1"}
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 17, p.stderr[-3000:]
+    assert p.returncode == -signal.SIGKILL, p.stderr[-3000:]
     assert len(_answers(workdir)) == 8 * 6  # one batch of 8 images x 6 questions
     assert not (workdir / "scores.csv").exists()
     with open(workdir / "answers.jsonl", "a") as f:
@@ -205,3 +207,32 @@ def test_cli_dataset_not_prepared_is_a_clear_error(tmp_path):
     assert p.returncode == 1
     assert "error: dataset not prepared" in p.stderr and "download_and_prepare" in p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_scoring_in_blocks_from_disk_equals_in_memory(reference):
+    """`score` over answers read back from answers.jsonl in blocks of 5 samples (as the
+    cleanser does, in blocks of 4096) equals one block over the records held in memory."""
+    from vdc_jax.answers import Verdict
+    from vdc_jax.questions import load_questions
+    from vdc_jax.vqa import AnswerStore, Item
+
+    w = Path(reference[0])
+    questions = load_questions(w / "questions.json")
+    rows = list(csv.DictReader(open(w / "scores.csv")))
+    items = [Item(int(r["index"]), r["id"], int(r["label"])) for r in rows]
+    names = ["circle", "square", "triangle"]
+    calls = []
+
+    def judge(descriptions, labels):  # deterministic stand-in for the LLM judge
+        calls.append(len(descriptions))
+        return [Verdict("yes" if len(d) % 3 else "no", "fake") for d in descriptions]
+
+    lean = AnswerStore(w / "answers.jsonl", write=False, keep=False)
+    blocks = cleanse.score(items, lean, questions, names, judge, 0.5, 24, block=5)
+    whole = cleanse.score(items, AnswerStore(w / "answers.jsonl", write=False), questions, names,
+                          judge, 0.5, 24)  # fmt: skip
+    assert len(calls) == 5 + 1 and sum(calls[:5]) == calls[5]  # 5 blocks, then 1
+    for field in ("index", "labels", "score", "flagged", "consistent", "total"):
+        np.testing.assert_array_equal(getattr(blocks, field), getattr(whole, field), field)
+    assert blocks.ids == whole.ids == [r["id"] for r in rows]
+    assert lean.records == {}

@@ -1,5 +1,6 @@
 """VDC's VQA runner (vdc_jax.vqa): prompts as the LLaVA processor builds them, batched answers
-equal per-pair generation, and the resumable answers.jsonl (torn lines, no duplicates).
+equal per-pair generation (also with the images laid out over a mesh's shards), and the
+resumable answers.jsonl (torn lines, no duplicates, answers read back from disk).
 
 The model is a tiny random LLaVA written with transformers (vdc_jax.inputs.write_tiny_llava)
 and loaded through our verified loader; its answers are meaningless, only their equality is
@@ -13,7 +14,17 @@ import pytest
 
 from vdc_jax.inputs import folder_dataset, write_shapes_folder, write_tiny_llava
 from vdc_jax.questions import Questions
-from vdc_jax.vqa import DESCRIBE, FALLBACK_PROMPT, VQA, YES_NO, AnswerStore, Item, answer_dataset
+from vdc_jax.vqa import (
+    DESCRIBE,
+    FALLBACK_PROMPT,
+    VQA,
+    YES_NO,
+    AnswerStore,
+    Item,
+    answer_dataset,
+    slot_layout,
+)
+from vl_jax.generate import bucket
 
 QUESTIONS = Questions(
     general=("Describe the image in detail.",),
@@ -33,6 +44,10 @@ def tiny(tmp_path_factory):
     model, processor = llava.from_pretrained(path), llava.load_processor(path)
     # Equal lengths: the per-pair check then compiles one request shape fewer (test time).
     return VQA(model, processor, yes_no_tokens=6, describe_tokens=6), processor, images
+
+
+PAIRS = [("Describe the image in detail.", DESCRIBE), ("Is it dark?", YES_NO),
+         ("Is there a circle in the image?", YES_NO)]  # fmt: skip
 
 
 def test_prompts_and_pixels_equal_the_processor(tiny):
@@ -62,13 +77,49 @@ def test_prompts_and_pixels_equal_the_processor(tiny):
 def test_batched_answers_equal_per_pair_generation(tiny):
     vqa, _, images = tiny
     pixels = vqa.pixels(images)
-    pairs = [(i, q, kind) for i in range(3) for q, kind in
-             [("Describe the image in detail.", DESCRIBE), ("Is it dark?", YES_NO),
-              ("Is there a circle in the image?", YES_NO)]]  # fmt: skip
+    pairs = [(i, q, kind) for i in range(3) for q, kind in PAIRS]
     batched = vqa.answer(pixels, pairs)  # 2 generate calls: one per answer kind
     one_by_one = [vqa.answer(pixels[i : i + 1], [(0, q, kind)])[0] for i, q, kind in pairs]
     assert batched == one_by_one
     assert all(isinstance(a, str) for a in batched)
+
+
+def test_slot_layout_spreads_images_evenly_over_shards():
+    size, slot = slot_layout(11, 4)  # 3, 3, 3, 2 per shard
+    assert size == 12 and slot.tolist() == list(range(11))
+    size, slot = slot_layout(5, 4)  # 2, 1, 1, 1
+    assert size == 8 and slot.tolist() == [0, 1, 2, 4, 6]
+    size, slot = slot_layout(2, 4)  # the last batch of a run: shards 2 and 3 stay empty
+    assert size == 4 and slot.tolist() == [0, 1]
+    for shards in (1, 2, 3, 4, 8):
+        for n in range(1, 70):
+            size, slot = slot_layout(n, shards)
+            assert size % shards == 0 and bucket(size, multiple=shards) == size  # no re-padding
+            assert len(slot) == n and np.all(np.diff(slot) > 0) and slot[-1] < size
+            counts = np.bincount(slot // (size // shards), minlength=shards)
+            assert counts.max() - counts.min() <= 1 and np.all(np.diff(counts) <= 0), counts
+    with pytest.raises(ValueError):
+        slot_layout(0, 4)
+
+
+def test_images_laid_out_over_a_mesh_give_the_same_answers(tiny):
+    """load_pixels on a 4-shard mesh (3 images -> slots 0, 1, 2 of 4) answers as the compact
+    pixel array without a mesh does."""
+    import jax
+
+    from vl_jax.parallel import create_mesh
+
+    vqa, processor, images = tiny
+    mesh = create_mesh(devices=jax.devices()[:4])
+    sharded = VQA(vqa.model, processor, yes_no_tokens=6, describe_tokens=6, mesh=mesh)
+    loaded = []
+    pixels, slot = sharded.load_pixels(lambda i: loaded.append(i) or images[i], [2, 0, 1])
+    assert loaded == [2, 0, 1] and pixels.shape == (4, *sharded.pixel_shape())
+    assert slot.tolist() == [0, 1, 2] and not pixels[3].any()  # one process holds every row
+    np.testing.assert_array_equal(pixels[:3], vqa.pixels([images[2], images[0], images[1]]))
+    pairs = [(i, q, kind) for i in range(3) for q, kind in PAIRS]
+    want = vqa.answer(vqa.pixels([images[2], images[0], images[1]]), pairs)
+    assert sharded.answer(pixels, [(int(slot[i]), q, kind) for i, q, kind in pairs]) == want
 
 
 def _rec(i, q, answer="yes"):
@@ -97,6 +148,25 @@ def test_answer_store_drops_a_torn_tail_and_never_duplicates(tmp_path):
     assert lines[0]["answer"] == "yes"
     reader = AnswerStore(path, write=False)  # other processes only read
     assert len(reader) == 4
+
+
+def test_answer_store_without_records_reads_answers_back(tmp_path):
+    """keep=False holds no records; answers() reads them from the file, first answer wins."""
+    path = tmp_path / "answers.jsonl"
+    recs = [_rec(0, "a?", "yes"), _rec(1, "a?", "no"), _rec(0, "b?", "maybe")]
+    with open(path, "w") as f:  # (s0, a?) twice: an edited file; the first line counts
+        f.writelines(json.dumps(r) + "\n" for r in [*recs, _rec(0, "a?", "later")])
+    kept, lean = AnswerStore(path, write=False), AnswerStore(path, write=False, keep=False)
+    assert lean.records == {} and len(lean) == len(kept) == 3
+    assert ("s0", "b?") in lean and ("s1", "b?") not in lean and ("s0", "c?") not in lean
+    pairs = [(0, "s0", "b?"), (1, "s1", "a?"), (0, "s0", "a?")]
+    assert lean.answers(pairs) == kept.answers(pairs) == ["maybe", "no", "yes"]
+    lean.append([_rec(1, "b?", "yes, a circle")])  # appended after the first read: re-indexed
+    writer = AnswerStore(path, write=True, keep=False)
+    writer.append([_rec(1, "b?", "yes, a circle")])
+    assert lean.answers([(1, "s1", "b?")]) == ["yes, a circle"]
+    with pytest.raises(KeyError, match=r"sample 2 \('s2'\)"):
+        lean.answers([(2, "s2", "a?")])
 
 
 class FakeVQA:

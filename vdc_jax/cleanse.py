@@ -1,4 +1,5 @@
-"""The dataset-level VDC driver: `run(config, workdir)` (CLI: `python -m vdc_jax.main`).
+"""The dataset-level VDC driver: `run(config, workdir)` (CLI: `python -m vdc_jax.main`);
+`clean(config, workdir)` also returns the per-sample scores and verdicts.
 
     dataset (+ injected dirt) -> VQG questions per class -> VQA answers per (image, question)
     -> VAE consistency score per sample -> flag `score < threshold` -> outputs (vdc_jax.report)
@@ -18,6 +19,10 @@ directory, or "tiny-random" = build a random tiny checkpoint in the workdir), ``
 class; ``questions_file`` override), ``vqa`` (batch of images, answer lengths), ``judge``
 (``kind`` llm | embedding | none, ``llm`` as for vqg, ``embed_model`` a CLIP for "embedding"),
 ``threshold``, ``mesh``.
+
+Several processes (multi-host): every process runs this with the same config and workdir (a
+shared filesystem); process 0 writes every file, the others wait at barriers where they must
+read what it wrote, and each decodes only the images its devices hold (see vdc_jax.vqa).
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ import functools
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -142,13 +149,18 @@ def _dtype(name: str):
 
 
 def load_mllm(cfg, workdir: str):
-    """(LLaVA, processor, checkpoint path); "tiny-random" builds one in the workdir once."""
+    """(LLaVA, processor, checkpoint path); "tiny-random" builds one in the workdir once
+    (process 0 writes it into a temporary folder renamed into place, so a killed write
+    leaves no half checkpoint; the others wait for it at a barrier)."""
     path = cfg.name
     if path == TINY:
         path = os.path.join(workdir, "tiny_llava")
-        if not os.path.exists(os.path.join(path, "config.json")):
-            if jax.process_index() == 0:
-                inputs.write_tiny_llava(path, seed=cfg.seed)
+        if jax.process_index() == 0 and not os.path.exists(os.path.join(path, "config.json")):
+            tmp = tempfile.mkdtemp(dir=workdir, prefix=".tiny_llava.")
+            inputs.write_tiny_llava(tmp, seed=cfg.seed)
+            shutil.rmtree(path, ignore_errors=True)  # a half-written one (no config.json)
+            os.rename(tmp, path)
+        parallel.sync_processes("vdc: tiny checkpoint written")
     return (*_load_llava(path, cfg.dtype, os.path.getmtime(_config_json(path))), path)
 
 
@@ -245,7 +257,32 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Cleans the configured dataset; writes the outputs of `vdc_jax.report` to `workdir`.
 
     Returns the metrics dict (also in `workdir/metrics.json`)."""
-    os.makedirs(workdir, exist_ok=True)
+    return clean(config, workdir)[0]
+
+
+def vqg(cfg, path: str, class_names, ask):
+    """`load_or_generate` of the run's questions (`config.vqg`; cache at `path`).
+
+    `load_or_generate` rewrites its cache when it generates, and on several processes every
+    one of them must make the same VQG calls (a generate call on the mesh is a collective).
+    The others therefore work on a private copy of the cache and never write the shared one;
+    process 0 only writes after those collectives, i.e. after the others have copied it."""
+    kw = dict(ask=ask, n=cfg.n, override=cfg.questions_file or None)
+    if jax.process_index() == 0:
+        return load_or_generate(path, class_names, **kw)
+    with tempfile.TemporaryDirectory(prefix="vdc_questions_") as tmp:
+        private = os.path.join(tmp, "questions.json")
+        if os.path.exists(path):
+            shutil.copyfile(path, private)
+        return load_or_generate(private, class_names, **kw)
+
+
+def clean(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, report.Table]:
+    """`run`, returning (metrics, the per-sample `report.Table`: scores and verdicts).
+
+    On several processes every one returns the same metrics and table; process 0 writes."""
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
     data = inputs.load_dataset(config.data, workdir)
     source, truth = data.source, None
     spec = corrupt_spec(config.corrupt)
@@ -263,10 +300,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     dtype = _dtype(config.model.dtype)
     mllm, processor, model_path = load_mllm(config.model, workdir)
     ask = text_llm(config.vqg.llm, mllm, processor, dtype, mesh, config.vqg.max_new_tokens)
-    questions = load_or_generate(
-        os.path.join(workdir, "questions.json"), data.class_names, ask=ask, n=config.vqg.n,
-        override=config.vqg.questions_file or None,
-    )  # fmt: skip
+    questions = vqg(config.vqg, os.path.join(workdir, "questions.json"), data.class_names, ask)
 
     ids = inputs.source_ids(source)
     labels = np.asarray(source.labels(), np.int64)
@@ -279,7 +313,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         repetition_penalty=config.vqa.repetition_penalty, mesh=mesh,
         eos_token_id=stop_tokens(resolve_dir(model_path), processor.tokenizer) or None,
     )  # fmt: skip
-    store = AnswerStore(os.path.join(workdir, "answers.jsonl"))
+    # keep=False: the answers stay on disk (read back for scoring), not in memory.
+    store = AnswerStore(os.path.join(workdir, "answers.jsonl"), keep=False)
+    # Process 0 may repair a torn tail; everyone has read the file before it appends anew.
+    parallel.sync_processes("vdc: answers.jsonl read")
     names = data.class_names
     done = sum(all((it.id, q) in store for q, _ in pairs_of(it, questions, names)) for it in items)
     if done:
@@ -291,6 +328,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if worked:
                 bar.update(n)
 
+    # The other processes read answers.jsonl back for scoring: process 0's last append first.
+    parallel.sync_processes("vdc: answers.jsonl complete")
     judge = make_judge(config.judge, mllm, processor, dtype, mesh)
     table = score(items, store, questions, names, judge, config.threshold, len(ids))
     if truth is not None:
@@ -313,27 +352,40 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     else:
         print(f"vdc: {m['counts']['flagged']} of {m['counts']['dataset']} samples flagged; "
               f"outputs in {workdir}", file=sys.stderr)  # fmt: skip
-    return m
+    return m, table
 
 
-def score(items, store, questions, class_names, judge, threshold, n) -> report.Table:
-    """VAE on the stored answers of `items` (one batched judge call) -> a report.Table."""
-    samples = []
-    for it in items:
-        name = class_names[it.label]
-        got = [(q, kind, store.records[(it.id, q)]["answer"])
-               for q, kind in pairs_of(it, questions, class_names)]  # fmt: skip
-        samples.append(
-            vae.Sample(
-                it.id,
-                name,
-                descriptions=[a for _, kind, a in got if kind == DESCRIBE],
-                yes_no=[a for _, kind, a in got if kind != DESCRIBE],
-                names=vae.label_names(name),
-            )
-        )
-    results = vae.score_samples(samples, judge=judge)
-    scores = np.asarray([r.score for r in results], np.float64)
+SCORE_BLOCK = 4096  # samples scored (answers read back, judge called) per step
+
+
+def score(
+    items, store, questions, class_names, judge, threshold, n, *, block: int = SCORE_BLOCK
+) -> report.Table:
+    """VAE on the stored answers of `items` -> a report.Table ([M] arrays, M = len(items)).
+
+    Blocks of `block` samples at a time: their answers are read (`AnswerStore.answers`),
+    scored with one batched judge call, and only the per-sample counts are kept, so scoring
+    memory does not grow with the dataset."""
+    consistent, total = np.zeros(len(items), np.int64), np.zeros(len(items), np.int64)
+    label_names = {}  # class name -> names a description may use (a WordNet scan: once each)
+    for lo in range(0, len(items), block):
+        part = items[lo : lo + block]
+        asked = [(it, q, kind) for it in part for q, kind in pairs_of(it, questions, class_names)]
+        got = iter(store.answers([(it.index, it.id, q) for it, q, _ in asked]))
+        per_item = {it.index: ([], []) for it in part}  # (descriptions, yes/no answers)
+        for it, _, kind in asked:
+            per_item[it.index][kind != DESCRIBE].append(next(got))
+        samples = []
+        for it in part:
+            name = class_names[it.label]
+            if name not in label_names:
+                label_names[name] = vae.label_names(name)
+            samples.append(vae.Sample(it.id, name, descriptions=per_item[it.index][0],
+                                      yes_no=per_item[it.index][1], names=label_names[name]))  # fmt: skip
+        results = vae.score_samples(samples, judge=judge)
+        consistent[lo : lo + len(part)] = [sum(r.consistent) for r in results]
+        total[lo : lo + len(part)] = [len(r.consistent) for r in results]
+    scores = np.divide(consistent, total, out=np.full(len(items), np.nan), where=total > 0)
     return report.Table(
         index=np.asarray([it.index for it in items], np.int64),
         ids=[it.id for it in items],
@@ -341,7 +393,7 @@ def score(items, store, questions, class_names, judge, threshold, n) -> report.T
         class_names=list(class_names),
         score=scores,
         flagged=vae.flag_dirty(scores, threshold),
-        consistent=np.asarray([sum(r.consistent) for r in results], np.int64),
-        total=np.asarray([len(r.consistent) for r in results], np.int64),
+        consistent=consistent,
+        total=total,
         n=n,
     )

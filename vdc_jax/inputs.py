@@ -14,7 +14,7 @@ Four kinds of dataset (``config.data.kind``):
   written. A bad row, a missing file or (when it is read) an unreadable image raises `DataError`
   naming the file and line;
 - ``synthetic``: a small generated image folder (coloured circles / squares / triangles on noise)
-  written into the workdir, for runlocal.
+  written into the workdir (by process 0), for runlocal.
 
 `write_tiny_llava(path)` writes a random-weight LLaVA checkpoint (CLIP tower + Llama decoder,
 word-level tokenizer, LLaVA processor) with transformers + torch, as the hub's llava-hf
@@ -27,6 +27,7 @@ import csv
 import dataclasses
 import logging
 import os
+import tempfile
 from collections.abc import Sequence
 
 import numpy as np
@@ -127,10 +128,7 @@ def load_dataset(cfg, workdir: str) -> Dataset:
     if kind == "csv":
         return csv_dataset(cfg.path, list(cfg.class_names) or None)
     if kind == "synthetic":
-        root = os.path.join(workdir, "synthetic_images")
-        if not os.path.isdir(root):
-            write_shapes_folder(root, per_class=cfg.per_class, seed=cfg.seed)
-        return folder_dataset(root)
+        return folder_dataset(synthetic_folder(workdir, cfg.per_class, cfg.seed))
     raise DataError(f"config.data.kind must be tfds, folder, csv or synthetic, got {kind!r}")
 
 
@@ -203,6 +201,24 @@ def csv_dataset(path: str, class_names: Sequence[str] | None = None) -> Dataset:
 
 # ---------------------------------------------------------------------------- runlocal
 SHAPES = ("circle", "square", "triangle")
+
+
+def synthetic_folder(workdir: str, per_class: int, seed: int) -> str:
+    """`workdir/synthetic_images`, written once: by process 0 into a temporary folder that is
+    renamed into place (a killed write leaves no half dataset), the other processes waiting
+    at a barrier. Every process must call it."""
+    import jax
+
+    from vl_jax.parallel import sync_processes
+
+    root = os.path.join(workdir, "synthetic_images")
+    if jax.process_index() == 0 and not os.path.isdir(root):
+        os.makedirs(workdir, exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=workdir, prefix=".synthetic_images.")
+        write_shapes_folder(tmp, per_class=per_class, seed=seed)
+        os.rename(tmp, root)
+    sync_processes("vdc: synthetic images written")
+    return root
 
 
 def write_shapes_folder(root: str, per_class: int = 8, size: int = 48, seed: int = 0) -> None:

@@ -1,27 +1,38 @@
 """VQA — the MLLM answers every (image, question) pair of a dataset (VDC, Zhu et al. 2024, §3.2).
 
-    vqa = VQA(llava.from_pretrained(path), llava.load_processor(path))
+    vqa = VQA(llava.from_pretrained(path), llava.load_processor(path), mesh=mesh)
     store = AnswerStore("runs/dogs/answers.jsonl")            # reads what a killed run wrote
-    for _ in answer_dataset(vqa, samples, questions, class_names, store, batch_size=16):
-        pass                                                   # one step per batch of images
+    for _ in answer_dataset(vqa, items, load_image, questions, class_names, store,
+                            batch_size=16):                    # one step per batch of images
+        pass
 
 Per batch of B images, every pending (image, question) pair is answered in ONE
 `vl_jax.generate.generate` call per answer kind: the B images are encoded once
-(`pixel_values [B, H, W, 3]`, `image_index` = each row's image) and each image's prompt prefix
-(chat header + its P image tokens) goes through the decoder once, shared by the image's
-questions. Description questions (`Questions.general`) get `describe_tokens` new tokens, yes/no
-questions `yes_no_tokens` (short: only the leading verdict is read, see `answers.parse_yes_no`).
+(`pixel_values [S, H, W, 3]`, S >= B slots, `image_index` = each row's slot) and each image's
+prompt prefix (chat header + its P image tokens) goes through the decoder once, shared by the
+image's questions. Description questions (`Questions.general`) get `describe_tokens` new
+tokens, yes/no questions `yes_no_tokens` (short: only the leading verdict is read, see
+`answers.parse_yes_no`).
+
+Several processes (multi-host): the batch's images are spread evenly over the mesh's `data`
+shards (`slot_layout`), and each process decodes and preprocesses only the images whose slots
+its own devices hold (`VQA.load_pixels`); the other slots of its host array stay zero and are
+never read, since `generate` builds the global pixel array with `make_array_from_callback`,
+which reads each process's own shards only. No pixels cross processes. The prompts (token
+ids, small) are built identically on every process; the generate call is one global sharded
+computation whose new tokens come back to every process (`parallel.fetch`), so every process
+holds every answer and the same `AnswerStore`, but only process 0 writes it.
 
 Answers are appended to `answers.jsonl` after each batch, one JSON object per pair —
 ``{"index", "id", "label", "class", "question", "kind", "answer"}`` — then flushed and
-fsync'd, so a killed run loses at most the batch in flight. On restart the file is read back; a
-torn last line (the writer died mid-line) or an undecodable one is dropped and the file
-truncated to the last good line; pairs already answered are skipped, so nothing is asked twice
-and nothing is duplicated. Batches are cut from the dataset order, not from the pending work, so
-a resumed run asks the remaining pairs in the same batches as an uninterrupted run would.
-Only process 0 writes (`jax.process_index() == 0`); every process runs the same generate calls
-(they are sharded over the mesh) and reads the same file, which must be on a shared filesystem
-for multi-host runs.
+fsync'd, so a killed run loses at most the batch in flight (`vl_jax.faults` point
+``vdc.answers`` right after). On restart the file is read back; a torn last line (the writer
+died mid-line) or an undecodable one is dropped and the file truncated to the last good line;
+pairs already answered are skipped, so nothing is asked twice and nothing is duplicated.
+Batches are cut from the dataset order, not from the pending work, so a resumed run asks the
+remaining pairs in the same batches as an uninterrupted run would. Only process 0 writes
+(`jax.process_index() == 0`); every process reads the same file, which must be on a shared
+filesystem for multi-host runs.
 """
 
 from __future__ import annotations
@@ -30,12 +41,14 @@ import dataclasses
 import json
 import logging
 import os
+from array import array
 from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import numpy as np
 
-from vl_jax.generate import generate
+from vl_jax import faults, parallel
+from vl_jax.generate import bucket, generate
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +56,27 @@ DESCRIBE, YES_NO = "describe", "yes_no"
 # LLaVA-1.5's conversation format, used when neither the processor nor its tokenizer has a chat
 # template (the hub's llava-hf checkpoints do have one, which gives the same string).
 FALLBACK_PROMPT = "USER: <image>\n{question} ASSISTANT:"
-# Test hook: exit hard (os._exit, no cleanup) after this many written batches, to simulate a kill.
-EXIT_AFTER_ENV = "VDC_TEST_EXIT_AFTER_BATCHES"
+
+
+def slot_layout(n: int, shards: int) -> tuple[int, np.ndarray]:
+    """Where a batch's `n` images go in the pixel array given to `generate`, for a mesh whose
+    `data` axis has `shards` positions.
+
+    Returns (S, slot int64 [n]): the array has S = shards x R rows (row block s lives on data
+    shard s); the images are split over the shards in order and balanced (the first n % shards
+    shards get one more), image k at row `slot[k]`; the other rows are empty (zeros). S is a
+    fixed point of generate's batch bucketing (`bucket(S, multiple=shards) == S`), so generate
+    pads nothing and the row blocks stay where this layout puts them.
+    """
+    if n < 1 or shards < 1:
+        raise ValueError(f"slot_layout needs n >= 1 and shards >= 1, got {n}, {shards}")
+    per = -(-n // shards)
+    while bucket(per * shards, multiple=shards) != per * shards:
+        per = bucket(per * shards, multiple=shards) // shards
+    base, extra = divmod(n, shards)
+    counts = base + (np.arange(shards) < extra)
+    slot = np.concatenate([s * per + np.arange(c) for s, c in enumerate(counts)])
+    return per * shards, slot.astype(np.int64)
 
 
 class VQA:
@@ -56,7 +88,8 @@ class VQA:
       yes_no_tokens / describe_tokens: max new tokens per answer kind (greedy unless `num_beams`).
       eos_token_id: stop token(s); default the tokenizer's (`stop_tokens` adds the checkpoint's
         generation_config ones, e.g. Qwen's "<|im_end|>").
-      mesh: optional `parallel.create_mesh()` mesh (rows are sharded over `data`).
+      mesh: optional `parallel.create_mesh()` mesh (rows and images are sharded over `data`;
+        with several processes each decodes only its devices' images, see `load_pixels`).
     """
 
     def __init__(
@@ -84,6 +117,7 @@ class VQA:
             pad if pad is not None else (np.atleast_1d(eos)[0] if eos is not None else 0)
         )
         self._ids: dict[str, np.ndarray] = {}  # question -> prompt ids (questions repeat a lot)
+        self._pixel_shape: tuple[int, ...] | None = None
 
     # ---------------------------------------------------------------- prompts and pixels
     def prompt(self, question: str) -> str:
@@ -129,12 +163,48 @@ class VQA:
         px = self.processor.image_processor(images=pil, return_tensors="np")["pixel_values"]
         return np.ascontiguousarray(np.asarray(px, np.float32).transpose(0, 2, 3, 1))
 
+    def pixel_shape(self) -> tuple[int, ...]:
+        """(H, W, 3) of `pixels`' rows: the image processor's output size (resize + crop give
+        every image the same), found once on a blank image. A process that holds none of a
+        batch's images still needs it to build its (all zero) part of the pixel array."""
+        if self._pixel_shape is None:
+            self._pixel_shape = self.pixels([np.zeros((8, 8, 3), np.uint8)]).shape[1:]
+        return self._pixel_shape
+
+    def load_pixels(
+        self, load_image: Callable[[int], np.ndarray], indices: Sequence[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The pixel array of one batch: (float32 [S, H, W, 3], slot int64 [n]) for the n
+        samples `indices` (dataset positions), sample k at row `slot[k]` (`slot_layout` over
+        the mesh's data shards).
+
+        Only the rows this process's devices hold are filled: `load_image(index) -> uint8
+        [h, w, 3]` (the decode) and the image processor run for those samples only; the other
+        rows stay zero — generate reads them from the processes that hold them."""
+        shards = 1 if self.mesh is None else self.mesh.shape[parallel.DATA]
+        size, slot = slot_layout(len(indices), shards)
+        if self.mesh is None:
+            held = np.ones(size, bool)
+        else:
+            held = parallel.addressable_rows(size, self.mesh)
+        mine = np.flatnonzero(held[slot])
+        if len(mine):
+            local = self.pixels([load_image(indices[k]) for k in mine])
+            self._pixel_shape = local.shape[1:]
+        else:
+            local = np.zeros((0, *self.pixel_shape()), np.float32)
+        out = np.zeros((size, *local.shape[1:]), np.float32)
+        out[slot[mine]] = local
+        return out, slot
+
     # ---------------------------------------------------------------- answering
     def answer(self, pixels: np.ndarray, pairs: Sequence[tuple[int, str, str]]) -> list[str]:
-        """Answers `pairs` = [(image index into `pixels`, question, kind)], in order.
+        """Answers `pairs` = [(row of `pixels`, question, kind)], in order.
 
-        One generate call per kind present: all rows of that kind, every image encoded once.
-        Returns one stripped string per pair."""
+        `pixels`: float32 [S, H, W, 3] (`pixels` or `load_pixels`); it goes to generate whole,
+        so that each row stays on the devices `load_pixels` laid it out for (rows no pair uses
+        are encoded too: at most the empty slots of a batch). One generate call per kind
+        present. Returns one stripped string per pair."""
         out = [""] * len(pairs)
         for kind in (DESCRIBE, YES_NO):
             rows = [r for r, p in enumerate(pairs) if p[2] == kind]
@@ -146,14 +216,12 @@ class VQA:
             mask = np.zeros((len(rows), t), np.int32)
             for i, p in enumerate(prompts):  # left padding, as HF generate expects
                 ids[i, t - len(p) :], mask[i, t - len(p) :] = p, 1
-            used = sorted({pairs[r][0] for r in rows})
-            where = {img: k for k, img in enumerate(used)}
             new = generate(
                 self.model,
                 ids,
                 mask,
-                pixel_values=pixels[used],
-                image_index=np.asarray([where[pairs[r][0]] for r in rows], np.int32),
+                pixel_values=pixels,
+                image_index=np.asarray([pairs[r][0] for r in rows], np.int32),
                 max_new_tokens=self.max_new[kind],
                 num_beams=self.num_beams,
                 repetition_penalty=self.repetition_penalty,
@@ -180,18 +248,29 @@ def stop_tokens(path: str, tokenizer) -> list[int]:
 
 # ------------------------------------------------------------------------- answers.jsonl
 class AnswerStore:
-    """`answers.jsonl`: the answers so far, keyed by (id, question); appends are durable.
+    """`answers.jsonl`: which (id, question) pairs are answered; appends are durable.
 
     Opening repairs a file left by a killed writer: everything after the last complete, valid
     line is cut off (on process 0; the others only read). Duplicate keys (impossible unless the
-    file was edited) keep the first answer."""
+    file was edited) keep the first answer.
+
+    Memory: with `keep=True` (the default) every record stays in `records` as well — handy for
+    small runs and tests. `keep=False` (the cleanser) keeps only a bitmask of answered
+    questions per sample id (~100 bytes per sample), so a long run's memory does not grow with
+    its answers; `answers()` then reads them back from the file, one block of samples at a
+    time."""
 
     FIELDS = ("index", "id", "label", "class", "question", "kind", "answer")
 
-    def __init__(self, path: str | os.PathLike, *, write: bool | None = None):
+    def __init__(self, path: str | os.PathLike, *, write: bool | None = None, keep: bool = True):
         self.path = os.fspath(path)
         self.write = jax.process_index() == 0 if write is None else write
-        self.records: dict[tuple[str, str], dict] = {}
+        self.keep = keep
+        self.records: dict[tuple[str, str], dict] = {}  # with keep only
+        self._qnum: dict[str, int] = {}  # question -> its bit in `_done` (few distinct questions)
+        self._done: dict[str, int] = {}  # sample id -> bitmask of its answered questions
+        self._count = 0
+        self._lines = None  # (index [L], byte offset [L]) of the file's lines, for answers()
         self.dropped = 0  # bytes cut off a torn tail
         if os.path.exists(self.path):
             self._load()
@@ -199,24 +278,24 @@ class AnswerStore:
     def _load(self) -> None:
         good = 0  # byte offset after the last good line
         with open(self.path, "rb") as f:
-            data = f.read()
-        for line in data.splitlines(keepends=True):
-            if not line.endswith(b"\n"):
-                break
-            try:
-                rec = json.loads(line)
-                key = (rec["id"], rec["question"])
-            except (ValueError, KeyError, TypeError):
-                break  # a torn write can also leave garbage that happens to end in \n
-            self.records.setdefault(key, rec)
-            good += len(line)
-        self.dropped = len(data) - good
+            for line in f:  # line by line: a long run's file need not fit in memory twice
+                if not line.endswith(b"\n"):
+                    break
+                try:
+                    rec = json.loads(line)
+                    key = (rec["id"], rec["question"])
+                except (ValueError, KeyError, TypeError):
+                    break  # a torn write can also leave garbage that happens to end in \n
+                self._add(key, rec)
+                good += len(line)
+            size = f.seek(0, os.SEEK_END)
+        self.dropped = size - good
         if self.dropped:
             log.warning(
                 "%s: dropped a torn tail of %d bytes (a killed run); kept %d answers",
                 self.path,
                 self.dropped,
-                len(self.records),
+                len(self),
             )
             if self.write:
                 with open(self.path, "r+b") as f:
@@ -224,23 +303,79 @@ class AnswerStore:
                     f.flush()
                     os.fsync(f.fileno())
 
+    def _bit(self, question: str) -> int:
+        return self._qnum.setdefault(question, len(self._qnum))
+
+    def _add(self, key: tuple[str, str], rec: dict) -> bool:
+        """Marks `key` answered; False when it already was (the first answer stays)."""
+        if key in self:
+            return False
+        self._done[key[0]] = self._done.get(key[0], 0) | (1 << self._bit(key[1]))
+        self._count += 1
+        if self.keep:
+            self.records[key] = rec
+        return True
+
     def __contains__(self, key: tuple[str, str]) -> bool:
-        return key in self.records
+        bit = self._qnum.get(key[1])
+        return bit is not None and bool(self._done.get(key[0], 0) >> bit & 1)
 
     def __len__(self) -> int:
-        return len(self.records)
+        return self._count
 
     def append(self, records: Sequence[dict]) -> None:
         """Adds `records` (new keys only), then flush + fsync (process 0 writes; all remember)."""
-        fresh = [r for r in records if (r["id"], r["question"]) not in self.records]
-        for r in fresh:
-            self.records[(r["id"], r["question"])] = r
+        fresh = [r for r in records if self._add((r["id"], r["question"]), r)]
+        if fresh:
+            self._lines = None
         if self.write and fresh:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             with open(self.path, "ab") as f:
                 f.write(b"".join(_line(r) for r in fresh))
                 f.flush()
                 os.fsync(f.fileno())
+
+    def answers(self, pairs: Sequence[tuple[int, str, str]]) -> list[str]:
+        """The stored answer of each (dataset index, id, question) in `pairs`, in order.
+
+        With `keep=False` the answers are read from the file: on the first call one pass
+        notes every line's sample index and byte offset (12 bytes per answer), then each call
+        reads just the lines of its samples. The file must be complete: on several processes
+        call this after a barrier that follows process 0's last append. KeyError names a pair
+        that has no answer."""
+        if self.keep:
+            keys = {(id_, q) for _, id_, q in pairs}
+            found = {k: self.records[k]["answer"] for k in keys if k in self.records}
+        else:
+            found = self._read({p[0] for p in pairs})
+        out = []
+        for index, id_, q in pairs:
+            if (id_, q) not in found:
+                raise KeyError(f"{self.path}: no answer for sample {index} ({id_!r}), {q!r}")
+            out.append(found[(id_, q)])
+        return out
+
+    def _read(self, indices: set[int]) -> dict[tuple[str, str], str]:
+        """{(id, question): answer} of the file's lines whose sample index is in `indices`."""
+        if self._lines is None:
+            index, offset, pos = array("q"), array("q"), 0
+            with open(self.path, "rb") as f:
+                for line in f:
+                    if not line.endswith(b"\n"):
+                        break
+                    index.append(int(json.loads(line)["index"]))
+                    offset.append(pos)
+                    pos += len(line)
+            self._lines = np.asarray(index, np.int64), np.asarray(offset, np.int64)
+        index, offset = self._lines
+        want = np.isin(index, np.fromiter(indices, np.int64, len(indices)))
+        found: dict[tuple[str, str], str] = {}
+        with open(self.path, "rb") as f:
+            for at in np.sort(offset[want]):  # file order: the first of duplicates wins
+                f.seek(int(at))
+                rec = json.loads(f.readline())
+                found.setdefault((rec["id"], rec["question"]), rec["answer"])
+        return found
 
 
 def _line(rec: dict) -> bytes:
@@ -280,11 +415,13 @@ def answer_dataset(
     whether anything was asked) per batch.
 
     `load_image(index) -> uint8 [H, W, 3]` reads a sample's (possibly triggered) image; it is
-    only called for samples with pending pairs. Batches are `items[k * batch_size : ...]`, so
-    their composition does not depend on what was already answered.
+    only called for samples with pending pairs and, with a `VQA` on a mesh spanning several
+    processes, only by the process whose devices get that image (`VQA.load_pixels`). Other
+    engines (tests' fakes, the benchmark's per-pair baseline) get every image through their
+    `pixels(images)`. Batches are `items[k * batch_size : ...]`, so their composition does not
+    depend on what was already answered. Every process must call this with the same arguments:
+    the batches' generate calls are collectives.
     """
-    exit_after = int(os.environ.get(EXIT_AFTER_ENV, "0") or 0)
-    written = 0
     for start in range(0, len(items), batch_size):
         batch = items[start : start + batch_size]
         todo = [
@@ -295,8 +432,12 @@ def answer_dataset(
         ]
         if todo:
             order = list(dict.fromkeys(t[0].index for t in todo))  # images with pending pairs
-            slot = {index: k for k, index in enumerate(order)}
-            pixels = vqa.pixels([load_image(index) for index in order])
+            if hasattr(vqa, "load_pixels"):
+                pixels, slots = vqa.load_pixels(load_image, order)
+            else:
+                pixels = vqa.pixels([load_image(index) for index in order])
+                slots = np.arange(len(order))
+            slot = dict(zip(order, slots.tolist()))
             answers = vqa.answer(pixels, [(slot[it.index], q, kind) for it, q, kind in todo])
             store.append(
                 [
@@ -312,7 +453,5 @@ def answer_dataset(
                     for (it, q, kind), a in zip(todo, answers, strict=True)
                 ]
             )
-            written += 1
-            if exit_after and written >= exit_after:
-                os._exit(17)  # simulated kill: no cleanup, no atexit, buffers as the OS has them
+            faults.point("vdc.answers")  # kill-and-resume tests: the batch is on disk
         yield len(batch), bool(todo)

@@ -340,3 +340,31 @@ def pad_batch(
             v = np.concatenate([v, np.zeros((padded_b - b, *v.shape[1:]), v.dtype)])
         padded[k] = v
     return padded, mask
+
+
+def addressable_rows(n: int, mesh: Mesh) -> np.ndarray:
+    """bool ``[n]``: the rows of an ``[n, ...]`` array placed with ``batch_sharding(mesh)`` that
+    this process's devices hold (rows split over ``data``, replicated over ``model``).
+
+    A process that fills only these rows of a host array and hands it to
+    ``jax.make_array_from_callback`` (which reads only the addressable shards) builds the same
+    global array as one that filled every row: inputs need decoding only where they are used.
+    ``n`` must be a multiple of the mesh's ``data`` size.
+    """
+    if n % mesh.shape[DATA]:
+        raise ValueError(f"{n} rows do not split over data={mesh.shape[DATA]}")
+    held = np.zeros(n, bool)
+    for index in batch_sharding(mesh, 1).addressable_devices_indices_map((n,)).values():
+        held[index[0]] = True
+    return held
+
+
+def sync_processes(name: str) -> None:
+    """Blocks until every process has reached ``sync_processes(name)``; a no-op in one process.
+
+    For files one process writes and the others then read (a shared workdir): the writer
+    finishes, then all pass the barrier, then the readers open the file. Every process must
+    call it, the same number of times, in the same order.
+    """
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)

@@ -1,0 +1,154 @@
+"""Multi-host VDC: 2 real JAX processes on localhost (gloo, 2 fake CPU devices each) run
+`vdc_jax.cleanse` on runlocal (tiny random LLaVA, generated shapes, injected BadNets) over one
+4-device mesh.
+
+Each process must decode only its share of every batch's images (the per-process split of
+`VQA.load_pixels`; recorded by wrapping `FileSource.__getitem__`), both must end with the same
+verdicts, and the outputs must equal one process on 4 devices and on 1 device (this process,
+8 fake devices from conftest, the mesh cut to 4 / 1). Batches of 11 images over 24 samples:
+the last batch holds 2 images, both on process 0's shards, so process 1 runs that batch's
+generate calls with no image of its own. Process 1 must write nothing into the workdir: an
+audit hook (`sys.addaudithook`) records every Python-level file write it makes.
+"""
+
+import json
+import math
+import runpy
+import textwrap
+from pathlib import Path
+
+import jax
+import ml_collections
+import pytest
+from multiprocess import run_processes
+
+from vdc_jax import cleanse
+from vl_jax import parallel
+
+REPO = Path(__file__).resolve().parents[1]
+BATCH = 11  # 24 samples -> batches of 11, 11, 2
+
+_WORKER = textwrap.dedent(
+    """
+    import json, os, sys
+
+    pid, port, root = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    workdir = os.path.join(root, "multi")
+    writes = []
+    if pid == 1:  # record every file this process writes, moves or removes
+        def hook(event, args):
+            if event == "open":  # open() gives a mode, os.open (e.g. mkstemp) flags
+                mode, flags = args[1], args[2] or 0
+                if (any(c in mode for c in "wax+") if mode else
+                        flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)):
+                    writes.append(("open", str(args[0])))
+            elif event in ("os.rename", "os.replace", "os.remove", "os.truncate", "os.mkdir",
+                           "shutil.rmtree"):
+                writes.append((event, str(args[0])))
+        sys.addaudithook(hook)
+
+    from vl_jax import parallel as par
+    assert par.initialize_distributed(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
+    import jax, ml_collections
+    from vdc_jax import cleanse, inputs
+
+    decoded = []  # dataset positions whose image this process read
+    get = inputs.FileSource.__getitem__
+    def counting(self, i):
+        decoded.append(int(i))
+        return get(self, i)
+    inputs.FileSource.__getitem__ = counting
+
+    with open(os.path.join(root, "config.json")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    m, table = cleanse.clean(config, workdir)
+    out = dict(describe=par.describe(par.mesh_from_config(config.mesh.to_dict())), metrics=m,
+               flagged=table.flagged.tolist(), score=table.score.tolist(), decoded=decoded,
+               writes=[w for w in writes if os.path.abspath(w[1]).startswith(workdir)])
+    # A file outside the workdir, not stdout: a full pipe would block this process.
+    with open(os.path.join(root, f"result_{pid}.json"), "w") as f:
+        json.dump(out, f)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from vdc_jax.inputs import write_tiny_llava
+
+    return write_tiny_llava(str(tmp_path_factory.mktemp("tiny_llava")))
+
+
+def _config(checkpoint: str) -> ml_collections.ConfigDict:
+    c = runpy.run_path(str(REPO / "configs" / "vdc" / "runlocal.py"))["get_config"]()
+    c.model.name = checkpoint  # one checkpoint for all runs (not one per workdir)
+    c.vqa.batch_size = BATCH
+    c.vqg.llm = ""  # template questions: the random decoder's VQG costs 3 compiles (test time)
+    return c
+
+
+def _same(a, b, where: str = "") -> None:
+    """Equal JSON trees, numbers within 1e-6; NaN equals NaN (metrics.json writes "nan")."""
+    a, b = (float(x) if x == "nan" else x for x in (a, b))
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float) and math.isnan(a):
+        assert math.isnan(b), where
+    elif isinstance(a, (int, float)) and not isinstance(a, bool):
+        assert b == pytest.approx(a, abs=1e-6), where
+    else:
+        assert a == b, where
+
+
+def _metrics(m: dict) -> dict:
+    """metrics without the dataset description (it names the run's own workdir)."""
+    m = json.loads(json.dumps(m))
+    m["config"].pop("dataset")
+    return m
+
+
+def _single(config, workdir: str, devices: int, monkeypatch):
+    mesh = parallel.create_mesh(devices=jax.devices()[:devices])
+    monkeypatch.setattr(parallel, "mesh_from_config", lambda cfg, devices=None: mesh)
+    return cleanse.clean(config, workdir)
+
+
+def test_two_processes_equal_one(checkpoint, tmp_path, monkeypatch):
+    root = tmp_path
+    config = _config(checkpoint)
+    (root / "config.json").write_text(config.to_json())
+    run_processes(_WORKER, [root], n=2, devices=2, timeout=240)
+    res = [json.loads((root / f"result_{pid}.json").read_text()) for pid in (0, 1)]
+    assert "process=0/2" in res[0]["describe"] and "global=4" in res[0]["describe"]
+    assert res[1]["writes"] == [], f"process 1 wrote shared files: {res[1]['writes']}"
+    # Every process ends with the same verdicts, scores and metrics.
+    for key in ("flagged", "score", "metrics"):
+        assert res[0][key] == res[1][key], key
+    # The per-process split: each image decoded once, by one process; both did some.
+    d0, d1 = set(res[0]["decoded"]), set(res[1]["decoded"])
+    assert len(res[0]["decoded"]) == len(d0) and len(res[1]["decoded"]) == len(d1)
+    assert not d0 & d1 and d0 | d1 == set(range(24)) and d1, (sorted(d0), sorted(d1))
+    # Batches 11, 11, 2 over 4 shards (3, 3, 3, 2 and 1, 1, 0, 0 images): process 0 holds
+    # shards 0-1, so it decodes 6 + 6 + 2 and process 1 5 + 5 + 0.
+    assert sorted(d1) == [*range(6, 11), *range(17, 22)]
+
+    multi = root / "multi"
+    answers = (multi / "answers.jsonl").read_text()
+    assert len(answers.splitlines()) == 24 * 6
+    for devices in (4, 1):
+        workdir = root / f"single{devices}"
+        m, table = _single(config, str(workdir), devices, monkeypatch)
+        assert table.flagged.tolist() == res[0]["flagged"], devices
+        _same(_metrics(res[0]["metrics"]), _metrics(m), f"metrics ({devices} devices)")
+        _same(_metrics(json.loads((multi / "metrics.json").read_text())), _metrics(m))
+        for name in ("scores.csv", "kept_ids.txt", "questions.json", "answers.jsonl"):
+            assert (multi / name).read_text() == (workdir / name).read_text(), (name, devices)
+        assert (multi / "label_issues.npy").read_bytes() == (
+            workdir / "label_issues.npy"
+        ).read_bytes()
