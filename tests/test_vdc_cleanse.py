@@ -86,21 +86,30 @@ def test_runlocal_end_to_end(reference):
 
 
 def test_kill_and_resume_equals_uninterrupted(reference, checkpoint, tmp_path):
-    """A run SIGKILLed (fault point ``vdc.answers``) after its first batch of answers, plus a
-    torn half line as a kill mid-write leaves, then the same run again: same answers, same
-    scores.csv, no duplicates."""
+    """A run SIGKILLed (fault point ``vdc.answers``) after a batch of answers drawn by a seeded
+    generator (``KILL_SEED``), plus a torn half line as a kill mid-write leaves; a second run
+    SIGKILLed between an output file's temporary copy and its rename (a seeded choice of the
+    outputs); then the same run again: same answers, same scores.csv, no duplicates."""
     workdir = tmp_path / "killed"
     cmd = [sys.executable, "-m", "vdc_jax.main", f"--config={RUNLOCAL}", f"--workdir={workdir}",
            f"--config.model.name={checkpoint}"]  # fmt: skip
     workdir.mkdir()  # the reference's questions: the subprocess skips VQG (test time)
     shutil.copy(Path(reference[0], "questions.json"), workdir / "questions.json")
-    env = {**os.environ, faults.ENV: "vdc.answers:1"}
+    rng = np.random.default_rng(int(os.environ.get("KILL_SEED", "0")))
+    per_batch = 8 * 6  # 8 images x 6 questions
+    batches = len(_answers(reference[0])) // per_batch
+    after = int(rng.integers(1, batches))  # killed after this batch, before the last
+    env = {**os.environ, faults.ENV: f"vdc.answers:{after}"}
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == -signal.SIGKILL, p.stderr[-3000:]
-    assert len(_answers(workdir)) == 8 * 6  # one batch of 8 images x 6 questions
+    assert len(_answers(workdir)) == after * per_batch
     assert not (workdir / "scores.csv").exists()
     with open(workdir / "answers.jsonl", "a") as f:
-        f.write('{"index": 8, "id": "square/000.png", "question": "Descr')
+        f.write(f'{{"index": {after * 8}, "id": "square/000.png", "question": "Descr')
+    output = ["scores.csv", "metrics.json", "kept_ids.txt", "label_issues.npy", "cleaned.csv"]
+    env[faults.ENV] = f"file.temp/{output[rng.integers(len(output))]}:1"
+    p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == -signal.SIGKILL, (env[faults.ENV], p.stderr[-3000:])
     cleanse.run(runlocal(checkpoint), str(workdir))
     assert _answers(workdir) == _answers(reference[0])
     ref = Path(reference[0], "scores.csv").read_text()
