@@ -9,6 +9,23 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
+# Worker-script lines (after `pid` is set) that make process 1 record in `writes` every file it
+# writes, moves, creates or removes (an audit hook): tests assert only process 0 writes.
+AUDIT_WRITES = """
+writes = []
+if pid == 1:
+    def _hook(event, args):
+        if event == "open":  # open() gives a mode, os.open (e.g. mkstemp) flags
+            mode, flags = args[1], args[2] or 0
+            if (any(c in mode for c in "wax+") if mode else
+                    flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)):
+                writes.append(("open", str(args[0])))
+        elif event in ("os.rename", "os.replace", "os.remove", "os.truncate", "os.mkdir",
+                       "shutil.rmtree"):
+            writes.append((event, str(args[0])))
+    sys.addaudithook(_hook)
+"""
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import pytest
 import test_mcla_train as synthetic_data  # module access only: its fixtures stay unregistered
-from multiprocess import run_processes
+from multiprocess import AUDIT_WRITES, run_processes
 
 from configs.mcla.synthetic import get_config
 from mcla_jax import experiment, wordnet
@@ -28,23 +28,18 @@ from vl_jax.parallel import create_mesh
 
 EPOCHS, KNN = 2, 10
 
-_WORKER = textwrap.dedent(
-    """
+_WORKER = (
+    textwrap.dedent(
+        """
     import json, os, sys
     import numpy as np
 
     pid, port, root = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-    writes = []
-    if pid == 1:  # record every file this process writes, moves or removes
-        def hook(event, args):
-            if event == "open":  # open() gives a mode, os.open (e.g. mkstemp) flags
-                mode, flags = args[1], args[2] or 0
-                if (any(c in mode for c in "wax+") if mode else
-                        flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)):
-                    writes.append(("open", str(args[0])))
-            elif event in ("os.rename", "os.replace", "os.remove", "os.truncate", "shutil.rmtree"):
-                writes.append((event, str(args[0])))
-        sys.addaudithook(hook)
+    """
+    )
+    + AUDIT_WRITES
+    + textwrap.dedent(
+        """
 
     from vl_jax import parallel as par
     assert par.initialize_distributed(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
@@ -76,6 +71,7 @@ _WORKER = textwrap.dedent(
     with open(os.path.join(root, f"result_{pid}.json"), "w") as f:
         json.dump(out, f)
     """
+    )
 )
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import jax
 import ml_collections
 import pytest
-from multiprocess import run_processes
+from multiprocess import AUDIT_WRITES, run_processes
 
 from vdc_jax import cleanse
 from vl_jax import parallel
@@ -28,24 +28,18 @@ from vl_jax import parallel
 REPO = Path(__file__).resolve().parents[1]
 BATCH = 11  # 24 samples -> batches of 11, 11, 2
 
-_WORKER = textwrap.dedent(
-    """
+_WORKER = (
+    textwrap.dedent(
+        """
     import json, os, sys
 
     pid, port, root = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     workdir = os.path.join(root, "multi")
-    writes = []
-    if pid == 1:  # record every file this process writes, moves or removes
-        def hook(event, args):
-            if event == "open":  # open() gives a mode, os.open (e.g. mkstemp) flags
-                mode, flags = args[1], args[2] or 0
-                if (any(c in mode for c in "wax+") if mode else
-                        flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)):
-                    writes.append(("open", str(args[0])))
-            elif event in ("os.rename", "os.replace", "os.remove", "os.truncate", "os.mkdir",
-                           "shutil.rmtree"):
-                writes.append((event, str(args[0])))
-        sys.addaudithook(hook)
+    """
+    )
+    + AUDIT_WRITES
+    + textwrap.dedent(
+        """
 
     from vl_jax import parallel as par
     assert par.initialize_distributed(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
@@ -69,6 +63,7 @@ _WORKER = textwrap.dedent(
     with open(os.path.join(root, f"result_{pid}.json"), "w") as f:
         json.dump(out, f)
     """
+    )
 )
 
 
