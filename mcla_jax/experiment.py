@@ -277,7 +277,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs the experiment ``config`` (``base_config``-shaped) into ``workdir``; returns the
     contents of ``metrics.json``."""
     t0 = time.perf_counter()
-    os.makedirs(workdir, exist_ok=True)
+    if runlog.is_main_process():  # the others only read what process 0 writes
+        os.makedirs(workdir, exist_ok=True)
     mesh = parallel.mesh_from_config(config.mesh)
     model = clip_path(config, workdir)
     train = load_features(config, workdir, config.data.train_split, model, mesh)

@@ -20,8 +20,9 @@ if pid == 1:
             if (any(c in mode for c in "wax+") if mode else
                     flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)):
                 writes.append(("open", str(args[0])))
-        elif event in ("os.rename", "os.replace", "os.remove", "os.truncate", "os.mkdir",
-                       "shutil.rmtree"):
+        elif event == "os.mkdir" and not os.path.isdir(args[0]):  # makedirs(exist_ok) is no write
+            writes.append((event, str(args[0])))
+        elif event in ("os.rename", "os.replace", "os.remove", "os.truncate", "shutil.rmtree"):
             writes.append((event, str(args[0])))
     sys.addaudithook(_hook)
 """
