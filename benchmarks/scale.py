@@ -272,7 +272,7 @@ def _stage_mcla_epoch(x, y, k, *, epoch_steps: int | None):
     seconds = host_s + targets_s + steps * per_step
     return dict(seconds=seconds, measured_steps=run_steps, steps=steps,
                 extrapolated=run_steps < steps, step_seconds=per_step, host_batches_seconds=host_s,
-                targets_pass_seconds=targets_s, target_block_rows=int(cfg.target_block_rows),
+                targets_pass_seconds=targets_s, target_block_rows=run.blocks.size,
                 init_seconds=init_s, batch=BATCH, loss=loss)  # fmt: skip
 
 

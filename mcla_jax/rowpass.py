@@ -111,13 +111,17 @@ def epoch_pass(model, u, t, blocks: Blocks, k: int, *, m: int = 0, prototypes: b
             .set(jnp.argmax(li, axis=-1).astype(jnp.int32), mode="drop")
         )
         if m:
-            # Carried rows come first and are lower, so ties keep the lower row, as one top_k.
-            s = jnp.concatenate([c["top_s"], jnp.where(valid[None, :], li.T, -jnp.inf)], axis=1)
-            r = jnp.concatenate(
-                [c["top"], jnp.broadcast_to(ids.astype(jnp.int32), (k, ids.size))], 1
-            )
-            c["top_s"], pos = jax.lax.top_k(s, m)
-            c["top"] = jnp.take_along_axis(r, pos, axis=1)
+            # The block's own top rows first (ties: lower row), then, with several blocks, a
+            # merge with the carried ones, which come first and are lower: the same rows win as
+            # in one top_k over all rows.
+            bs, bj = jax.lax.top_k(jnp.where(valid[None, :], li.T, -jnp.inf), min(m, blocks.size))
+            br = ids.astype(jnp.int32)[bj]
+            if blocks.count == 1:
+                c["top_s"], c["top"] = bs, br
+            else:
+                s = jnp.concatenate([c["top_s"], bs], axis=1)
+                c["top_s"], pos = jax.lax.top_k(s, m)
+                c["top"] = jnp.take_along_axis(jnp.concatenate([c["top"], br], 1), pos, axis=1)
         if prototypes:
             w = valid.astype(jnp.float32)[:, None]
             c["sum_img"] += jnp.matmul((jax.nn.softmax(li, -1) * w).T, z, precision=HI)

@@ -75,7 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.semantic_nouns = 30  # SIC: space nouns averaged into each semantic centre
     c.init = "random"  # or "kmeans": linear heads start at k-means centres (SIC's option)
     c.init_scale = 0.05  # a in W = 2aC, b = -a|C|^2
-    c.target_block_rows = 16384  # rows per block of the per-epoch targets pass (memory ~ rows x K)
+    # Rows per block of the per-epoch targets pass; its memory is a few [rows, K] arrays.
+    # 0: 2^24 / K (64 MB per array; one block for N <= 1.1M at K = 15, 16,777 rows at K = 1000).
+    c.target_block_rows = 0
     c.warmup_epochs = 1  # prototype/semantic targets come from the previous epoch's heads
     c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
     return c
@@ -267,8 +269,8 @@ class Trainer:
         # per-epoch targets pass (which splits each of its row blocks over `data` inside the
         # jit: slicing a replicated array moves nothing). Only inputs smaller than one block
         # are padded. At 1.28M x 512 each extra copy would be 2.6 GB per modality.
-        blocks = Blocks.plan(n, int(cfg.get("target_block_rows", 16384)), d,
-                             NamedSharding(mesh, P(DATA, None)))  # fmt: skip
+        rows = int(cfg.get("target_block_rows", 0)) or max(4096, 2**24 // k)
+        self.blocks = blocks = Blocks.plan(n, rows, d, NamedSharding(mesh, P(DATA, None)))
         pad = ((0, blocks.rows - n), (0, 0))
         self._feats = jax.device_put(
             {name: np.pad(x, pad) if blocks.rows > n else x for name, x in (("u", u), ("t", t))},
