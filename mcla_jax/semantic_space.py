@@ -91,6 +91,13 @@ def _merge(vals, idx, v, j, k):
     return v2, jnp.take_along_axis(jnp.concatenate([idx, j], 1), j2, 1)
 
 
+def _noun_blocks(t, valid, block: int):
+    """``(t [Mp, E], valid [Mp])`` -> scan inputs ``(t [Mp/b, b, E], valid [Mp/b, b], rows
+    [Mp/b, b] int32)`` for ``b = block`` (``Mp`` a multiple of it)."""
+    ids = jnp.arange(t.shape[0], dtype=jnp.int32)
+    return t.reshape(-1, block, t.shape[1]), valid.reshape(-1, block), ids.reshape(-1, block)
+
+
 @functools.lru_cache(maxsize=16)
 def _topk_program(k: int, block: int):
     """Jitted ``(q [Q, E], t [Mp, E], valid [Mp]) -> (scores [Q, k], rows [Q, k])``: the ``k``
@@ -98,9 +105,7 @@ def _topk_program(k: int, block: int):
     kb = min(k, block)
 
     def run(q, t, valid):
-        mp, e = t.shape
-        ids = jnp.arange(mp, dtype=jnp.int32)
-        blocks = (t.reshape(-1, block, e), valid.reshape(-1, block), ids.reshape(-1, block))
+        blocks = _noun_blocks(t, valid, block)
 
         def step(carry, blk):
             tb, vb, ib = blk
@@ -144,9 +149,7 @@ def _reverse_program(p: int, block: int, temperature: float):
     pb = min(p, block)
 
     def run(c, t, valid):
-        mp, e = t.shape
-        ids = jnp.arange(mp, dtype=jnp.int32)
-        blocks = (t.reshape(-1, block, e), valid.reshape(-1, block), ids.reshape(-1, block))
+        blocks = _noun_blocks(t, valid, block)
 
         def step(carry, blk):
             tb, vb, ib = blk
@@ -172,9 +175,7 @@ def _margin_program(r: int, block: int):
     rb = min(r, block)
 
     def run(c, t, valid):
-        mp, e = t.shape
-        ids = jnp.arange(mp, dtype=jnp.int32)
-        blocks = (t.reshape(-1, block, e), valid.reshape(-1, block), ids.reshape(-1, block))
+        blocks = _noun_blocks(t, valid, block)
 
         def step(carry, blk):
             tb, vb, ib = blk
