@@ -7,10 +7,10 @@ the whole file runs in seconds; the real data is exercised by tests/test_demo_mo
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
+from tiny_models import tiny_clip
 
 from vl_jax.models import clip
 from vl_jax.train import clip as train_clip
@@ -23,30 +23,8 @@ def tokenizer():
     return easy_vqa.train_tokenizer(easy_vqa.corpus(), vocab_size=512)
 
 
-def tiny_config() -> ml_collections.ConfigDict:
-    m = ml_collections.ConfigDict(
-        dict(
-            image_size=16,
-            patch_size=8,
-            width=16,
-            layers=1,
-            heads=2,
-            mlp_ratio=2,
-            text_width=16,
-            text_layers=1,
-            text_heads=2,
-            context_length=16,
-            embed_dim=16,
-            act="quick_gelu",
-            mean=(0.5, 0.5, 0.5),
-            std=(0.5, 0.5, 0.5),
-        )
-    )
-    return m
-
-
 def make_trainer(tokenizer, mesh, steps=6):
-    cfg = train_clip.model_config(tiny_config(), len(tokenizer), tokenizer.eos_token_id)
+    cfg = train_clip.model_config(tiny_clip(), len(tokenizer), tokenizer.eos_token_id)
     tx = make_optimizer(optimizer_config(lr=3e-3, warmup_steps=1), steps)
     return Trainer(clip.init(cfg, seed=0), train_clip.loss_fn, tx, mesh)
 

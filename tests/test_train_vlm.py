@@ -7,10 +7,10 @@ Tiny models (16x16 images -> 4 image tokens, one decoder layer) on 16 synthetic 
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
+from tiny_models import tiny_clip
 
 from configs.demo import vlm as vlm_config
 from vl_jax.models import clip, llava
@@ -24,23 +24,7 @@ def setup(tmp_path_factory):
     """(config, decoder tokenizer, data) with a tiny exported CLIP as the vision tower."""
     tok = easy_vqa.train_tokenizer(easy_vqa.corpus(), vocab_size=512)
     path = str(tmp_path_factory.mktemp("clip"))
-    m = dict(
-        image_size=16,
-        patch_size=8,
-        width=16,
-        layers=2,
-        heads=2,
-        mlp_ratio=2,
-        text_width=16,
-        text_layers=1,
-        text_heads=2,
-        context_length=16,
-        embed_dim=16,
-        act="quick_gelu",
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
-    )
-    cfg = train_clip.model_config(ml_collections.ConfigDict(m), len(tok), tok.eos_token_id)
+    cfg = train_clip.model_config(tiny_clip(layers=2), len(tok), tok.eos_token_id)
     train_clip.export(clip.init(cfg, seed=0), tok, path)
     c = vlm_config.get_config()
     c.vision_init = path

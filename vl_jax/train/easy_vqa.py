@@ -183,7 +183,6 @@ def train_tokenizer(texts: list[str], vocab_size: int = 512, add_eos: bool = Tru
     """
     import tokenizers
     from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = tokenizers.Tokenizer(models.BPE(unk_token=UNK))
     tok.normalizer = normalizers.Lowercase()
@@ -201,15 +200,7 @@ def train_tokenizer(texts: list[str], vocab_size: int = 512, add_eos: bool = Tru
     tok.post_processor = processors.TemplateProcessing(
         single=single, special_tokens=[(BOS, bos), (EOS, eos)]
     )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=PAD,
-        unk_token=UNK,
-        additional_special_tokens=[IMAGE],
-        model_max_length=128,
-    )
+    return _fast(tok, 128)
 
 
 def without_eos(tokenizer):
@@ -217,21 +208,21 @@ def without_eos(tokenizer):
     which must generate the end token itself); same vocabulary and ids."""
     import tokenizers
     from tokenizers import processors
-    from transformers import PreTrainedTokenizerFast
 
     tok = tokenizers.Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     tok.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", special_tokens=[(BOS, tok.token_to_id(BOS))]
     )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=PAD,
-        unk_token=UNK,
-        additional_special_tokens=[IMAGE],
-        model_max_length=tokenizer.model_max_length,
-    )
+    return _fast(tok, tokenizer.model_max_length)
+
+
+def _fast(tok, max_length: int):
+    """A transformers fast tokenizer around a `tokenizers.Tokenizer` with our special tokens."""
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS,
+                                   pad_token=PAD, unk_token=UNK, additional_special_tokens=[IMAGE],
+                                   model_max_length=max_length)  # fmt: skip
 
 
 def synthetic_split(n: int = 16, size: int = 16, seed: int = 0) -> Split:
