@@ -52,7 +52,8 @@ def pipeline_pass(paths, mesh, preprocess, batch: int, workers: int, processes: 
     import jax
     import numpy as np
 
-    from vl_jax.data.pipeline import FileSource, make_pipeline
+    from vl_jax.data.files import FileSource
+    from vl_jax.data.pipeline import make_pipeline
 
     n = 0
     with make_pipeline(

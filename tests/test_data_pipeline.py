@@ -14,7 +14,8 @@ from jax.sharding import PartitionSpec as P
 from PIL import Image
 
 from vl_jax.data import pipeline
-from vl_jax.data.pipeline import FileSource, make_pipeline, restore_state, save_state
+from vl_jax.data.files import FileSource
+from vl_jax.data.pipeline import make_pipeline, restore_state, save_state
 from vl_jax.images import ImageError, load_rgb
 from vl_jax.preprocess import ClipPreprocess
 

@@ -15,7 +15,7 @@ import skimage
 from multiprocess import run_processes
 
 from vl_jax import encode
-from vl_jax.data.pipeline import FileSource
+from vl_jax.data.files import FileSource
 from vl_jax.images import load_rgb, walk_image_folder
 from vl_jax.models import clip
 from vl_jax.models.clip_config import CLIPConfig, TextConfig, VisionConfig

@@ -172,7 +172,7 @@ def encode_folder(
     progress: bool = True,
 ) -> EncodeResult:
     """Encodes every image under `images` with the CLIP checkpoint `model_path`; writes `out`."""
-    from vl_jax.data.pipeline import FileSource
+    from vl_jax.data.files import FileSource
 
     listing = walk_image_folder(images)  # fail on a bad folder before loading a model
     return _encode(

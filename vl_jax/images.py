@@ -29,6 +29,8 @@ import os
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from vl_jax.errors import NotFoundError, UserError
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "FolderListing",
@@ -49,7 +51,7 @@ _WHITE = (255, 255, 255, 255)
 _HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
     """A file could not be turned into an RGB image; ``str()`` is ``"<path>: <reason>"``."""
 
     def __init__(self, path: str | os.PathLike, reason: str):
@@ -222,7 +224,7 @@ def walk_image_folder(root: str | os.PathLike) -> FolderListing:
     """
     root = os.fspath(root)
     if not os.path.exists(root):
-        raise FileNotFoundError(f"image folder does not exist: {root}")
+        raise NotFoundError(f"image folder does not exist: {root}")
     if not os.path.isdir(root):
         raise NotADirectoryError(f"image folder is not a directory: {root}")
 

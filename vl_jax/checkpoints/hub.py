@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from vl_jax.errors import NotFoundError
+
 # Files a model loader may need; weights are safetensors only (never .bin / .pt pickles).
 DEFAULT_PATTERNS = (
     "*.json",
@@ -38,7 +40,7 @@ def resolve(
         raise NotADirectoryError(f"{path_or_id}: expected a checkpoint directory, got a file")
     looks_like_id = path_or_id.count("/") <= 1 and not path_or_id.startswith((".", "/", "~"))
     if not looks_like_id:
-        raise FileNotFoundError(f"{path_or_id}: no such checkpoint directory")
+        raise NotFoundError(f"{path_or_id}: no such checkpoint directory")
 
     import huggingface_hub
     from huggingface_hub import constants
@@ -57,7 +59,7 @@ def resolve(
             if offline
             else "it could not be downloaded"
         )
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"'{path_or_id}' is not a local directory and {hint} ({type(e).__name__}: {e}). "
             f"Download it where there is network (`hf download {path_or_id}`) and copy the cache "
             "(HF_HOME), or pass the path of a local checkpoint directory."

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping
 import ml_dtypes
 import numpy as np
 
+from vl_jax.errors import UserError
 from vl_jax.fileio import atomic_open
 
 SINGLE_FILE = "model.safetensors"
@@ -40,7 +41,7 @@ _NAMES = {v: k for k, v in _DTYPES.items()}
 _MAX_HEADER = 100 * 1024 * 1024
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint file is missing, malformed, or does not match the model."""
 
 

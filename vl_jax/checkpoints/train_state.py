@@ -23,11 +23,12 @@ import jax
 import orbax.checkpoint as ocp
 
 from vl_jax import faults
+from vl_jax.errors import IncompatibleWorkdirError
 
 log = logging.getLogger(__name__)
 
 
-class IncompatibleCheckpointError(ValueError):
+class IncompatibleCheckpointError(IncompatibleWorkdirError):
     """The workdir holds checkpoints of a different run (config or data changed)."""
 
 

@@ -6,10 +6,12 @@
     save_state(workdir / "data", step, it)  # or restore_state(workdir / "data", fresh_it)
     write_skipped(out + ".skipped.tsv", it.skipped)
 
-``source`` is anything with ``len`` and ``__getitem__`` whose examples are dicts with an
-``image`` that is a decoded ``uint8 [H, W, 3]`` (or ``[H, W]``/``[H, W, 1|4]``) array, encoded
-image bytes, or a file path, plus optional ``label`` (int, default -1) and ``id`` (str; default
-the path, else the index): ``vl_jax.data.get_source(...)``, :class:`FileSource`, a list of dicts.
+``source`` is a :class:`vl_jax.data.protocol.RandomAccessSource` (``vl_jax.data.get_source(...)``,
+:class:`vl_jax.data.files.FileSource`, a wrapped source such as VDC's corrupted one) or, in
+tests and scripts, any ``len``-able, indexable list of example dicts. An example's ``image`` is a
+decoded ``uint8 [H, W, 3]`` (or ``[H, W]``/``[H, W, 1|4]``) array, encoded image bytes, or a file
+path, plus optional ``label`` (int, default -1) and ``id`` (str; default the path, else the
+index).
 
 Stages (each small and separately testable):
 
@@ -65,7 +67,6 @@ from vl_jax.images import ImageError, decode_rgb, load_rgb, pil_to_rgb
 
 __all__ = [
     "DeviceIterator",
-    "FileSource",
     "Schedule",
     "Skipped",
     "make_pipeline",
@@ -154,22 +155,6 @@ class Schedule:
 
 
 # --------------------------------------------------------------------------- loading
-
-
-class FileSource:
-    """A random-access source over image files: ``[i] -> {"image": path, "label", "id": path}``."""
-
-    def __init__(self, paths: Sequence[str], labels: Sequence[int] | None = None):
-        self.paths = [os.fspath(p) for p in paths]
-        self.labels = np.full(len(self.paths), -1, np.int32) if labels is None else labels
-        if len(self.labels) != len(self.paths):
-            raise ValueError(f"{len(self.paths)} paths but {len(self.labels)} labels")
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"image": self.paths[i], "label": int(self.labels[i]), "id": self.paths[i]}
 
 
 def to_rgb(image: Any, name: str) -> np.ndarray:

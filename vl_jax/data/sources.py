@@ -32,24 +32,8 @@ import tensorflow_datasets as tfds
 from vl_jax.data import wordnet_ids
 from vl_jax.data.builders import image_folder_builder
 from vl_jax.data.builders.imagenet_subset import ImagenetSubset
-
-try:  # vl_jax.images.decode_rgb: the same rules as load_rgb, for bytes held in memory
-    from vl_jax.images import decode_rgb
-except ImportError:  # older vl_jax.images
-    import io
-
-    from vl_jax.images import ImageError, pil_to_rgb
-
-    def decode_rgb(data: bytes, name: str = "<bytes>") -> np.ndarray:
-        from PIL import Image, ImageOps
-
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                img.load()
-                return pil_to_rgb(ImageOps.exif_transpose(img))
-        except Exception as exc:
-            raise ImageError(name, f"{type(exc).__name__}: {exc}") from exc
-
+from vl_jax.errors import NotFoundError
+from vl_jax.images import decode_rgb
 
 __all__ = ["DatasetNotPreparedError", "Source", "get_source", "known_names"]
 
@@ -58,7 +42,7 @@ ALIASES = {c: f"imagenet_subset/{c}" for c in _IMAGENET_CONFIGS}
 IMAGE_FOLDER_PREFIX = "image_folder:"
 
 
-class DatasetNotPreparedError(FileNotFoundError):
+class DatasetNotPreparedError(NotFoundError):
     """A dataset that this code never downloads is not prepared in ``data_dir``."""
 
 
@@ -94,7 +78,8 @@ def known_names() -> list[str]:
 
 
 class Source:
-    """Random-access examples ``{"image": uint8 [H, W, 3], "label": int32, "id": str}``."""
+    """A prepared TFDS dataset as a :class:`~vl_jax.data.protocol.RandomAccessSource`:
+    examples ``{"image": uint8 [H, W, 3], "label": int32, "id": str}``."""
 
     def __init__(self, name, split, records, spec, class_names, label_map=None):
         self.name = name
@@ -129,6 +114,11 @@ class Source:
         """``int32 [N]``, ``labels()[i] == self[i]["label"]``, without decoding any image."""
         rows = range(len(self)) if self._index is None else self._index
         return np.asarray([self._label(self._records[int(j)]) for j in rows], np.int32)
+
+    def ids(self) -> list[str]:
+        """``[N]``, ``ids()[i] == self[i]["id"]``, without decoding any image."""
+        rows = range(len(self)) if self._index is None else self._index
+        return [self._id(self._records[int(j)], int(j)) for j in rows]
 
     def __repr__(self) -> str:
         return f"Source({self.name!r}, split={self.split!r}, len={len(self)}, classes={self.num_classes})"

@@ -24,6 +24,7 @@ from vl_jax.checkpoints import (
     resolve,
     save_safetensors,
 )
+from vl_jax.errors import NotFoundError
 from vl_jax.fileio import atomic_open
 from vl_jax.models import clip_weights
 from vl_jax.models.clip_config import (
@@ -181,7 +182,7 @@ def detect_format(path: str) -> str:
         return "hf"
     if os.path.exists(os.path.join(path, OPEN_CLIP_CONFIG)):
         return "open_clip"
-    raise FileNotFoundError(
+    raise NotFoundError(
         f"{path}: neither a Hugging Face CLIP checkpoint (config.json) nor an OpenCLIP one "
         f"({OPEN_CLIP_CONFIG})"
     )

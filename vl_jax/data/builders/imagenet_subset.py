@@ -30,6 +30,7 @@ import tensorflow_datasets as tfds
 from vl_jax.data import wordnet_ids
 from vl_jax.data.builders._common import ArrayRecordBuilder, log, stored_image_bytes
 from vl_jax.data.wnid_names import ILSVRC2012_WNIDS
+from vl_jax.errors import NotFoundError
 from vl_jax.images import ImageError
 
 __all__ = ["VAL_LABEL_FILES", "ImagenetSubset", "ImagenetSubsetConfig", "per_class_order"]
@@ -130,7 +131,7 @@ class ImagenetSubset(ArrayRecordBuilder):
         try:
             manual_dir = os.fspath(dl_manager.manual_dir)
         except AssertionError as exc:  # TFDS asserts that the manual dir exists and is not empty
-            raise FileNotFoundError(str(exc).split(" Create it")[0] + _HOW) from None
+            raise NotFoundError(str(exc).split(" Create it")[0] + _HOW) from None
         root = _ilsvrc_root(manual_dir)
         cfg = self.builder_config
         train = _train_files(root, cfg.wnids)
@@ -193,7 +194,7 @@ def _ilsvrc_root(manual_dir: str) -> str:
     for root in (manual_dir, os.path.join(manual_dir, _KAGGLE_ROOT)):
         if os.path.isdir(os.path.join(root, "train")):
             return root
-    raise FileNotFoundError(
+    raise NotFoundError(
         f"no ILSVRC-2012 train/ folder in the manual directory {manual_dir!r}: expected "
         f"{os.path.join(manual_dir, 'train', '<wnid>', '*.JPEG')} (or the Kaggle layout "
         f"{os.path.join(manual_dir, _KAGGLE_ROOT, 'train', '<wnid>')})." + _HOW
@@ -210,7 +211,7 @@ def _list_images(directory: str) -> list[str]:
 def _train_files(root: str, wnids: tuple[str, ...]) -> list[tuple[str, int]]:
     missing = [w for w in wnids if not os.path.isdir(os.path.join(root, "train", w))]
     if missing:
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"{len(missing)} of the {len(wnids)} class folders are missing under "
             f"{os.path.join(root, 'train')}: {', '.join(missing[:10])}"
             f"{' ...' if len(missing) > 10 else ''} (expected train/<wnid>/*.JPEG)"
@@ -228,7 +229,7 @@ def _val_files(root: str, manual_dir: str, wnids, skips) -> list[tuple[str, int]
     if present:
         missing = sorted(set(wnids) - set(present))
         if missing:
-            raise FileNotFoundError(
+            raise NotFoundError(
                 f"{val_dir} has class folders but not {', '.join(missing[:10])} "
                 "(expected val/<wnid>/*.JPEG for every class, or a flat val/)"
             )
@@ -260,7 +261,7 @@ def _read_val_labels(dirs: list[str]) -> tuple[str, dict[str, str]]:
             path = os.path.join(d, name)
             if os.path.isfile(path):
                 return path, _PARSERS[name](path)
-    raise FileNotFoundError(
+    raise NotFoundError(
         f"{os.path.join(dirs[-1])} is a flat folder (no val/<wnid>/ class folders), so a label "
         f"file is needed: one of {', '.join(VAL_LABEL_FILES)} in {' or '.join(dict.fromkeys(dirs))}"
         " (formats in docs/data.md)"
