@@ -1,7 +1,8 @@
 """Entry point: `python main.py --config configs/<experiment>.py --workdir DIR [--config.x=...]`.
 
 The config's `job` names the library function that runs it; multi-host runs pass the
-`jax.distributed` flags, or --distributed_auto on a TPU pod / SLURM cluster.
+`jax.distributed` flags, or --distributed_auto on a TPU pod / SLURM cluster. A problem with the
+input is one `error: ...` line on stderr and exit status 2, as for every entry point.
 """
 
 import importlib
@@ -35,7 +36,7 @@ def main(argv):
     for name, part in parts:
         module, fn = JOBS[part.job].split(":")
         workdir = os.path.join(_WORKDIR.value, name) if name else _WORKDIR.value
-        getattr(importlib.import_module(module), fn)(part, workdir)
+        cli.run(getattr(importlib.import_module(module), fn), part, workdir)
         done.append(workdir)
     if len(done) > 1:
         print("\noutputs (metrics.json, plots, per-sample files) in:", *done, sep="\n  ")

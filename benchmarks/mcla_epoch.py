@@ -17,7 +17,7 @@ A second figure (`sic_seconds_per_epoch`) compares like with like: SIC itself ru
 trainer (`config.method = "sic"`, `mcla_jax.methods.SIC`: one linear head, SIC's three terms and
 semantic centres) against the same PyTorch loop.
 
-Baseline (SIC, AAAI'23, ../shared/reference/clustering.md §2): one `nn.Linear(512, K)` head,
+Baseline (SIC, AAAI'23, as summarised in docs/mcla.md): one `nn.Linear(512, K)` head,
 `torch.optim.Adam`, a `DataLoader(TensorDataset(features, knn_idx, texts), shuffle=True,
 drop_last=True)`; per epoch one no-grad pass over all N (top floor(0.9 floor(N/K)) rows per
 cluster -> image centre v_k -> normalised mean of the 30 nouns nearest to v_k = semantic centre
@@ -45,8 +45,8 @@ from benchmarks.knn import clip_like_features
 
 NAME = "mcla_epoch"
 DIM, CLUSTERS, KNN = 512, 15, 20
-BATCH = 512  # mcla_jax.train.get_config().batch_size
-SIC_WEIGHTS = dict(neighbour=1.0, entropy=5.0, semantic=0.1)  # clustering.md §2
+BATCH = 512  # configs/mcla/common.py train_config().batch_size
+SIC_WEIGHTS = dict(neighbour=1.0, entropy=5.0, semantic=0.1)  # SIC's loss, docs/mcla.md
 SIC_LR, SIC_WD, SIC_ENTROPY, SIC_SEMANTIC = 1e-4, 1e-4, 5.0, 0.1
 
 
@@ -84,9 +84,10 @@ def _data(n: int, *, exact_knn: bool):
 def _ours(u, t, knn_idx, method: str = "mcla"):
     """`() -> loss` running the next epoch of `mcla_jax.train.Trainer` (the object `train`
     drives), and its config; the first epoch (compiling both programs) runs here."""
+    from configs.mcla.common import train_config
     from mcla_jax import train as mcla
 
-    cfg = mcla.get_config()
+    cfg = train_config()
     cfg.num_clusters = CLUSTERS
     cfg.batch_size = BATCH
     if method == "sic":  # SIC's settings, as the torch loop below

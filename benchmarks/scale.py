@@ -244,7 +244,9 @@ def _stage_mcla_epoch(x, y, k, *, epoch_steps: int | None):
     knn_idx = _same_blob_neighbours(y, k)
     steps = len(u) // BATCH
     run_steps = steps if epoch_steps is None else min(epoch_steps, steps)
-    cfg = T.get_config()
+    from configs.mcla.common import train_config
+
+    cfg = train_config()
     cfg.num_clusters, cfg.batch_size = k, BATCH
     t0 = time.perf_counter()
     run = T.Trainer(u, t, knn_idx, cfg)

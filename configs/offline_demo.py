@@ -1,4 +1,4 @@
-"""The offline demo: both methods on real images with the small models trained here (issue 7).
+"""The offline demo: both methods on real images with the small models trained here.
 
     python main.py --config configs/offline_demo.py --workdir runs/demo
 
@@ -22,15 +22,15 @@ import os
 
 import ml_collections
 
+import configs.mcla
 import vl_jax
-from mcla_jax.experiment import base_config
 from vdc_jax.cleanse import default_config as vdc_default
 
 DEMO = os.path.join(os.path.dirname(vl_jax.__file__), "assets", "demo")
 
 
 def _mcla(method: str, dataset: str, features: str) -> ml_collections.ConfigDict:
-    c = base_config(method, dataset)
+    c = configs.mcla.get(method, dataset)
     c.model.clip = os.path.join(DEMO, "clip")
     c.data.features_dir = features  # shared by the two methods of a dataset (encoded once)
     c.space.max_tokens = 1

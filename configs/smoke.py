@@ -7,27 +7,16 @@ Everything is offline; it checks the pipeline end to end, the numbers mean nothi
 
 import ml_collections
 
+from configs.common import mesh
+
 
 def get_config():
     c = ml_collections.ConfigDict()
     c.job = "smoke"
     c.seed = 0
-    c.model = ml_collections.ConfigDict(
-        dict(
-            image_size=64,
-            patch_size=16,
-            width=64,
-            layers=2,
-            heads=4,
-            text_width=64,
-            text_layers=2,
-            text_heads=4,
-            context_length=32,
-            embed_dim=32,
-            act="quick_gelu",
-        )
-    )
+    # Sizes of the tiny random CLIP (vl_jax.models.tiny.CLIP_FIELDS); {} = its defaults.
+    c.model = ml_collections.ConfigDict(dict(image_size=64, width=64, layers=2, embed_dim=32))
     c.encode = ml_collections.ConfigDict(dict(batch_size=8, dtype="float32"))
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
+    c.mesh = mesh()
     c.prompt = "a photo of a {}."
     return c

@@ -44,14 +44,15 @@ def tac_notrain(
     return np.argmax(x @ c.T, axis=1).astype(np.int32)
 
 
-def zeroshot(model_path: str, evals, class_names, prompts="single", dtype="float32", mesh=None):
+def zeroshot(model, evals, class_names, prompts="single", dtype="float32", mesh=None):
     """CLIP zero-shot classification with the class names (``"a photo of a {name}."`` or TAC's
     ensemble): cluster = the class whose prompt embedding is nearest in cosine. It reads the
-    class names, so it is a supervised reference, not a clustering method."""
+    class names, so it is a supervised reference, not a clustering method. ``model``: the run's
+    ``ClipCheckpoint`` or a checkpoint path."""
     from mcla_jax.noun_embeddings import embed_nouns
 
     names = [n.replace("_", " ") for n in class_names]
-    text, _ = embed_nouns(model_path, names, prompts=prompts, dtype=dtype, cache=False, mesh=mesh,
+    text, _ = embed_nouns(model, names, prompts=prompts, dtype=dtype, cache=False, mesh=mesh,
                           progress=False)  # fmt: skip
     x = methods.prepare(evals, "normalize")[0]
     return np.argmax(x @ np.asarray(text).T, axis=1).astype(np.int32)

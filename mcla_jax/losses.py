@@ -5,7 +5,7 @@ jitted, differentiated and sharded freely. Inside a ``jax.jit`` whose inputs are
 mesh's ``data`` axis, the batch means below (``mean_i``) are *global* means: XLA inserts the
 all-reduce, so the entropy balance sees the whole batch, not one device's share.
 
-Notation (../shared/reference/clustering.md §1-3, docs/mcla.md): ``B`` batch rows, ``E`` feature
+Notation (docs/mcla.md, which also gives each loss's source): ``B`` batch rows, ``E`` feature
 dim, ``K`` clusters, ``M`` nouns. ``u_i`` image feature, ``t~_i`` its text counterpart, ``p_i`` a
 cluster-probability row (softmax of a head's logits), ``<a, b>`` the dot product, ``n(x)`` L2
 normalisation. Levels and their origin:

@@ -2,10 +2,10 @@
 
 Methods: mcla, sic, tac, tac_notrain, kmeans, zeroshot (one config file each, in configs/mcla/);
 datasets: imagenet_dogs, imagenet10, cifar10, cifar20, stl10 (or `runlocal`: a tiny random CLIP on
-easy-VQA shapes, a minute on a CPU). Rerunning the same command resumes. See docs/mcla.md.
+easy-VQA shapes, a minute on a CPU). Rerunning the same command resumes. A problem with the
+input (a dataset not prepared, a bad config value, a workdir of other settings) is one
+`error: ...` line on stderr and exit status 2. See docs/mcla.md.
 """
-
-import sys
 
 from absl import app
 
@@ -16,16 +16,9 @@ _CONFIG, _WORKDIR = cli.define_flags("experiment config (configs/mcla/<method>.p
 
 def main(argv):
     cli.start(argv)
-    from mcla_jax import experiment
+    from mcla_jax import experiment  # after start(): nothing may touch the backend before it
 
-    try:
-        experiment.run(_CONFIG.value, _WORKDIR.value)
-    except Exception as exc:
-        message = experiment.fail_clearly(exc)
-        if message is None:
-            raise
-        print(message, file=sys.stderr)
-        sys.exit(2)
+    cli.run(experiment.run, _CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

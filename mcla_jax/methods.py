@@ -11,7 +11,7 @@ A `Method` tells the generic trainer (`mcla_jax.train.Trainer`) four things:
 
 Adding an alignment loss or a new method is a few lines here; the trainer, sharding,
 checkpointing, protocol and outputs are shared (docs/mcla.md). The baselines follow their
-official code as read in ../shared/reference/clustering.md §2-3; differences are listed in
+official code (summarised in docs/mcla.md, "Reference methods"); differences are listed in
 docs/mcla.md ("SIC and TAC in this framework").
 """
 
@@ -267,7 +267,7 @@ METHODS = {m.name: m for m in (MCLA, SIC, TAC)}
 
 
 def init_from_centres(model, image_centres, text_centres=None, scale: float = 0.05) -> None:
-    """SIC's centre initialisation of linear heads (clustering.md §2): ``W = 2 a C^T``,
+    """SIC's centre initialisation of linear heads (docs/mcla.md): ``W = 2 a C^T``,
     ``b_k = -a ||C_k||^2``, so ``logits_k = a (||x||^2 - ||x - C_k||^2)`` and the head's argmax
     starts as the nearest centre. ``image_centres`` ``[K, E]`` go to ``image_head`` (or SIC's
     ``head``), ``text_centres`` to ``text_head``; ``scale`` is ``a`` (SIC: 0.05 on raw CLIP

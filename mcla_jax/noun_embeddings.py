@@ -8,7 +8,7 @@ and L2-normalised; the P prompt embeddings are averaged and the mean is normalis
     t_w = normalize( (1/P) sum_p normalize(text(template_p.format(w))) )
 
 This is CLIP's zero-shot prompt ensembling (Radford et al. 2021). TAC's code averages the
-*unnormalised* embeddings instead (clustering.md §3); ``combine="raw"`` gives that (then the mean
+*unnormalised* embeddings instead (docs/mcla.md); ``combine="raw"`` gives that (then the mean
 is normalised once). Both return unit rows. Noun lists contain repeats (82,115 synsets share
 67,893 first lemmas), so each distinct text is encoded once and rows are copied back.
 
@@ -36,13 +36,13 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from vl_jax import faults, parallel
-from vl_jax.checkpoints import resolve
 from vl_jax.fileio import atomic_open
 from vl_jax.models import clip
-from vl_jax.models.clip_tokenizer import load_tokenizer, tokenize
+from vl_jax.models.clip_tokenizer import tokenize
+from vl_jax.models.loaded import ClipCheckpoint, as_clip
 
 SINGLE_PROMPT = ("a photo of a {}.",)
-# TAC's (Li et al., ICML 2024) ensemble, from its official code (clustering.md §3): a subset of
+# TAC's (Li et al., ICML 2024) ensemble, from its official code (docs/mcla.md): a subset of
 # CLIP's 80 ImageNet templates.
 TAC_PROMPTS = (
     "itap of a {}.",
@@ -140,7 +140,7 @@ def make_noun_encoder(
 
 
 def embed_nouns(
-    model_path: str,
+    model: ClipCheckpoint | str,
     nouns: Sequence[str] | None = None,
     prompts: str | Sequence[str] = "single",
     *,
@@ -155,13 +155,15 @@ def embed_nouns(
     """CLIP text embeddings of ``nouns`` under a prompt template ensemble.
 
     Args:
-      model_path: CLIP checkpoint directory or hub id (``vl_jax.checkpoints.resolve``).
+      model: the run's :class:`~vl_jax.models.loaded.ClipCheckpoint` (its weights are loaded
+        only when some noun is not cached), or a CLIP checkpoint directory / hub id.
       nouns: texts to embed; default: the first lemma of every WordNet 3.0 noun synset, in WNID
         order (``mcla_jax.wordnet.load().lemmas``), so row i belongs to ``wnids[i]``.
       prompts: ``"single"`` ("a photo of a {}."), ``"tac"`` (TAC's 7) or a list of templates.
       combine: ``"normalized"`` (mean of unit prompt embeddings) or ``"raw"`` (TAC's plain mean).
       batch_size: nouns per global batch (each is P texts), rounded up to split over the mesh.
-      dtype: compute dtype of the text tower (``"bfloat16"`` on accelerators).
+      dtype: compute dtype of the text tower (``"bfloat16"`` on accelerators); a given
+        ClipCheckpoint keeps its own.
       cache, cache_dir: reuse / write ``<cache_dir>/nouns-<key>.npz`` (default dir:
         ``default_cache_dir()``). With several processes it must be a shared filesystem.
       mesh: the ``("data", "model")`` mesh (default: all devices on ``data``).
@@ -173,7 +175,8 @@ def embed_nouns(
     if any(not isinstance(n, str) for n in nouns):
         raise TypeError("nouns must be strings")
     templates = resolve_prompts(prompts)
-    path = resolve(model_path)
+    ck = as_clip(model, mesh=mesh, dtype=dtype)
+    path, dtype = ck.path, ck.dtype
     texts, inverse = np.unique(np.array(nouns, dtype=object), return_inverse=True)
     texts = [str(t) for t in texts]  # distinct nouns, sorted (np.unique)
     key = cache_key(path, templates, texts, combine, dtype)
@@ -184,19 +187,18 @@ def embed_nouns(
             return emb[inverse], nouns
     done_rows, done_emb = _read_parts(final + ".parts", key, len(texts)) if cache else ([], [])
 
-    model = clip.from_pretrained(path, dtype=jnp.dtype(dtype))
-    if model.text is None:
+    if ck.config.text is None:
         raise ValueError(f"{path}: this CLIP checkpoint has no text tower")
-    mesh = mesh or parallel.create_mesh()
-    emb = np.zeros((len(texts), model.config.embed_dim), np.float32)
+    mesh = mesh or ck.mesh
+    emb = np.zeros((len(texts), ck.config.embed_dim), np.float32)
     for rows, e in zip(done_rows, done_emb):
         emb[rows] = e
     todo = np.setdiff1d(np.arange(len(texts)), np.concatenate([[], *done_rows]).astype(np.int64))
     if jax.process_count() > 1:  # every process must run the same batches
         multihost_utils.assert_equal(np.int64(len(todo)), "partial caches differ across hosts")
     if len(todo):
-        ids, mask = _tokenize(path, model.config.text.context_length, templates, texts, todo)
-        encoder = make_noun_encoder(model, mesh, combine)
+        ids, mask = _tokenize(ck.tokenizer, ck.config.text.context_length, templates, texts, todo)
+        encoder = make_noun_encoder(ck.model, mesh, combine)
         parts = final + ".parts" if cache and jax.process_index() == 0 else None
         bar = tqdm(
             total=len(texts), initial=len(texts) - len(todo), unit="noun", disable=not progress
@@ -216,7 +218,9 @@ def embed_nouns(
     return emb[inverse], nouns
 
 
-def vocabulary_mask(model_path: str, nouns: Sequence[str], max_tokens: int) -> np.ndarray:
+def vocabulary_mask(
+    model: ClipCheckpoint | str, nouns: Sequence[str], max_tokens: int
+) -> np.ndarray:
     """bool ``[M]``: the nouns the checkpoint's tokenizer writes in at most ``max_tokens``
     tokens (special tokens not counted) and without its unknown token.
 
@@ -227,7 +231,7 @@ def vocabulary_mask(model_path: str, nouns: Sequence[str], max_tokens: int) -> n
     """
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-    tokenizer = load_tokenizer(resolve(model_path))
+    tokenizer = as_clip(model).tokenizer
     ids = tokenizer(list(nouns), add_special_tokens=False)["input_ids"]
     unk = getattr(tokenizer, "unk_token_id", None)
     return np.array([0 < len(i) <= max_tokens and unk not in i for i in ids], bool)
@@ -239,9 +243,8 @@ def load_wordnet_lemmas() -> tuple[str, ...]:
     return wordnet.load().lemmas
 
 
-def _tokenize(path, context_length, templates, texts, todo, chunk=4096):
+def _tokenize(tokenizer, context_length, templates, texts, todo, chunk=4096):
     """-> ids, mask [len(todo), P, L] int32 with one L for the whole run (one compilation)."""
-    tokenizer = load_tokenizer(path, context_length)
     prompts = [t.format(texts[r]) for r in todo for t in templates]
     parts = [
         tokenize(tokenizer, prompts[i : i + chunk], context_length)

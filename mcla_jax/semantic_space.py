@@ -9,8 +9,8 @@ and returns a ``SemanticSpace``: the chosen noun rows with a score each, best fi
     space = mcla_space(img, emb, wordnet.load(), n_clusters=15)  # SIC + WordNet-hierarchy filter
     write_tsv(space, workdir)                            # <workdir>/semantic_space_<method>.tsv
 
-The formulas (docs/semantic_space.md; ../shared/reference/clustering.md §2-3) are restated in each
-docstring. Memory stays O((N + M) E): similarities are computed by a jitted scan over blocks of
+The formulas (docs/semantic_space.md, taken from SIC's and TAC's official code) are restated in
+each docstring. Memory stays O((N + M) E): similarities are computed by a jitted scan over blocks of
 ``block`` nouns with a running ``lax.top_k`` merge, so at most ``[Q, block]`` scores exist at once
 (Q = number of centres). Ties go to the lower noun row everywhere, so results are deterministic
 and do not depend on ``block``.
@@ -280,7 +280,7 @@ def sic_space(
     block: int = NOUN_BLOCK,
     candidates=None,
 ) -> SemanticSpace:
-    """SIC's semantic space (Cai et al., AAAI 2023; clustering.md §2).
+    """SIC's semantic space (Cai et al., AAAI 2023; docs/semantic_space.md).
 
     ``C = kmeans(u, K)``; ``T_r = U_k top-gamma_r_w cos(C_k, t_w)``;
     ``T_u = {w : cos(t_w, mean_w' t_w') < 1 - gamma_u}``; ``T = T_r n T_u``.
@@ -326,7 +326,7 @@ def tac_space(
     block: int = NOUN_BLOCK,
     candidates=None,
 ) -> SemanticSpace:
-    """TAC's semantic space by reverse assignment (Li et al., ICML 2024; clustering.md §3).
+    """TAC's semantic space by reverse assignment (Li et al., ICML 2024; docs/semantic_space.md).
 
     ``C = spherical-kmeans(u, L)`` with ``L = max(1, N // 300)``; each noun goes to
     ``a(w) = argmax_l cos(C_l, t_w)`` with confidence ``p(w) = max_l softmax_l(cos(C_l, t_w) /
@@ -404,7 +404,7 @@ def mcla_space(
 ) -> SemanticSpace:
     """MCLA's "smaller but better" space: SIC's filters, then a WordNet-hierarchy filter.
 
-    Only "SIC's filters + hierarchy-aware filtering" is known of MCA (clustering.md §1); the
+    Only "SIC's filters + hierarchy-aware filtering" is known of MCA (its abstract); the
     filter below is our design (docs/semantic_space.md). On the candidates (per-centre lists of
     ``gamma_r`` nouns by ``rule``, SIC's uniqueness filter), with ``s(w)`` = the list score:
 

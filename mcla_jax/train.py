@@ -1,7 +1,7 @@
 """MCLA training on frozen features: cluster heads trained with the multi-level losses.
 
     from mcla_jax import train as mcla
-    cfg = mcla.get_config()                      # or configs/mcla/synthetic.py
+    cfg = configs.mcla.common.train_config()     # or configs/mcla/synthetic.py
     cfg.num_clusters = 15
     idx, _ = knn(features, 20)                   # vl_jax.cluster.knn, [N, k]
     assign, history = mcla.train(features, idx, texts, config=cfg)   # texts: [N, E] counterparts
@@ -28,7 +28,6 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from flax import nnx
@@ -44,43 +43,7 @@ from vl_jax.parallel import DATA, create_mesh, fetch, replicated
 
 # MCLA's loss weights and what each multiplies (docs/mcla.md). 0 disables a term.
 LOSS_TERMS = methods.MCLA.terms
-__all__ = ["MCLAModel", "Trainer", "get_config", "prepare", "train"]
-
-
-def get_config() -> ml_collections.ConfigDict:
-    """Defaults (TAC's optimiser and entropy weight, SIC's confident fraction; docs/mcla.md)."""
-    c = ml_collections.ConfigDict()
-    c.method = "mcla"  # mcla | sic | tac (mcla_jax.methods)
-    c.num_clusters = 10
-    c.seed = 0
-    c.epochs = 20
-    c.batch_size = 512  # global; must be divisible by the mesh's data axis
-    c.lr = 1e-3
-    c.b1, c.b2 = 0.9, 0.99
-    c.weight_decay = 0.0
-    c.model = ml_collections.ConfigDict(dict(hidden=0, adapter=False, adapter_ratio=0.2))
-    c.weights = ml_collections.ConfigDict(
-        dict(
-            instance=1.0,  # only trains something when the adapter is on (skipped otherwise)
-            consistency=1.0,
-            prototype=1.0,
-            semantic=1.0,
-            cluster=1.0,
-            neighbour=1.0,
-            entropy=5.0,
-        )
-    )
-    c.tau = ml_collections.ConfigDict(dict(instance=0.1, prototype=0.5, cluster=0.5, text=0.005))
-    c.confident_frac = 0.9  # SIC: top floor(0.9 floor(N / K)) rows per cluster -> semantic centre
-    c.semantic_nouns = 30  # SIC: space nouns averaged into each semantic centre
-    c.init = "random"  # or "kmeans": linear heads start at k-means centres (SIC's option)
-    c.init_scale = 0.05  # a in W = 2aC, b = -a|C|^2
-    # Rows per block of the per-epoch targets pass; its memory is a few [rows, K] arrays.
-    # 0: 2^24 / K (64 MB per array; one block for N <= 1.1M at K = 15, 16,777 rows at K = 1000).
-    c.target_block_rows = 0
-    c.warmup_epochs = 1  # prototype/semantic targets come from the previous epoch's heads
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
-    return c
+__all__ = ["MCLAModel", "Trainer", "prepare", "train"]
 
 
 def prepare(x) -> np.ndarray:
@@ -188,9 +151,10 @@ def train(features, knn_indices, texts=None, *, nouns=None, config=None, mesh: M
       knn_indices: ``[N, k]`` neighbour rows of each image (``vl_jax.cluster.knn``).
       texts: ``[N, E]`` text counterparts; or None with ``nouns`` ``[M, E]`` (unit-norm noun
         embeddings of the semantic space) to build them (``build_text_counterparts``).
-      config: ``get_config()``-shaped ConfigDict (``num_clusters`` etc.; ``batch_size`` is the
+      config: the training block of a clustering config (``configs/mcla/common.py``
+        ``train_config()``; schema in docs/mcla.md) (``num_clusters`` etc.; ``batch_size`` is the
         global batch, capped at N rounded down to the data axis, and must divide by it).
-      mesh: ``("data", "model")`` mesh; default from ``config.mesh``.
+      mesh: ``("data", "model")`` mesh; default: all devices on ``data``.
       labels: optional ``[N]`` classes, used only to *report* ACC/NMI/ARI per epoch in the history
         (never for selection: the last epoch is returned).
 
@@ -198,7 +162,9 @@ def train(features, knn_indices, texts=None, *, nouns=None, config=None, mesh: M
       ``(assignments [N] int32, history)``; history has one dict per epoch with the epoch means
       of ``loss`` and each active term (and ``acc``/``nmi``/``ari`` with ``labels``).
     """
-    cfg = get_config() if config is None else config
+    if config is None:
+        raise TypeError("train() needs a config (configs/mcla/common.py: train_config())")
+    cfg = config
     if texts is None:
         if nouns is None:
             raise ValueError("give text counterparts `texts` or noun embeddings `nouns`")
@@ -220,7 +186,7 @@ class Trainer:
       u, t: prepared (``methods.prepare``) image features and text counterparts ``[N, E]``.
       knn_idx: ``[N, k]`` image-space neighbours; knn_txt: ``[N, k']`` text-space neighbours
         (methods with ``text_knn``).
-      cfg: ``get_config()``-shaped; mesh: default from ``cfg.mesh``.
+      cfg: the training block of a clustering config; mesh: default all devices on ``data``.
       aux: the method's extra arrays (SIC: ``{"nouns": [M, E]}``), replicated.
       centres: optional ``(image [K, E], text [K, E] | None)`` cluster centres (e.g. k-means on
         ``u``) that initialise the linear heads so that the first assignment is the nearest
@@ -250,7 +216,7 @@ class Trainer:
         if unknown:
             raise ValueError(f"config.weights lacks {sorted(unknown)} for {self.method.name}")
         if mesh is None:
-            mesh = create_mesh(int(cfg.mesh.data), int(cfg.mesh.model))
+            mesh = create_mesh()
         d = mesh.shape[DATA]
         bsz = min(int(cfg.batch_size), n // d * d)
         if bsz % d or bsz == 0:

@@ -1,4 +1,4 @@
-"""Generate ``vl_jax/data/wnid_names.py``: ImageNet-1k WNIDs and their WordNet 3.0 lemmas.
+"""Generate ``vl_jax/assets/wnid_names.tsv``: ImageNet-1k WNIDs and their WordNet 3.0 lemmas.
 
 Usage (needs the Debian ``wordnet-base`` package for ``data.noun``; nothing else)::
 
@@ -15,29 +15,21 @@ Sources:
   offset of its synset line, whose fields are ``offset lex_filenum ss_type w_cnt (word lex_id)*``
   (``w_cnt`` in hex; see ``wndb(5WN)``). Reading the file directly gives the same lemmas as
   ``nltk.corpus.wordnet.synset_from_pos_and_offset`` without needing NLTK or a corpus download.
+
+Output: a header line ``wnid<TAB>lemmas``, then one line per class in ILSVRC2012_ID order
+(line i + 1 = id i), ``<wnid><TAB><lemma>;<lemma>;...`` with WordNet's raw lemma spelling
+(underscores for spaces), read by :mod:`vl_jax.data.wnid_names`.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping, Sequence
 
 import tensorflow_datasets as tfds
 
-_OUT = os.path.join(os.path.dirname(__file__), os.pardir, "vl_jax", "data", "wnid_names.py")
-_HEADER = '''"""ImageNet-1k (ILSVRC-2012) WNIDs and WordNet 3.0 lemmas. GENERATED, do not edit.
-
-Regenerate with ``python scripts/make_wnid_names.py`` (reads Debian ``wordnet-base``'s
-``data.noun`` and TFDS's ``imagenet_resized_labels.txt``; see that script for the sources).
-
-* ``ILSVRC2012_WNIDS[i - 1]`` is the WNID of ILSVRC2012_ID ``i`` (devkit order, the ids used in
-  ``ILSVRC2012_validation_ground_truth.txt``). ``sorted(ILSVRC2012_WNIDS)`` is the usual
-  0..999 label order of torchvision/TFDS ``imagenet2012``.
-* ``WNID_LEMMAS[wnid]`` are the synset's lemmas in WordNet order (first = most common name).
-"""
-
-# fmt: off
-'''
+_OUT = os.path.join(os.path.dirname(__file__), os.pardir, "vl_jax", "assets", "wnid_names.tsv")
 
 
 def read_lemmas(data_noun: str, wnids: list[str]) -> dict[str, tuple[str, ...]]:
@@ -55,6 +47,20 @@ def read_lemmas(data_noun: str, wnids: list[str]) -> dict[str, tuple[str, ...]]:
     return out
 
 
+def write_table(path: str, wnids: Sequence[str], lemmas: Mapping[str, Sequence[str]]) -> None:
+    """Write the asset: header, then ``wnid<TAB>lemma;lemma;...`` per WNID in ``wnids`` order."""
+    lines = ["wnid\tlemmas\n"]
+    for w in wnids:
+        names = lemmas[w]
+        if not names or any(";" in n or "\t" in n or "\n" in n for n in names):
+            raise ValueError(f"{w}: lemmas {names!r} cannot be written as ';'-separated text")
+        lines.append(f"{w}\t{';'.join(names)}\n")
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        f.writelines(lines)
+    os.replace(tmp, path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data_noun", default="/usr/share/wordnet/data.noun")
@@ -67,17 +73,7 @@ def main() -> None:
     with open(labels) as f:
         wnids = [line.strip() for line in f if line.strip()]
     assert len(wnids) == len(set(wnids)) == 1000, len(wnids)
-    lemmas = read_lemmas(args.data_noun, wnids)
-
-    lines = [_HEADER, "ILSVRC2012_WNIDS = (\n"]
-    lines += [f'    "{w}",\n' for w in wnids]
-    lines += [")\n\n", "WNID_LEMMAS = {\n"]
-    for w in sorted(wnids):
-        names = ", ".join(f'"{n}"' for n in lemmas[w])
-        lines.append(f'    "{w}": ({names},),\n')
-    lines += ["}\n", "# fmt: on\n"]
-    with open(args.out, "w") as f:
-        f.writelines(lines)
+    write_table(args.out, wnids, read_lemmas(args.data_noun, wnids))
     print(f"wrote {len(wnids)} WNIDs to {os.path.normpath(args.out)}")
 
 

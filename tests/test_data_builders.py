@@ -23,7 +23,7 @@ from vl_jax.data.builders.imagenet_subset import (
 from vl_jax.data.wnid_names import ILSVRC2012_WNIDS, WNID_LEMMAS
 from vl_jax.images import load_rgb
 
-# clustering.md §5, verbatim: the 15 ImageNet-Dogs classes and ImageNet-10.
+# The published class lists (docs/data.md), verbatim: the 15 ImageNet-Dogs classes and ImageNet-10.
 DOGS_FROM_SPEC = """n02085936 Maltese_dog, n02086646 Blenheim_spaniel, n02088238 basset,
 n02091467 Norwegian_elkhound, n02097130 giant_schnauzer, n02099601 golden_retriever, n02101388
 Brittany_spaniel, n02101556 clumber, n02102177 Welsh_springer_spaniel, n02105056 groenendael,

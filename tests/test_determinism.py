@@ -30,7 +30,7 @@ def data():
 def _config(method: str):
     cfg = get_config()
     cfg.method, cfg.epochs = method, EPOCHS
-    if method == "sic":  # SIC's terms (clustering.md §2), on a small problem's learning rate
+    if method == "sic":  # SIC's terms (docs/mcla.md), on a small problem's learning rate
         cfg.weights = dict(neighbour=1.0, entropy=5.0, semantic=0.1)
         cfg.warmup_epochs = 1
     elif method == "tac":

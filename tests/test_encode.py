@@ -19,9 +19,9 @@ from vl_jax.data.files import FileSource
 from vl_jax.images import load_rgb, walk_image_folder
 from vl_jax.models import clip
 from vl_jax.models.clip_config import CLIPConfig, TextConfig, VisionConfig
+from vl_jax.models.tiny import save_clip as write_checkpoint
 from vl_jax.models.transformer import EncoderConfig
 from vl_jax.preprocess import ClipPreprocess
-from vl_jax.smoke import write_checkpoint
 
 SKIMAGE_DATA = os.path.join(os.path.dirname(skimage.__file__), "data")
 

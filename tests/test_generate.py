@@ -235,6 +235,24 @@ def test_llava_image_sharing_equals_separate_runs(tiny_llava):
         gen.generate(ours, ids, mask, pixel_values=pixels, image_index=index + 1, max_new_tokens=2)
 
 
+def test_llava_without_image_index_is_one_image_per_row(tiny_llava):
+    """transformers' convention: `pixel_values` alone means row i uses image i."""
+    _, ours, pixels, p = tiny_llava
+    ids, mask = prompts([4, 9], seed=6, image_tokens=p)
+    kw = dict(max_new_tokens=L, eos_token_id=EOS, pad_token_id=PAD)
+    got = gen.generate(ours, ids, mask, pixel_values=pixels, **kw)
+    want = gen.generate(ours, ids, mask, pixel_values=pixels, image_index=np.arange(2), **kw)
+    np.testing.assert_array_equal(got, want)
+    swapped = gen.generate(ours, ids, mask, pixel_values=pixels[::-1], **kw)
+    np.testing.assert_array_equal(
+        swapped, gen.generate(ours, ids, mask, pixel_values=pixels, image_index=[1, 0], **kw)
+    )
+    with pytest.raises(ValueError, match="one image per row"):
+        gen.generate(ours, ids[:1], mask[:1], pixel_values=pixels, max_new_tokens=2)
+    with pytest.raises(ValueError, match="without pixel_values"):
+        gen.generate(ours, ids, mask, image_index=np.arange(2), max_new_tokens=2)
+
+
 def test_generate_text_with_chat_template(llama):
     from tokenizers import Tokenizer, models, pre_tokenizers
 

@@ -21,6 +21,7 @@ import sys
 import numpy as np
 import pytest
 
+import configs.mcla as mcla_configs
 from mcla_jax import experiment
 from vl_jax import faults
 
@@ -58,8 +59,8 @@ def _outputs(workdir) -> dict:
 def reference(tmp_path_factory):
     """The uninterrupted run (features and noun caches of its own) and the points it passed."""
     root = tmp_path_factory.mktemp("kill")
-    cfg = experiment.base_config("mcla", "runlocal")
-    os.replace(experiment.clip_path(cfg, str(root)), root / "clip")  # the tiny random CLIP
+    cfg = mcla_configs.get("mcla", "runlocal")
+    os.replace(experiment.clip_checkpoint(cfg, str(root), None).path, root / "clip")  # the tiny random CLIP
     trace = root / "trace.txt"
     done = _run(
         _args(root, root / "ref", root / "features", root / "nouns"), VL_JAX_FAULT_TRACE=str(trace)

@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pytest
 
+import configs.mcla as mcla_configs
 from mcla_jax import experiment
 from vl_jax.metrics import clustering_metrics
 
@@ -26,13 +27,13 @@ LIMIT = 400  # images per split
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     root = tmp_path_factory.mktemp("mcla_shared")
-    cfg = experiment.base_config("kmeans", "runlocal")
-    clip_dir = experiment.clip_path(cfg, str(root))  # the tiny random CLIP, written once
+    cfg = mcla_configs.get("kmeans", "runlocal")
+    clip_dir = experiment.clip_checkpoint(cfg, str(root), None).path  # the tiny random CLIP, written once
     return dict(clip=clip_dir, features=str(root / "features"), cache=str(root / "nouns"))
 
 
 def _config(method, shared, **overrides):
-    c = experiment.base_config(method, "runlocal")
+    c = mcla_configs.get(method, "runlocal")
     c.model.tiny = False
     c.model.clip = shared["clip"]
     c.data.limit = LIMIT
@@ -145,7 +146,7 @@ def test_unprepared_dataset_is_a_clear_error(tmp_path):
 
 
 def test_bad_config_names():
-    with pytest.raises(ValueError, match="unknown dataset"):
-        experiment.base_config("mcla", "imagenet_cats")
+    with pytest.raises(ValueError, match="'imagenet_cats' is not known"):
+        mcla_configs.get("mcla", "imagenet_cats")
     with pytest.raises(ValueError, match="unknown method"):
-        experiment.base_config("dbscan", "cifar10")
+        mcla_configs.get("dbscan", "cifar10")

@@ -1,5 +1,5 @@
 """SIC and TAC in the framework: their loss terms and targets against direct PyTorch
-transcriptions of the official losses (clustering.md §2-3), and short training runs."""
+transcriptions of the official losses (docs/mcla.md), and short training runs."""
 
 import numpy as np
 import pytest
@@ -175,13 +175,9 @@ def test_centre_init_starts_at_the_nearest_centre(mesh1):
 
 
 def test_vocabulary_mask_keeps_words_the_tokenizer_knows(tmp_path):
-    from mcla_jax.experiment import base_config
     from mcla_jax.noun_embeddings import vocabulary_mask
-    from vl_jax.models import clip
-    from vl_jax.smoke import tiny_clip_config, write_checkpoint
+    from vl_jax.models import tiny
 
-    write_checkpoint(
-        clip.init(tiny_clip_config(base_config("kmeans", "runlocal").tiny)), str(tmp_path)
-    )
-    mask = vocabulary_mask(str(tmp_path), ["dog", "photo", "xylophonist", "a b c d"], 1)
+    tiny.write_clip(str(tmp_path / "clip"))
+    mask = vocabulary_mask(str(tmp_path / "clip"), ["dog", "photo", "xylophonist", "a b c d"], 1)
     np.testing.assert_array_equal(mask, [True, True, False, False])  # CLIP's BPE: whole words

@@ -19,6 +19,7 @@ import pytest
 import test_mcla_train as synthetic_data  # module access only: its fixtures stay unregistered
 from multiprocess import AUDIT_WRITES, run_processes
 
+import configs.mcla as mcla_configs
 from configs.mcla.synthetic import get_config
 from mcla_jax import experiment, wordnet
 from mcla_jax import noun_embeddings as ne
@@ -78,7 +79,7 @@ _WORKER = (
 def _experiment_config(root: str) -> ml_collections.ConfigDict:
     """MCLA on precomputed features in ``root/features``: a stand-in CLIP directory whose noun
     embeddings (random unit rows, the whole WordNet table) are already in the noun cache."""
-    cfg = experiment.base_config("mcla", "runlocal")
+    cfg = mcla_configs.get("mcla", "runlocal")
     cfg.model.tiny = False
     cfg.model.clip = os.path.join(root, "clip")
     cfg.space.cache_dir = os.path.join(root, "noun_cache")

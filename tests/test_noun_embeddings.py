@@ -3,37 +3,22 @@
 import os
 import shutil
 
-import jax
-import ml_collections
 import numpy as np
 import pytest
-from flax import nnx
 
 from mcla_jax import noun_embeddings as ne
 from mcla_jax import wordnet
-from vl_jax.models import clip
+from vl_jax.models import clip, tiny
 from vl_jax.models.clip_tokenizer import load_tokenizer, tokenize
-from vl_jax.smoke import tiny_clip_config, write_checkpoint
+from vl_jax.models.tiny import save_clip as write_checkpoint
 
 _MAKE_ENCODER = ne.make_noun_encoder  # the real one, also while a test has patched it
 
 
 def _tiny_clip():
-    """A tiny CLIP with random weights, filled from numpy: `clip.init` runs ~40 small XLA
-    compilations (~10 s on a busy 2-core machine), this none."""
-    c = ml_collections.ConfigDict(
-        dict(image_size=32, patch_size=16, width=32, layers=1, heads=2, text_width=64,
-             text_layers=2, text_heads=4, context_length=32, embed_dim=32, act="quick_gelu")
-    )  # fmt: skip
-    cfg = tiny_clip_config(c)
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: clip.CLIP(cfg, rngs=nnx.Rngs(0))))
-    rng = np.random.default_rng(0)
-
-    def fill(path, x):  # N(0, 0.02), around 1 for LayerNorm scales
-        scale = "scale" in jax.tree_util.keystr(path)
-        return (rng.normal(0, 0.02, x.shape) + scale).astype(x.dtype)
-
-    return nnx.merge(graphdef, jax.tree.map_with_path(fill, abstract))
+    """The tiny CLIP (vl_jax.models.tiny) at 32 px with a 1-layer image tower, filled from numpy
+    (no XLA compilation)."""
+    return tiny.random_clip(tiny.clip_config(image_size=32, width=32, layers=1, heads=2))
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The README's main command (configs/offline_demo.py) on a reduced subset: its bounds hold.
 
 The full command runs every part on the whole easy-VQA splits; here each part keeps its settings
-but reads fewer images, so the suite stays within CI time. Bounds (issue 7): MCLA on shapes ACC
+but reads fewer images, so the suite stays within CI time. Bounds: MCLA on shapes ACC
 >= 0.95 and not below CLIP k-means on the same features; on colours above it; VDC TPR >= 0.95 at
 FPR <= 0.05. "Not below" on shapes, not "above": k-means misses one image of this subset
 (test/852, a small yellow circle on a pale background) that every classifier *trained with the
@@ -81,11 +81,11 @@ def test_main_prints_where_outputs_are(tmp_path):
     cfg = tmp_path / "suite.py"
     cfg.write_text(
         "import ml_collections\n"
-        "from mcla_jax.experiment import base_config\n"
+        "from configs.mcla.kmeans import get_config\n"
         "def get_config():\n"
         "    c = ml_collections.ConfigDict()\n"
         "    c.job = 'suite'\n"
-        "    k = base_config('kmeans', 'runlocal')\n"
+        "    k = get_config('runlocal')\n"
         "    k.data.limit = 200\n"
         "    c.parts = {'a': k}\n"
         "    return c\n"

@@ -10,6 +10,7 @@ distractors under a broad subtree.
 import numpy as np
 import pytest
 
+import configs.mcla as mcla_configs
 from mcla_jax import semantic_space as ss
 from mcla_jax.wordnet import Noun, WordNetNouns
 
@@ -395,16 +396,16 @@ def test_experiment_passes_space_rule(world, monkeypatch, tmp_path):
     shallow = dict(min_depth=2, max_descendants=50)
     build = ss.mcla_space
     monkeypatch.setattr(ss, "mcla_space", lambda *a, **k: build(*a, **k, **shallow))
-    cfg = experiment.base_config("mcla", "easy_vqa_shapes")
+    cfg = mcla_configs.get("mcla", "easy_vqa_shapes")
     cfg.train.num_clusters, cfg.space.gamma_r = 4, 8
     spaces = {}
     for rule in ("nearest", "margin"):
         cfg.space.rule = rule
-        _, space = experiment.noun_space(cfg, str(tmp_path), "unused", world["img"], None)
+        space = experiment.noun_space(cfg, str(tmp_path), "unused", world["img"], None).space
         want = build(world["img"], world["emb"], world["wn"], n_clusters=4, gamma_r=8,
                      rule=rule, **shallow)  # fmt: skip
         spaces[rule] = space.scores
         np.testing.assert_array_equal(space.indices, want.indices)
         np.testing.assert_allclose(space.scores, want.scores, atol=1e-6)
     assert len(spaces["margin"]) and spaces["margin"].max() < spaces["nearest"].max()  # differ
-    assert experiment.base_config("mcla").space.rule == "nearest"  # default unchanged
+    assert mcla_configs.get("mcla").space.rule == "nearest"  # default unchanged

@@ -4,7 +4,7 @@
 
     def main(argv):
         cli.start(argv)          # quiet logs, jax.distributed when asked
-        run(_CONFIG.value, _WORKDIR.value)
+        cli.run(run, _CONFIG.value, _WORKDIR.value)   # a UserError: one line, exit 2
 
 Used by main.py, `python -m mcla_jax.main` and `python -m vdc_jax.main`, so the three accept the
 same flags: --coordinator_address / --num_processes / --process_id, or --distributed_auto on a
@@ -19,7 +19,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from vl_jax import parallel
+from vl_jax import errors, parallel
 
 _COORD = _NPROC = _PID = _AUTO = None
 
@@ -51,3 +51,9 @@ def start(argv) -> None:
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     absl_logging.set_verbosity(absl_logging.WARNING)
     parallel.initialize_distributed(_COORD.value, _NPROC.value, _PID.value, auto=_AUTO.value)
+
+
+def run(fn, config, workdir: str):
+    """``fn(config, workdir)`` under the one exit policy (``vl_jax.errors``): a user error is
+    one ``error: ...`` line on stderr and exit status 2; a bug keeps its traceback."""
+    return errors.exit_on_user_error(fn, config, workdir)

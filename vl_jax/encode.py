@@ -16,24 +16,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import os
 import sys
 import time
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
 from vl_jax import faults, parallel
-from vl_jax.checkpoints import resolve
 from vl_jax.fileio import atomic_open
 from vl_jax.images import walk_image_folder
 from vl_jax.models import clip
+from vl_jax.models.loaded import ClipCheckpoint, as_clip, preprocess_for
 from vl_jax.preprocess import ClipPreprocess
+
+__all__ = ["EncodeResult", "encode_dataset", "encode_folder", "encode_source", "preprocess_for"]
 
 
 def make_image_encoder(model: clip.CLIP, mesh) -> Callable[[jax.Array], jax.Array]:
@@ -51,19 +51,6 @@ def make_image_encoder(model: clip.CLIP, mesh) -> Callable[[jax.Array], jax.Arra
 
     # A partial keeps the jitted function reachable (`.func`), e.g. to check it compiled once.
     return functools.partial(encode, state)
-
-
-def preprocess_for(path: str, cfg: clip.CLIPConfig) -> ClipPreprocess:
-    """The image preprocessing a checkpoint directory declares (HF preprocessor_config.json or
-    OpenCLIP preprocess_cfg), defaulting to OpenAI CLIP's at the model's image size."""
-    if os.path.exists(os.path.join(path, "preprocessor_config.json")):
-        return ClipPreprocess.from_hf_dir(path)
-    oc = os.path.join(path, "open_clip_config.json")
-    if os.path.exists(oc):
-        with open(oc) as f:
-            return ClipPreprocess.from_open_clip_config(json.load(f), source=oc)
-    size = cfg.vision.image_size
-    return ClipPreprocess(size=size, crop_size=(size, size), mean=cfg.mean, std=cfg.std)
 
 
 @dataclasses.dataclass
@@ -132,20 +119,20 @@ def encode_source(
     return features, cat(rows, np.int64), ids, cat(labels, np.int32), skipped
 
 
-def _encode(model_path, source, out, *, class_names, ignored, batch_size, dtype, workers, mesh,
+def _encode(model, source, out, *, class_names, ignored, batch_size, dtype, workers, mesh,
             progress) -> EncodeResult:  # fmt: skip
-    """Loads the model, encodes `source`, writes `out` (process 0)."""
-    path = resolve(model_path)
-    model = clip.from_pretrained(path, dtype=jnp.dtype(dtype))
+    """Encodes `source` with `model` (a ClipCheckpoint, or a path loaded now), writes `out`
+    (process 0)."""
     mesh = mesh or parallel.create_mesh()
-    encoder = make_image_encoder(model, mesh)
+    ck = as_clip(model, mesh=mesh, dtype=dtype)
+    encoder = make_image_encoder(ck.model, mesh)
     t0 = time.perf_counter()
     features, _, ids, labels, skipped = encode_source(
-        encoder, source, preprocess_for(path, model.config), mesh,
+        encoder, source, ck.preprocess, mesh,
         batch_size=batch_size, workers=workers, progress=progress,
     )  # fmt: skip
     if features is None:
-        features = np.zeros((0, model.config.embed_dim), np.float32)
+        features = np.zeros((0, ck.model.config.embed_dim), np.float32)
     result = EncodeResult(
         features=features,
         paths=ids,
@@ -161,7 +148,7 @@ def _encode(model_path, source, out, *, class_names, ignored, batch_size, dtype,
 
 
 def encode_folder(
-    model_path: str,
+    model: ClipCheckpoint | str,
     images: str,
     out: str,
     *,
@@ -171,19 +158,20 @@ def encode_folder(
     mesh=None,
     progress: bool = True,
 ) -> EncodeResult:
-    """Encodes every image under `images` with the CLIP checkpoint `model_path`; writes `out`."""
+    """Encodes every image under `images` with `model` (a loaded ClipCheckpoint, or a CLIP
+    checkpoint directory / hub id); writes `out`."""
     from vl_jax.data.files import FileSource
 
     listing = walk_image_folder(images)  # fail on a bad folder before loading a model
     return _encode(
-        model_path, FileSource(listing.paths, listing.labels), out,
+        model, FileSource(listing.paths, listing.labels), out,
         class_names=listing.class_names, ignored=listing.ignored, batch_size=batch_size,
         dtype=dtype, workers=workers, mesh=mesh, progress=progress,
     )  # fmt: skip
 
 
 def encode_dataset(
-    model_path: str,
+    model: ClipCheckpoint | str,
     data: str,
     out: str,
     *,
@@ -203,8 +191,7 @@ def encode_dataset(
     name, _, split = data.partition(":")
     source = get_source(name, split or "train", data_dir=data_dir, manual_dir=manual_dir)
     return _encode(
-        model_path, source, out,
-        class_names=getattr(source, "class_names", None) or [], ignored=[],
+        model, source, out, class_names=source.class_names, ignored=[],
         batch_size=batch_size, dtype=dtype, workers=workers, mesh=mesh, progress=progress,
     )  # fmt: skip
 

@@ -2,6 +2,7 @@
 
     new = generate(model, input_ids, attention_mask, max_new_tokens=16, eos_token_id=2)
     new = generate(llava, ids, mask, pixel_values=px, image_index=idx, max_new_tokens=16)
+    new = generate(llava, ids, mask, pixel_values=px_per_row, max_new_tokens=16)  # row i: image i
 
 One jitted function per shape bucket runs the whole request: encode the distinct images once,
 splice their features into every row that uses them, prefill a preallocated KV cache, then decode
@@ -164,11 +165,21 @@ class Generator:
             raise ValueError("num_beams must be >= 1; beam sampling is not supported")
         if early_stopping not in (False, True, "never"):
             raise ValueError(f"early_stopping must be False, True or 'never', not {early_stopping}")
-        if (pixel_values is None) != (image_index is None):
-            raise ValueError("pixel_values and image_index go together")
+        if image_index is not None and pixel_values is None:
+            raise ValueError("image_index given without pixel_values")
         if pixel_values is not None and not self.vlm:
             raise ValueError("pixel_values given to a text-only model")
         b = ids.shape[0]
+        if pixel_values is not None and image_index is None:
+            # transformers' convention: one image per row, row i uses image i.
+            n = np.asarray(pixel_values).shape[0]
+            if n != b:
+                raise ValueError(
+                    f"pixel_values holds {n} images for {b} rows: without image_index row i uses "
+                    "image i, so there must be one image per row (pass image_index [B] to share "
+                    "images between rows)"
+                )
+            image_index = np.arange(b, dtype=np.int32)
         if b == 0:
             return np.zeros((0, max_new_tokens), np.int32)
         eos = () if eos_token_id is None else tuple(np.atleast_1d(eos_token_id).tolist())
@@ -370,7 +381,9 @@ def generate(model, input_ids, attention_mask=None, *, mesh=None, **kwargs) -> n
       input_ids: [B, T] int token ids; attention_mask: [B, T] (1 = real token), left-, right- or
         un-padded (rows are re-packed to the left-padded layout HF `generate` uses).
       pixel_values: optional [N, H, W, 3] float, N distinct images, each encoded once.
-      image_index: [B] int32, the image of each row (with `pixel_values`).
+      image_index: optional [B] int, the image of each row (only with `pixel_values`): rows may
+        share an image. Omitted, it is `arange(B)`: one image per row, row i uses image i, as in
+        transformers' `generate` (then N must equal B, else ValueError).
       max_new_tokens: L. num_beams: 1 = greedy / sampling, > 1 = beam search (HF semantics,
         with `length_penalty`, `early_stopping` False | True | "never").
       do_sample, temperature, top_p, seed: sampling (no top-k: HF's default top_k=50 is not

@@ -1,7 +1,7 @@
 """Clustering metrics: ACC (Hungarian-matched accuracy), NMI and ARI, equal to scikit-learn's.
 
-Pure numpy (scipy is not a runtime dependency): the Hungarian algorithm is implemented here
-(``linear_sum_assignment``, O(n^2 m) for an n x m cost, n = min side), and NMI / ARI follow
+The Hungarian matching is scipy's ``linear_sum_assignment``; NMI and ARI are computed here from
+the contingency table (scikit-learn is not a runtime dependency) and follow
 ``sklearn.metrics.normalized_mutual_info_score`` (arithmetic normalisation) and
 ``adjusted_rand_score`` step by step, including their degenerate cases.
 
@@ -16,10 +16,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import optimize
 
 
 def linear_sum_assignment(cost, maximize: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Minimum-cost (or maximum with ``maximize``) assignment, like scipy's.
+    """Minimum-cost (or maximum with ``maximize``) assignment: ``scipy.optimize``'s, on checked
+    input.
 
     Args:
       cost: ``[n, m]`` finite costs; rectangular allowed (``min(n, m)`` pairs are matched).
@@ -27,54 +29,17 @@ def linear_sum_assignment(cost, maximize: bool = False) -> tuple[np.ndarray, np.
     Returns:
       ``(rows, cols)`` int64 index arrays, rows increasing; ``cost[rows, cols].sum()`` is optimal.
 
-    Shortest augmenting paths with row/column potentials (Kuhn-Munkres as in Jonker-Volgenant):
-    one augmentation per row of the smaller side, each O(n m) with the inner loop vectorised.
+    Raises:
+      ValueError: ``cost`` is not 2-D, or holds NaN or inf (scipy reads inf as a forbidden pair;
+        a table of counts never has one).
     """
     c = np.array(cost, dtype=np.float64)
     if c.ndim != 2:
         raise ValueError(f"cost must be 2-D, got shape {c.shape}")
     if not np.all(np.isfinite(c)):
         raise ValueError("cost contains NaN or inf")
-    if maximize:
-        c = -c
-    transposed = c.shape[0] > c.shape[1]
-    if transposed:
-        c = c.T
-    n, m = c.shape
-    u, v = np.zeros(n + 1), np.zeros(m + 1)  # potentials (index 0 = virtual)
-    match = np.zeros(m + 1, np.int64)  # match[j] = 1-based row on column j (0: free)
-    way = np.zeros(m + 1, np.int64)
-    for i in range(1, n + 1):
-        match[0], j0 = i, 0
-        minv = np.full(m + 1, np.inf)
-        used = np.zeros(m + 1, bool)
-        while True:  # grow the alternating tree until it reaches a free column
-            used[j0] = True
-            i0 = match[j0]
-            free = ~used[1:]
-            reduced = c[i0 - 1] - u[i0] - v[1:]
-            better = free & (reduced < minv[1:])
-            minv[1:][better] = reduced[better]
-            way[1:][better] = j0
-            cand = np.where(free, minv[1:], np.inf)
-            j1 = int(np.argmin(cand)) + 1
-            delta = cand[j1 - 1]
-            u[match[used]] += delta
-            v[used] -= delta
-            minv[1:][free] -= delta
-            j0 = j1
-            if match[j0] == 0:
-                break
-        while j0:  # flip the path
-            j1 = way[j0]
-            match[j0] = match[j1]
-            j0 = j1
-    cols = np.nonzero(match[1:])[0]
-    rows = match[1:][cols] - 1
-    if transposed:
-        rows, cols = cols, rows
-    order = np.argsort(rows, kind="stable")
-    return rows[order].astype(np.int64), cols[order].astype(np.int64)
+    rows, cols = optimize.linear_sum_assignment(c, maximize=maximize)
+    return rows.astype(np.int64), cols.astype(np.int64)
 
 
 def _labels(y, name: str) -> np.ndarray:

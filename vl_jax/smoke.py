@@ -24,10 +24,8 @@ import numpy as np
 from vl_jax import parallel
 from vl_jax.encode import encode_folder
 from vl_jax.fileio import atomic_open
-from vl_jax.models import clip
-from vl_jax.models.clip_config import CLIPConfig, TextConfig, VisionConfig
-from vl_jax.models.clip_tokenizer import load_tokenizer, openai_clip_tokenizer, tokenize
-from vl_jax.models.transformer import EncoderConfig
+from vl_jax.models import clip, tiny
+from vl_jax.models.clip_tokenizer import load_tokenizer, tokenize
 
 # scikit-image's bundled photos, grouped into classes for the folder layout; the rest go in the
 # root folder (label -1).
@@ -73,29 +71,6 @@ def make_image_folder(root: str) -> int:
     return n + 2
 
 
-def tiny_clip_config(c: ml_collections.ConfigDict) -> CLIPConfig:
-    enc = lambda width, layers, heads: EncoderConfig(width, layers, heads, 4 * width, act=c.act)
-    return CLIPConfig(
-        vision=VisionConfig(
-            enc(c.width, c.layers, c.heads), image_size=c.image_size, patch_size=c.patch_size
-        ),
-        text=TextConfig(
-            enc(c.text_width, c.text_layers, c.text_heads), context_length=c.context_length
-        ),
-        embed_dim=c.embed_dim,
-    )
-
-
-def write_checkpoint(model: clip.CLIP, path: str) -> None:
-    """A complete HF CLIP directory: weights, config, tokenizer, preprocessing."""
-    clip.save_pretrained(model, path)
-    openai_clip_tokenizer(model.config.text.context_length).save_pretrained(path)
-    from vl_jax.train.clip import write_preprocessor_config  # the one HF preprocessing writer
-
-    cfg = model.config
-    write_preprocessor_config(path, cfg.vision.image_size, cfg.mean, cfg.std)
-
-
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Builds the tiny checkpoint and image folder in `workdir`, encodes, writes summary.json."""
     print(
@@ -108,8 +83,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     print(parallel.describe(mesh), file=sys.stderr)
 
     ckpt = os.path.join(workdir, "tiny_clip")
-    model = clip.init(tiny_clip_config(config.model), seed=config.seed)
-    write_checkpoint(model, ckpt)
+    shutil.rmtree(ckpt, ignore_errors=True)  # built anew: the config's sizes may have changed
+    tiny.write_clip(ckpt, seed=config.seed, **config.model.to_dict())
 
     images = os.path.join(workdir, "images")
     shutil.rmtree(images, ignore_errors=True)

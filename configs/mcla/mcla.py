@@ -1,4 +1,4 @@
-"""mcla on a clustering benchmark (docs/mcla.md).
+"""MCLA on a clustering benchmark (docs/mcla.md).
 
     python -m mcla_jax.main --config configs/mcla/mcla.py:imagenet_dogs --workdir runs/dogs_mcla
     python -m mcla_jax.main --config configs/mcla/mcla.py:cifar10,b16 --config.seeds=0,1,2 --workdir ...
@@ -8,8 +8,11 @@ The argument is DATASET[,b16|l14][,train_eq_eval] with DATASET in imagenet_dogs,
 cifar10, cifar20, stl10 (CLIP ViT-B/32 by default), or runlocal.
 """
 
-from mcla_jax.experiment import base_config
+from configs.mcla.common import experiment_config
 
 
 def get_config(arg: str = "imagenet_dogs"):
-    return base_config("mcla", arg)
+    c = experiment_config("mcla", arg)
+    c.space.kind = "mcla"  # WordNet nouns near the k-means centres (docs/semantic_space.md)
+    c.train.method = "mcla"  # image and text heads, instance / prototype / semantic levels
+    return c

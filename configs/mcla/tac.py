@@ -1,4 +1,4 @@
-"""tac on a clustering benchmark (docs/mcla.md).
+"""TAC (Li et al., ICML'24) as its official code sets it up (docs/mcla.md, "TAC").
 
     python -m mcla_jax.main --config configs/mcla/tac.py:imagenet_dogs --workdir runs/dogs_tac
     python -m mcla_jax.main --config configs/mcla/tac.py:cifar10,b16 --config.seeds=0,1,2 --workdir ...
@@ -8,8 +8,22 @@ The argument is DATASET[,b16|l14][,train_eq_eval] with DATASET in imagenet_dogs,
 cifar10, cifar20, stl10 (CLIP ViT-B/32 by default), or runlocal.
 """
 
-from mcla_jax.experiment import base_config
+import ml_collections
+
+from configs.mcla.common import experiment_config
 
 
 def get_config(arg: str = "imagenet_dogs"):
-    return base_config("tac", arg)
+    c = experiment_config("tac", arg)
+    c.space.kind = "tac"  # the nouns nearest to each k-means centre of the images
+    if not c.runlocal:
+        c.space.prompts = "tac"  # TAC's 7-template ensemble
+    c.knn = 50  # TAC's neighbourhood size in both spaces
+    c.train.method = "tac"
+    # TAC's official optimiser: Adam(lr 1e-3), batch 512, 20 epochs, MLP heads of width 512.
+    c.train.lr, c.train.batch_size, c.train.epochs, c.train.warmup_epochs = 1e-3, 512, 20, 0
+    c.train.model.hidden = 512
+    c.train.weights = ml_collections.ConfigDict(dict(cluster=1.0, consistency=1.0, entropy=5.0))
+    if c.runlocal:
+        c.train.epochs, c.train.batch_size, c.train.model.hidden = 5, 128, 64
+    return c

@@ -1,15 +1,19 @@
-"""tac_notrain on a clustering benchmark (docs/mcla.md).
+"""TAC without training: spherical k-means on [image ; text counterpart] (docs/mcla.md).
 
     python -m mcla_jax.main --config configs/mcla/tac_notrain.py:imagenet_dogs --workdir runs/dogs_tac_notrain
-    python -m mcla_jax.main --config configs/mcla/tac_notrain.py:cifar10,b16 --config.seeds=0,1,2 --workdir ...
     python -m mcla_jax.main --config configs/mcla/tac_notrain.py:runlocal --workdir runs/local_tac_notrain
 
 The argument is DATASET[,b16|l14][,train_eq_eval] with DATASET in imagenet_dogs, imagenet10,
 cifar10, cifar20, stl10 (CLIP ViT-B/32 by default), or runlocal.
 """
 
-from mcla_jax.experiment import base_config
+from configs.mcla.common import experiment_config
 
 
 def get_config(arg: str = "imagenet_dogs"):
-    return base_config("tac_notrain", arg)
+    c = experiment_config("tac_notrain", arg)
+    c.space.kind = "tac"
+    if not c.runlocal:
+        c.space.prompts = "tac"
+    c.knn = 50
+    return c

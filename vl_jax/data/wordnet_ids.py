@@ -2,7 +2,7 @@
 
 Every subset is a tuple of WordNet noun ids (WNIDs, ``n%08d``) in **sorted** order, which is
 also their order in ImageNet-1k's usual 0..999 labels; label ``k`` of a subset is its ``k``-th
-WNID. Names come from WordNet 3.0 (:mod:`vl_jax.data.wnid_names`, generated), so no NLTK or
+WNID. Names come from WordNet 3.0 (:mod:`vl_jax.data.wnid_names`, a shipped table), so no NLTK or
 corpus download is needed.
 """
 
@@ -22,7 +22,7 @@ __all__ = [
     "class_names",
 ]
 
-# ImageNet-Dogs (DAC, Chang et al. 2017; clustering.md §5): 15 breeds, 15 x 1,300 train images.
+# ImageNet-Dogs (DAC, Chang et al. 2017; docs/data.md): 15 breeds, 15 x 1,300 train images.
 IMAGENET_DOGS: tuple[str, ...] = (
     "n02085936",  # Maltese dog
     "n02086646",  # Blenheim spaniel
@@ -41,7 +41,7 @@ IMAGENET_DOGS: tuple[str, ...] = (
     "n02112137",  # chow
 )
 
-# ImageNet-10 (DAC, Chang et al. 2017; clustering.md §5).
+# ImageNet-10 (DAC, Chang et al. 2017; docs/data.md).
 IMAGENET10: tuple[str, ...] = (
     "n02056570",  # king penguin
     "n02085936",  # Maltese dog
