@@ -84,3 +84,37 @@ def test_main_rejects_unknown_config_keys(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert r.returncode != 0 and "batchsize" in r.stderr
+
+
+def test_code_and_docs_cite_only_the_repository():
+    """A reader of the repository must be able to follow every reference: no outside spec
+    folders, no internal tracker numbers."""
+    cite = re.compile(r"\.\./shared|shared/reference|\bissue \d+|\bissue #\d+|\(issue\b", re.I)
+    files = [*_py_files(*CODE_DIRS, "tests", "scripts"), ROOT / "main.py", ROOT / "README.md",
+             *sorted((ROOT / "docs").glob("*.md"))]  # fmt: skip
+    offenders = [
+        f"{f.relative_to(ROOT)}:{i}: {line.strip()}"
+        for f in files
+        if f.name != "test_repo.py"
+        for i, line in enumerate(f.read_text().splitlines(), 1)
+        if cite.search(line)
+    ]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_library_holds_no_test_fixtures_and_reads_configs():
+    """Production code never imports the smoke run, the tests or PyTorch (a test-only
+    dependency), and never imports the configs that build its schema."""
+    bad = {}
+    for f in _py_files("vl_jax", "mcla_jax", "vdc_jax"):
+        tree = ast.parse(f.read_text())
+        mods = {
+            n.module
+            for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and n.module and n.level == 0
+        } | {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        hit = {m for m in mods if m in ("vl_jax.smoke", "torch", "tests") or m.startswith("tests.")}
+        if f.relative_to(ROOT).as_posix() == "vl_jax/smoke.py" or not hit:
+            continue
+        bad[str(f.relative_to(ROOT))] = hit
+    assert not bad, bad

@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from vl_jax import faults, parallel
+from vl_jax import errors, faults, parallel
 from vl_jax.fileio import atomic_open
 from vl_jax.images import walk_image_folder
 from vl_jax.models import clip
@@ -284,4 +284,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # A user error (no such folder or checkpoint, dataset not prepared) is one line + exit 2.
+    sys.exit(errors.exit_on_user_error(main))

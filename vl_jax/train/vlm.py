@@ -19,6 +19,7 @@ V vocabulary, P image tokens.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -376,7 +377,10 @@ def make_trainer(config: ml_collections.ConfigDict, tokenizer, mesh):
     previous stage) when set, else a fresh `init_from_clip` model. The vision tower is excluded
     from the trained parameters when `config.freeze_vision`."""
     if config.init_from:
-        model = llava.from_pretrained(config.init_from)
+        # each parameter straight into its sharding (no full copy on one device first)
+        model = llava.from_pretrained(
+            config.init_from, shardings=functools.partial(parallel.param_shardings, mesh=mesh)
+        )
         with open(os.path.join(config.init_from, "preprocessor_config.json")) as f:
             pre = json.load(f)
         stats = (tuple(pre["image_mean"]), tuple(pre["image_std"]))
