@@ -36,6 +36,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from vl_jax import faults, parallel
+from vl_jax import workdir as wd
 from vl_jax.fileio import atomic_open
 from vl_jax.models import clip
 from vl_jax.models.clip_tokenizer import tokenize
@@ -97,8 +98,10 @@ def model_identity(path: str) -> dict:
 def cache_key(
     path: str, templates: Sequence[str], texts: Sequence[str], combine: str, dtype: str
 ) -> str:
-    """sha256 hex of everything the embeddings depend on (``texts``: the distinct nouns)."""
-    payload = dict(
+    """sha256 hex of the fingerprint (``vl_jax.workdir.fingerprint``, the project's one rule) of
+    everything the embeddings depend on (``texts``: the distinct nouns). The cache is shared by
+    runs, so the fingerprint names the file instead of sitting beside it."""
+    payload = wd.fingerprint(
         version=CACHE_VERSION,
         model=model_identity(path),
         dtype=str(jnp.dtype(dtype)),
@@ -199,7 +202,7 @@ def embed_nouns(
     if len(todo):
         ids, mask = _tokenize(ck.tokenizer, ck.config.text.context_length, templates, texts, todo)
         encoder = make_noun_encoder(ck.model, mesh, combine)
-        parts = final + ".parts" if cache and jax.process_index() == 0 else None
+        parts = final + ".parts" if cache and wd.is_writer() else None
         bar = tqdm(
             total=len(texts), initial=len(texts) - len(todo), unit="noun", disable=not progress
         )
@@ -212,7 +215,7 @@ def embed_nouns(
                     )
                 faults.point("nouns.block")
                 bar.update(len(rows))
-    if cache and jax.process_index() == 0:
+    if cache and wd.is_writer():
         _write_npz(final, key, emb=emb, nouns=np.array(texts, dtype=str))
         _remove_parts(final + ".parts")
     return emb[inverse], nouns

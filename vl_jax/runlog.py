@@ -15,42 +15,17 @@ needed; open with `tensorboard --logdir workdir`) and, one JSON object per line,
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Iterable, Mapping
 
-import jax
-import numpy as np
+from vl_jax.workdir import _plain as _plain  # JSON-ready values (NaN as a string)
+from vl_jax.workdir import is_writer, write_json
 
-from vl_jax.fileio import atomic_open
-
-
-def is_main_process() -> bool:
-    return jax.process_index() == 0
+__all__ = ["MetricWriter", "is_main_process", "progress", "read_jsonl", "write_json"]
 
 
-def _plain(x):
-    """numpy/jax scalars and arrays -> JSON-ready Python values (NaN/inf as strings)."""
-    if isinstance(x, Mapping):
-        return {str(k): _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    if isinstance(x, (np.ndarray, jax.Array)):
-        return _plain(np.asarray(x).tolist())
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    return x
-
-
-def write_json(path: str | os.PathLike, obj, *, all_processes: bool = False) -> None:
-    """Writes `obj` as indented JSON, atomically; on process 0 only unless `all_processes`."""
-    if not (all_processes or is_main_process()):
-        return
-    with atomic_open(path, "w", encoding="utf-8") as f:
-        json.dump(_plain(obj), f, indent=2, sort_keys=False)
-        f.write("\n")
+# The one "process 0 writes" rule and JSON writer live in vl_jax.workdir; re-exported here.
+is_main_process = is_writer
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

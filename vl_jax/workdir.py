@@ -31,6 +31,7 @@ barrier after which the others may read them.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -65,15 +66,20 @@ def makedirs(path: str | os.PathLike) -> None:
 
 
 def _plain(x: Any) -> Any:
-    if isinstance(x, Mapping) or hasattr(x, "to_dict"):
-        d = x.to_dict() if hasattr(x, "to_dict") else x
-        return {str(k): _plain(v) for k, v in sorted(d.items(), key=lambda kv: str(kv[0]))}
+    """ConfigDicts, numpy/jax scalars and arrays -> JSON-ready Python values (NaN/inf as
+    strings, which JSON lacks)."""
+    if hasattr(x, "to_dict"):  # ml_collections.ConfigDict
+        x = x.to_dict()
+    if isinstance(x, Mapping):
+        return {str(k): _plain(v) for k, v in x.items()}
     if isinstance(x, list | tuple):
         return [_plain(v) for v in x]
+    if isinstance(x, np.ndarray | jax.Array):
+        return _plain(np.asarray(x).tolist())
     if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
     return x
 
 
@@ -103,12 +109,14 @@ def read_json(path: str | os.PathLike) -> Any | None:
         return None
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Atomic, indented JSON; on the writer only."""
-    if is_writer():
-        with atomic_open(path, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
+def write_json(path: str | os.PathLike, obj: Any, *, all_processes: bool = False) -> None:
+    """Writes ``obj`` as indented JSON, atomically; on the writer only unless
+    ``all_processes``."""
+    if not (all_processes or is_writer()):
+        return
+    with atomic_open(path, "w", encoding="utf-8") as f:
+        json.dump(_plain(obj), f, indent=2)
+        f.write("\n")
 
 
 class Stage:
