@@ -5,7 +5,7 @@ engine against the same pipeline answering through transformers' PyTorch `genera
 prompt of each pair, batch 1).
 
 Both sides run the identical driver loop (`vdc_jax.vqa.answer_dataset`: batches of images,
-answers appended to an fsync'd answers.jsonl; then `vdc_jax.cleanse.score`: keyword match,
+answers appended to an fsync'd answers.jsonl; then `vdc_jax.scoring.score`: keyword match,
 yes/no parsing, threshold; no judge LLM on either side) on identical weights: a random LLaVA
 (CLIP tower + Llama decoder, word-level tokenizer) written with transformers and loaded with
 `vl_jax.models.llava.from_pretrained`. Ours answers all pairs of a batch in one generate call
@@ -76,29 +76,30 @@ def vdc_pipeline(quick: bool, *, spec: dict | None = None, iters: int | None = N
     import torch
     import transformers
 
-    from vdc_jax.cleanse import score
-    from vdc_jax.inputs import SHAPES, folder_dataset, write_shapes_folder, write_tiny_llava
+    from vdc_jax.inputs import SHAPES, write_shapes_folder
     from vdc_jax.questions import GENERAL_QUESTIONS, Questions, template_questions
+    from vdc_jax.scoring import score
     from vdc_jax.vqa import VQA, AnswerStore, Item, answer_dataset
     from vl_jax import parallel
-    from vl_jax.models import llava
+    from vl_jax.data.files import FileSource
+    from vl_jax.models import llava, tiny
 
     spec = spec or (QUICK if quick else FULL)
     iters = iters or (2 if quick else 3)
     torch.set_num_threads(os.cpu_count() or 1)
     tmp = tempfile.TemporaryDirectory(prefix="bench_vdc_")
-    ckpt = write_tiny_llava(
+    ckpt = tiny.write_llava(
         os.path.join(tmp.name, "llava"), image_size=spec["image_size"],
         patch_size=spec["patch_size"], vision=spec["vision"], text=spec["text"],
         vocab_size=spec["vocab_size"],
     )  # fmt: skip
     per_class = -(-spec["images"] // len(SHAPES))
     write_shapes_folder(os.path.join(tmp.name, "imgs"), per_class=per_class, size=256)
-    data = folder_dataset(os.path.join(tmp.name, "imgs"))
+    data = FileSource.from_folder(os.path.join(tmp.name, "imgs"))
     n = spec["images"]
-    images = [data.source[i]["image"] for i in range(n)]
-    labels = data.source.labels()[:n]
-    items = [Item(i, data.source.ids()[i], int(labels[i])) for i in range(n)]
+    images = [data[i]["image"] for i in range(n)]
+    labels = data.labels()[:n]
+    items = [Item(i, data.ids()[i], int(labels[i])) for i in range(n)]
     names = data.class_names
     questions = Questions(
         GENERAL_QUESTIONS,

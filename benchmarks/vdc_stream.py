@@ -4,9 +4,9 @@ cleanser keep a constant throughput and a flat memory footprint over the whole r
 The pipeline is the cleanser's own (`vdc_jax.cleanse`): `vqa.answer_dataset` (batches of 16
 images, every pending (image, question) pair answered in one generate call per answer kind,
 answers appended to an fsync'd `answers.jsonl` by an `AnswerStore(keep=False)`), then
-`cleanse.score` (answers read back from disk in blocks of 4096 samples, keyword match + yes/no
+`scoring.score` (answers read back from disk in blocks of 4096 samples, keyword match + yes/no
 parsing, threshold; no judge LLM). Model: the tiny random LLaVA of runlocal
-(`vdc_jax.inputs.write_tiny_llava`: CLIP tower and Llama decoder of width 32, 2 layers each,
+(`vl_jax.models.tiny.write_llava`: CLIP tower and Llama decoder of width 32, 2 layers each,
 30 px images), runlocal's answer lengths (12 / 4 new tokens) and 2 + 4 template questions.
 
 Data: N samples drawn from a pool of `POOL` generated PNG files (`write_shapes_folder`: three
@@ -85,23 +85,26 @@ def vdc_stream(quick: bool, *, n: int | None = None, batch: int = BATCH) -> list
     import jax
     import numpy as np
 
-    from vdc_jax import cleanse
-    from vdc_jax.inputs import folder_dataset, write_shapes_folder, write_tiny_llava
+    from configs.vdc.common import vdc_config
+    from vdc_jax import scoring
+    from vdc_jax.inputs import write_shapes_folder
+    from vdc_jax.models import stop_tokens
     from vdc_jax.questions import GENERAL_QUESTIONS, Questions, template_questions
-    from vdc_jax.vqa import VQA, AnswerStore, Item, answer_dataset, stop_tokens
+    from vdc_jax.vqa import VQA, AnswerStore, Item, answer_dataset
     from vl_jax import parallel
-    from vl_jax.models import llava
+    from vl_jax.data.files import FileSource
+    from vl_jax.models import llava, tiny
 
     n = n or (QUICK_N if quick else FULL_N)
-    config = cleanse.default_config()  # runlocal's answer lengths and question count
+    config = vdc_config()  # runlocal's answer lengths and question count
     yes_no_tokens, describe_tokens, n_specific = 4, 12, 4
     t_setup = time.perf_counter()
     tmp = tempfile.TemporaryDirectory(prefix="bench_vdc_stream_")
-    ckpt = write_tiny_llava(os.path.join(tmp.name, "llava"))
+    ckpt = tiny.write_llava(os.path.join(tmp.name, "llava"))
     write_shapes_folder(os.path.join(tmp.name, "pool"), per_class=POOL // 3)
-    pool = folder_dataset(os.path.join(tmp.name, "pool"))
+    pool = FileSource.from_folder(os.path.join(tmp.name, "pool"))
     names = pool.class_names
-    stream = PoolStream(pool.source, interleaved(pool.source.labels(), len(names)), n)
+    stream = PoolStream(pool, interleaved(pool.labels(), len(names)), n)
     items = [Item(i, f"{i:06d}", stream.label(i)) for i in range(n)]
     questions = Questions(GENERAL_QUESTIONS, {c: template_questions(c, n_specific) for c in names})
     model, processor = llava.from_pretrained(ckpt), llava.load_processor(ckpt)
@@ -122,7 +125,7 @@ def vdc_stream(quick: bool, *, n: int | None = None, batch: int = BATCH) -> list
         pass
     # Scoring's one-time costs too (the WordNet name table is loaded on first use): the RSS
     # figure is about what grows with the stream, not about first uses.
-    cleanse.score(warm, warm_store, questions, names, None, config.threshold, batch)
+    scoring.score(warm, warm_store, questions, names, None, config.threshold, batch)
     compile_s = time.perf_counter() - t0
 
     store = AnswerStore(os.path.join(tmp.name, "answers.jsonl"), write=True, keep=False)
@@ -148,7 +151,7 @@ def vdc_stream(quick: bool, *, n: int | None = None, batch: int = BATCH) -> list
     answers_bytes = os.path.getsize(store.path)
 
     t0 = time.perf_counter()
-    table = cleanse.score(items, store, questions, names, None, config.threshold, n)
+    table = scoring.score(items, store, questions, names, None, config.threshold, n)
     score_s = time.perf_counter() - t0
     rss_end, rss_peak = rss_gb(), rss_gb("VmHWM")
     tmp.cleanup()
@@ -162,13 +165,13 @@ def vdc_stream(quick: bool, *, n: int | None = None, batch: int = BATCH) -> list
         "images_per_batch": batch,
         "questions_per_sample": len(GENERAL_QUESTIONS) + n_specific,
         "max_new_tokens": {"yes_no": yes_no_tokens, "describe": describe_tokens},
-        "model": "tiny random LLaVA (write_tiny_llava: CLIP 2x32 + Llama 2x32, 30 px, "
+        "model": "tiny random LLaVA (tiny.write_llava: CLIP 2x32 + Llama 2x32, 30 px, "
         f"{model.config.num_image_tokens} image tokens)",
         "data": f"{POOL} generated 48 px PNG files (3 shape classes), sample i = file i % "
         f"{POOL} read and decoded from disk per sample, own id",
         "judge": "none (keyword match + yes/no parsing)",
         "answer_store": "AnswerStore(keep=False): answers on disk only, read back for scoring",
-        "score_block": cleanse.SCORE_BLOCK,
+        "score_block": scoring.SCORE_BLOCK,
         "windows": windows,
         "rss_gb_at_10pct": windows[0]["rss_gb"],
         "rss_gb_at_100pct_answered": windows[-1]["rss_gb"],

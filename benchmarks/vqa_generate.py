@@ -6,9 +6,9 @@ Baselines, as VDC's code and its re-implementation call HF:
   (a) one `generate` call per (image, question) (batch 1), as the official code does;
   (b) one call per image with its 6 questions batched (left-padded), the image repeated per row.
 Ours runs the whole workload in one call: each image encoded once and shared by its 6 questions.
-The torch model is built with a fixed seed, saved with `save_pretrained` and loaded with
-`vl_jax.models.llava.from_pretrained`, so both sides run identical weights; greedy outputs are
-compared (agreement recorded) before anything is timed.
+The checkpoint is written once by `vl_jax.models.tiny.write_llava` (fixed seed, the Hugging Face
+layout) and loaded by both transformers and `vl_jax.models.llava.from_pretrained`, so both sides
+run identical weights; greedy outputs are compared (agreement recorded) before anything is timed.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from benchmarks.common import ForeignLoad, figure, log, register, time_interleav
 NAME = "vqa_generate"
 QUESTIONS = 6
 NEW_TOKENS = 16
-IMG, BOS, PAD, EOS = 31999, 1, 0, 2
+# tiny.write_llava's word-level vocabulary, padded to vocab_size: <image> is the last id.
+IMG, BOS, PAD, EOS = 31999, 3, 1, 2
 
 FULL = dict(
     text=dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,
@@ -39,21 +40,16 @@ QUICK = dict(
 )  # fmt: skip
 
 
-def _torch_llava(spec: dict, seed: int):
-    import torch
-    import transformers
+def _write_llava(spec: dict, path: str, seed: int) -> str:
+    """The benchmark's random LLaVA, written with `tiny.write_llava` (no torch)."""
+    from vl_jax.models import tiny
 
-    cfg = transformers.LlavaConfig(
-        vision_config=transformers.CLIPVisionConfig(**spec["vision"]),
-        text_config=transformers.LlamaConfig(
-            **spec["text"], pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS
-        ),
-        image_token_index=IMG,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-    )
-    torch.manual_seed(seed)
-    return transformers.LlavaForConditionalGeneration(cfg).eval()
+    vision = {k: v for k, v in spec["vision"].items() if k not in ("image_size", "patch_size")}
+    text = {k: v for k, v in spec["text"].items() if k != "vocab_size"}
+    return tiny.write_llava(
+        path, seed=seed, vocab_size=spec["text"]["vocab_size"], vision=vision, text=text,
+        image_size=spec["vision"]["image_size"], patch_size=spec["vision"]["patch_size"],
+    )  # fmt: skip
 
 
 def _prompts(n_images: int, p: int, rng):
@@ -90,10 +86,11 @@ def vqa_generate(
     spec = spec or (QUICK if quick else FULL)
     iters = iters or (2 if quick else 3)
     torch.set_num_threads(os.cpu_count() or 1)
-    tmodel = _torch_llava(spec, seed=0)
     with tempfile.TemporaryDirectory(prefix="bench_llava_") as d:
-        tmodel.save_pretrained(d)
-        ours = llava.from_pretrained(d)
+        path = _write_llava(spec, os.path.join(d, "llava"), seed=0)
+        tmodel = transformers.LlavaForConditionalGeneration.from_pretrained(path).eval()
+        ours = llava.from_pretrained(path)
+    assert (ours.config.image_token_id, ours.config.text.vocab_size) == (IMG, IMG + 1)
     p = ours.config.num_image_tokens
     n = spec["images"]
     rng = np.random.default_rng(0)

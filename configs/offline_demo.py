@@ -24,7 +24,7 @@ import ml_collections
 
 import configs.mcla
 import vl_jax
-from vdc_jax.cleanse import default_config as vdc_default
+from configs.vdc.common import vdc_config as vdc_default
 
 DEMO = os.path.join(os.path.dirname(vl_jax.__file__), "assets", "demo")
 

@@ -10,9 +10,11 @@ from vdc_jax.corrupt import CorruptedSource, CorruptionSpec
 
 
 class ListSource:
-    """Tiny in-memory source with the common schema; images of varying sizes."""
+    """Tiny in-memory RandomAccessSource; images of varying sizes."""
 
-    def __init__(self, labels, num_classes, seed=0, with_labels_method=True):
+    name, split = "list", None
+
+    def __init__(self, labels, num_classes, seed=0):
         rng = np.random.default_rng(seed)
         self.class_names = [f"class{c}" for c in range(num_classes)]
         self._labels = np.asarray(labels, np.int32)
@@ -21,8 +23,6 @@ class ListSource:
             rng.integers(0, 256, (*sizes[i % len(sizes)], 3), dtype=np.uint8)
             for i in range(len(labels))
         ]
-        if not with_labels_method:
-            self.labels = None  # exercise the per-item fallback
 
     def __len__(self):
         return len(self._labels)
@@ -32,6 +32,9 @@ class ListSource:
 
     def labels(self):
         return self._labels.copy()
+
+    def ids(self):
+        return [f"img/{i:03d}" for i in range(len(self))]
 
 
 def _source(per_class=20, k=4, **kw):
@@ -188,7 +191,7 @@ def test_determinism_and_seed_dependence():
 # TrojanNN needs a vision model to optimise its trigger: tested in test_corrupt_trojannn_ssba.py.
 @pytest.mark.parametrize("attack", sorted(set(corrupt.ATTACKS) - {"trojannn"}))
 def test_getitem_applies_attack_and_leaves_clean_untouched(attack):
-    src = _source(per_class=8, k=3, with_labels_method=False)
+    src = _source(per_class=8, k=3)
     cs = CorruptedSource(src, CorruptionSpec(attack=attack, target=1, poison_per_class=3), 2)
     assert cs.attack.kind == attack
     for i in range(len(cs)):
@@ -245,8 +248,12 @@ def test_manifest_round_trip(tmp_path, suffix):
 
 
 def test_clean_spec_is_identity():
+    from vl_jax.data.protocol import RandomAccessSource
+
     src = _source(per_class=4, k=2)
     cs = CorruptedSource(src, CorruptionSpec(), 0)
+    assert isinstance(cs, RandomAccessSource)
+    assert (cs.name, cs.split, cs.ids()) == ("list+corrupt", None, src.ids())
     assert not cs.is_dirty.any() and cs.manifest == []
     assert all(cs[i] is not None and cs[i]["image"] is src[i]["image"] for i in range(len(cs)))
 

@@ -25,7 +25,9 @@ def tiny():
 
 
 class ListSource:
-    """In-memory source with the common schema; images of varying sizes."""
+    """In-memory RandomAccessSource; images of varying sizes."""
+
+    name, split = "list", None
 
     def __init__(self, per_class, k, seed=0):
         rng = np.random.default_rng(seed)
@@ -45,6 +47,9 @@ class ListSource:
 
     def labels(self):
         return self._labels.copy()
+
+    def ids(self):
+        return [f"s{i}" for i in range(len(self))]
 
 
 def _mask(h, w, size_frac):

@@ -245,8 +245,8 @@ def test_encode_cli_with_data_through_the_resolver(monkeypatch, tmp_path, capsys
     from vl_jax import encode
     from vl_jax.models import clip
     from vl_jax.models.clip_config import CLIPConfig, TextConfig, VisionConfig
+    from vl_jax.models.tiny import save_clip as write_checkpoint
     from vl_jax.models.transformer import EncoderConfig
-    from vl_jax.smoke import write_checkpoint
 
     enc = EncoderConfig(32, 2, 4, 128, act="quick_gelu")
     cfg = CLIPConfig(

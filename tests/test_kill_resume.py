@@ -60,7 +60,9 @@ def reference(tmp_path_factory):
     """The uninterrupted run (features and noun caches of its own) and the points it passed."""
     root = tmp_path_factory.mktemp("kill")
     cfg = mcla_configs.get("mcla", "runlocal")
-    os.replace(experiment.clip_checkpoint(cfg, str(root), None).path, root / "clip")  # the tiny random CLIP
+    os.replace(
+        experiment.clip_checkpoint(cfg, str(root), None).path, root / "clip"
+    )  # the tiny random CLIP
     trace = root / "trace.txt"
     done = _run(
         _args(root, root / "ref", root / "features", root / "nouns"), VL_JAX_FAULT_TRACE=str(trace)

@@ -360,3 +360,27 @@ def test_tensor_parallel_load_matches_hf(checkpoints, mesh_4x2):
     got = np.asarray(_call(model, put(ids), put(pixels), put(mask)))
     real = mask.astype(bool)
     np.testing.assert_allclose(got[real], hf_logits(ref, ids, pixels, mask)[real], atol=ATOL)
+
+
+def test_tiny_writer_loads_in_transformers_with_the_same_logits(tmp_path):
+    """vl_jax.models.tiny.write_llava (no torch) writes a checkpoint + processor that
+    transformers loads; its logits equal ours on the processor's own inputs."""
+    from PIL import Image
+
+    from vl_jax.models import tiny
+
+    path = tiny.write_llava(str(tmp_path / "llava"), seed=3)
+    ref = transformers.LlavaForConditionalGeneration.from_pretrained(path).eval()
+    model, processor = llava.from_pretrained(path), llava.load_processor(path)
+    rng = np.random.RandomState(0)
+    pics = [Image.fromarray(rng.randint(0, 256, (40, 50 + 7 * k, 3), np.uint8)) for k in range(2)]
+    text = ["USER: <image>\nIs there a circle in the image? ASSISTANT:",
+            "USER: <image>\nDescribe the image. ASSISTANT: a red square"]  # fmt: skip
+    inputs = processor(images=pics, text=text, padding=True, return_tensors="np")
+    ids, mask = inputs["input_ids"].astype(np.int32), inputs["attention_mask"].astype(np.int32)
+    pixels = inputs["pixel_values"].astype(np.float32).transpose(0, 2, 3, 1)
+    got = np.asarray(_call(model, ids, pixels, mask))
+    real = mask.astype(bool)
+    np.testing.assert_allclose(got[real], hf_logits(ref, ids, pixels, mask)[real], atol=ATOL)
+    assert tiny.write_llava(path, seed=4) == path  # a complete checkpoint is kept
+    assert llava.from_pretrained(path).config == model.config

@@ -13,8 +13,10 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 import configs.mcla as mcla_configs
 from mcla_jax import experiment
@@ -28,7 +30,9 @@ LIMIT = 400  # images per split
 def shared(tmp_path_factory):
     root = tmp_path_factory.mktemp("mcla_shared")
     cfg = mcla_configs.get("kmeans", "runlocal")
-    clip_dir = experiment.clip_checkpoint(cfg, str(root), None).path  # the tiny random CLIP, written once
+    clip_dir = experiment.clip_checkpoint(
+        cfg, str(root), None
+    ).path  # the tiny random CLIP, written once
     return dict(clip=clip_dir, features=str(root / "features"), cache=str(root / "nouns"))
 
 
@@ -150,3 +154,48 @@ def test_bad_config_names():
         mcla_configs.get("mcla", "imagenet_cats")
     with pytest.raises(ValueError, match="unknown method"):
         mcla_configs.get("dbscan", "cifar10")
+
+
+def test_clip_is_loaded_once_onto_the_mesh_and_not_at_all_when_cached(
+    shared, tmp_path, monkeypatch
+):
+    """One run loads its CLIP once (encoding both splits, noun embeddings and zero-shot share
+    it), each parameter placed in a NamedSharding on the run's mesh as it is read; a rerun whose
+    stages are all cached never reads the weights."""
+    from vl_jax.models import clip
+
+    loads = []
+    real = clip.from_pretrained
+
+    def counting(path, *args, **kwargs):
+        loads.append(kwargs.get("shardings") is not None)
+        model = real(path, *args, **kwargs)
+        leaves = jax.tree.leaves(nnx.state(model))
+        loads[-1] &= all(isinstance(x.sharding, jax.sharding.NamedSharding) for x in leaves)
+        return model
+
+    monkeypatch.setattr(clip, "from_pretrained", counting)
+    c = _config("zeroshot", shared, **{"data.features_dir": str(tmp_path / "features"),
+                                       "space.cache_dir": str(tmp_path / "nouns")})  # fmt: skip
+    experiment.run(c, str(tmp_path / "a"))
+    assert loads == [True]  # once for both splits and the class names, into its shardings
+    loads.clear()
+    experiment.run(_config("kmeans", shared, **{"data.features_dir": str(tmp_path / "features")}),
+                   str(tmp_path / "c"))  # fmt: skip
+    assert loads == []  # every stage cached: the weights are never read
+
+
+def test_features_of_other_settings_are_recomputed(shared, tmp_path):
+    """The fingerprint rule for derived results: a features file made with another limit is
+    not reused, it is encoded again (and the fingerprint beside it updated)."""
+    feats = str(tmp_path / "features")
+    experiment.run(_config("kmeans", shared, **{"data.features_dir": feats}), str(tmp_path / "a"))
+    with open(os.path.join(feats, "train.npz.json")) as f:
+        assert json.load(f)["limit"] == LIMIT
+    summary = experiment.run(
+        _config("kmeans", shared, **{"data.features_dir": feats, "data.limit": LIMIT // 2}),
+        str(tmp_path / "b"),
+    )
+    assert summary["n_train"] == LIMIT // 2
+    with open(os.path.join(feats, "train.npz.json")) as f:
+        assert json.load(f)["limit"] == LIMIT // 2

@@ -3,7 +3,7 @@
 4-device mesh.
 
 Each process must decode only its share of every batch's images (the per-process split of
-`VQA.load_pixels`; recorded by wrapping `FileSource.__getitem__`), both must end with the same
+`VQA.load_pixels`; recorded by wrapping `vl_jax.data.files.FileSource.__getitem__`), both must end with the same
 verdicts, and the outputs must equal one process on 4 devices and on 1 device (this process,
 8 fake devices from conftest, the mesh cut to 4 / 1). Batches of 11 images over 24 samples:
 the last batch holds 2 images, both on process 0's shards, so process 1 runs that batch's
@@ -44,14 +44,15 @@ _WORKER = (
     from vl_jax import parallel as par
     assert par.initialize_distributed(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
     import jax, ml_collections
-    from vdc_jax import cleanse, inputs
+    from vdc_jax import cleanse
+    from vl_jax.data.files import FileSource
 
     decoded = []  # dataset positions whose image this process read
-    get = inputs.FileSource.__getitem__
+    get = FileSource.__getitem__
     def counting(self, i):
         decoded.append(int(i))
         return get(self, i)
-    inputs.FileSource.__getitem__ = counting
+    FileSource.__getitem__ = counting
 
     with open(os.path.join(root, "config.json")) as f:
         config = ml_collections.ConfigDict(json.load(f))
@@ -69,9 +70,9 @@ _WORKER = (
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from vdc_jax.inputs import write_tiny_llava
+    from vl_jax.models import tiny
 
-    return write_tiny_llava(str(tmp_path_factory.mktemp("tiny_llava")))
+    return tiny.write_llava(str(tmp_path_factory.mktemp("tiny") / "llava"))
 
 
 def _config(checkpoint: str) -> ml_collections.ConfigDict:
@@ -136,7 +137,7 @@ def test_two_processes_equal_one(checkpoint, tmp_path, monkeypatch):
     multi = root / "multi"
     answers = (multi / "answers.jsonl").read_text()
     assert len(answers.splitlines()) == 24 * 6
-    for devices in (8, 4, 1):  # 1 vs 8 devices: the same verdicts (issue 8, determinism)
+    for devices in (8, 4, 1):  # 1 vs 8 devices: the same verdicts (determinism)
         workdir = root / f"single{devices}"
         m, table = _single(config, str(workdir), devices, monkeypatch)
         assert table.flagged.tolist() == res[0]["flagged"], devices

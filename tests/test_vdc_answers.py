@@ -10,9 +10,7 @@ from vdc_jax.answers import (
     UNKNOWN,
     YES,
     Sample,
-    detection_metrics,
     embedding_judge,
-    flag_dirty,
     keyword_match,
     label_names,
     lemma_candidates,
@@ -21,6 +19,7 @@ from vdc_jax.answers import (
     score_samples,
     tokens,
 )
+from vdc_jax.detection import detection_metrics, flag_dirty
 
 ANSWERS = [
     ("Yes", YES),

@@ -1,8 +1,9 @@
 """The VDC driver end to end (vdc_jax.cleanse, report, inputs, main): runlocal in-process, a
 killed-and-resumed run equal to an uninterrupted one, CSV / image-folder inputs, clear errors.
 
-All runs share one tiny random LLaVA checkpoint (written with transformers once per module);
-its answers mean nothing, so the tests check plumbing and determinism, not accuracy."""
+All runs share one tiny random LLaVA checkpoint (vl_jax.models.tiny.write_llava, once per
+module), loaded once for the in-process runs; its answers mean nothing, so the tests check
+plumbing and determinism, not accuracy."""
 
 import csv
 import json
@@ -17,9 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vdc_jax import cleanse
-from vdc_jax.inputs import DataError, csv_dataset, folder_dataset, write_shapes_folder
-from vl_jax import faults
+from configs.vdc.common import MLLMS
+from vdc_jax import cleanse, models, scoring
+from vdc_jax.inputs import write_shapes_folder
+from vl_jax import faults, parallel
+from vl_jax.data.files import DataError, FileSource
+from vl_jax.errors import IncompatibleWorkdirError, UserError
+from vl_jax.images import ImageError
 
 REPO = Path(__file__).resolve().parents[1]
 RUNLOCAL = REPO / "configs" / "vdc" / "runlocal.py"
@@ -32,9 +37,17 @@ def config_of(name: str, arg: str | None = None):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from vdc_jax.inputs import write_tiny_llava
+    from vl_jax.models import tiny
 
-    return write_tiny_llava(str(tmp_path_factory.mktemp("tiny_llava")))
+    return tiny.write_llava(str(tmp_path_factory.mktemp("tiny") / "llava"))
+
+
+@pytest.fixture(scope="module")
+def mllm(checkpoint):
+    """The checkpoint loaded once for every in-process run (as a notebook would reuse it)."""
+    c = config_of("runlocal.py")
+    c.model.name = checkpoint
+    return models.load_mllm(c.model, "", parallel.mesh_from_config(c.mesh.to_dict()))
 
 
 def runlocal(checkpoint):
@@ -44,10 +57,10 @@ def runlocal(checkpoint):
 
 
 @pytest.fixture(scope="module")
-def reference(checkpoint, tmp_path_factory):
+def reference(checkpoint, mllm, tmp_path_factory):
     """An uninterrupted runlocal run: (workdir, metrics)."""
     workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-    return workdir, cleanse.run(runlocal(checkpoint), workdir)
+    return workdir, cleanse.clean(runlocal(checkpoint), workdir, mllm=mllm)[0]
 
 
 def _answers(workdir) -> dict:
@@ -85,7 +98,7 @@ def test_runlocal_end_to_end(reference):
     assert saved["counts"] == m["counts"] and saved["counts"]["dirty"] == 4
 
 
-def test_kill_and_resume_equals_uninterrupted(reference, checkpoint, tmp_path):
+def test_kill_and_resume_equals_uninterrupted(reference, checkpoint, mllm, tmp_path):
     """A run SIGKILLed (fault point ``vdc.answers``) after a batch of answers drawn by a seeded
     generator (``KILL_SEED``), plus a torn half line as a kill mid-write leaves; a second run
     SIGKILLed between an output file's temporary copy and its rename (a seeded choice of the
@@ -110,17 +123,17 @@ def test_kill_and_resume_equals_uninterrupted(reference, checkpoint, tmp_path):
     env[faults.ENV] = f"file.temp/{output[rng.integers(len(output))]}:1"
     p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == -signal.SIGKILL, (env[faults.ENV], p.stderr[-3000:])
-    cleanse.run(runlocal(checkpoint), str(workdir))
+    cleanse.clean(runlocal(checkpoint), str(workdir), mllm=mllm)
     assert _answers(workdir) == _answers(reference[0])
     ref = Path(reference[0], "scores.csv").read_text()
     assert (workdir / "scores.csv").read_text() == ref
 
 
-def test_changed_settings_are_refused(reference, checkpoint):
+def test_changed_settings_are_refused(reference, checkpoint, mllm):
     c = runlocal(checkpoint)
     c.vqa.describe_tokens += 1
-    with pytest.raises(cleanse.IncompatibleWorkdirError, match=r"vqa\.describe_tokens: 12 -> 13"):
-        cleanse.run(c, reference[0])
+    with pytest.raises(IncompatibleWorkdirError, match=r"vqa\.describe_tokens: 12 -> 13"):
+        cleanse.clean(c, reference[0], mllm=mllm)
 
 
 def _write_csv(path, rows):
@@ -128,25 +141,25 @@ def _write_csv(path, rows):
         csv.writer(f).writerows(rows)
 
 
-def test_csv_and_folder_inputs(checkpoint, tmp_path):
+def test_csv_and_folder_inputs(checkpoint, mllm, tmp_path):
     write_shapes_folder(str(tmp_path / "imgs"), per_class=3)
-    folder = folder_dataset(str(tmp_path / "imgs"))
-    assert folder.class_names == ["circle", "square", "triangle"] and len(folder.source) == 9
-    assert folder.source[4]["id"] == "square/001.png" and folder.source[4]["label"] == 1
-    rows = [["path", "label"]] + [[f"imgs/{i}", i.split("/")[0]] for i in folder.source.ids()[1:]]
+    folder = FileSource.from_folder(str(tmp_path / "imgs"), labelled_only=True)
+    assert folder.class_names == ["circle", "square", "triangle"] and len(folder) == 9
+    assert folder[4]["id"] == "square/001.png" and folder[4]["label"] == 1
+    rows = [["path", "label"]] + [[f"imgs/{i}", i.split("/")[0]] for i in folder.ids()[1:]]
     _write_csv(tmp_path / "data.csv", rows)
-    data = csv_dataset(str(tmp_path / "data.csv"))
-    assert data.source.ids() == [r[0] for r in rows[1:]]  # ids: the paths as written
+    data = FileSource.from_csv(str(tmp_path / "data.csv"))
+    assert data.ids() == [r[0] for r in rows[1:]]  # ids: the paths as written
     assert data.class_names == folder.class_names
-    np.testing.assert_array_equal(data.source.labels(), folder.source.labels()[1:])
-    np.testing.assert_array_equal(data.source[0]["image"], folder.source[1]["image"])
+    np.testing.assert_array_equal(data.labels(), folder.labels()[1:])
+    np.testing.assert_array_equal(data[0]["image"], folder[1]["image"])
 
     # The whole pipeline on the CSV (8 images: one batch), no dirt, template questions, no judge.
     c = runlocal(checkpoint)
     c.data.kind, c.data.path = "csv", str(tmp_path / "data.csv")
     c.corrupt.attack = ""
     c.vqg.llm, c.judge.kind = "", "none"
-    m = cleanse.run(c, str(tmp_path / "run"))
+    m = cleanse.clean(c, str(tmp_path / "run"), mllm=mllm)[0]
     assert m["counts"]["scored"] == 8 and "overall" not in m
     cleaned = list(csv.reader(open(tmp_path / "run" / "cleaned.csv")))
     assert cleaned[0] == ["path", "label"] and len(cleaned) == 1 + m["counts"]["kept"]
@@ -164,24 +177,26 @@ def test_bad_inputs_name_file_and_line(tmp_path):
     cases = {
         "fields.csv": ([good, ["imgs/square/000.png", "square", "x"]], "line 2: expected 2 fields"),
         "label.csv": ([good, ["imgs/square/000.png", ""]], "line 2: empty path or label"),
-        "missing.csv": ([good, ["imgs/nope.png", "circle"]], "line 2: image not found"),
         "dup.csv": ([good, good], "listed twice"),
     }
     for name, (rows, message) in cases.items():
         _write_csv(tmp_path / name, rows)
         with pytest.raises(DataError, match=message):
-            csv_dataset(str(tmp_path / name))
+            FileSource.from_csv(str(tmp_path / name))
     _write_csv(tmp_path / "names.csv", [good, ["imgs/square/000.png", "dog"]])
     with pytest.raises(DataError, match="line 2: unknown label 'dog'"):
-        csv_dataset(str(tmp_path / "names.csv"), class_names=["circle", "square"])
-    _write_csv(tmp_path / "broken.csv", [good, ["imgs/circle/broken.png", "circle"]])
-    data = csv_dataset(str(tmp_path / "broken.csv"))
-    with pytest.raises(DataError, match=r"broken\.csv, line 2: unreadable image"):
-        data.source[1]
-    with pytest.raises(DataError, match="does not exist"):
-        folder_dataset(str(tmp_path / "nowhere"))
-    with pytest.raises(DataError, match="CSV file not found"):
-        csv_dataset(str(tmp_path / "nowhere.csv"))
+        FileSource.from_csv(str(tmp_path / "names.csv"), class_names=["circle", "square"])
+    # A missing or unreadable image is an ImageError when read (the run skips and lists it),
+    # naming the file and the CSV line that listed it.
+    for name, rel in [("missing.csv", "imgs/nope.png"), ("broken.csv", "imgs/circle/broken.png")]:
+        _write_csv(tmp_path / name, [good, [rel, "circle"]])
+        data = FileSource.from_csv(str(tmp_path / name))
+        with pytest.raises(ImageError, match=rf"{rel.split('/')[-1]}.*{name}, line 2"):
+            data[1]
+    with pytest.raises(UserError, match="does not exist"):
+        FileSource.from_folder(str(tmp_path / "nowhere"))
+    with pytest.raises(UserError, match="CSV file not found"):
+        FileSource.from_csv(str(tmp_path / "nowhere.csv"))
 
 
 def test_configs_and_args():
@@ -191,8 +206,8 @@ def test_configs_and_args():
         "train_800",
         "wanet",
     )
-    assert dog.corrupt.poison_per_class == 80 and dog.model.name == cleanse.MLLMS["7b"]
-    assert config_of("imagenet_dog.py", "ssba,small").model.name == cleanse.MLLMS["small"]
+    assert dog.corrupt.poison_per_class == 80 and dog.model.name == MLLMS["7b"]
+    assert config_of("imagenet_dog.py", "ssba,small").model.name == MLLMS["small"]
     assert config_of("cifar10.py", "sig").corrupt.poison_per_class == 500
     assert config_of("imagenet100.py", "trojannn").corrupt.poison_per_class == 50
     noise = config_of("noise.py", "cifar10,asym")
@@ -213,8 +228,9 @@ def test_cli_dataset_not_prepared_is_a_clear_error(tmp_path):
     cmd = [sys.executable, "-m", "vdc_jax.main", f"--config={REPO}/configs/vdc/cifar10.py",
            f"--workdir={tmp_path / 'w'}", f"--config.data.data_dir={tmp_path / 'tfds'}"]  # fmt: skip
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 1
-    assert "error: dataset not prepared" in p.stderr and "download_and_prepare" in p.stderr
+    assert p.returncode == 2  # vl_jax.errors: a UserError is one line and exit status 2
+    assert "error: cifar10: TFDS dataset" in p.stderr and "not prepared" in p.stderr
+    assert "download_and_prepare" in p.stderr
     assert "Traceback" not in p.stderr
 
 
@@ -237,8 +253,8 @@ def test_scoring_in_blocks_from_disk_equals_in_memory(reference):
         return [Verdict("yes" if len(d) % 3 else "no", "fake") for d in descriptions]
 
     lean = AnswerStore(w / "answers.jsonl", write=False, keep=False)
-    blocks = cleanse.score(items, lean, questions, names, judge, 0.5, 24, block=5)
-    whole = cleanse.score(items, AnswerStore(w / "answers.jsonl", write=False), questions, names,
+    blocks = scoring.score(items, lean, questions, names, judge, 0.5, 24, block=5)
+    whole = scoring.score(items, AnswerStore(w / "answers.jsonl", write=False), questions, names,
                           judge, 0.5, 24)  # fmt: skip
     assert len(calls) == 5 + 1 and sum(calls[:5]) == calls[5]  # 5 blocks, then 1
     for field in ("index", "labels", "score", "flagged", "consistent", "total"):

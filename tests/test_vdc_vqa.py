@@ -2,8 +2,8 @@
 equal per-pair generation (also with the images laid out over a mesh's shards), and the
 resumable answers.jsonl (torn lines, no duplicates, answers read back from disk).
 
-The model is a tiny random LLaVA written with transformers (vdc_jax.inputs.write_tiny_llava)
-and loaded through our verified loader; its answers are meaningless, only their equality is
+The model is a tiny random LLaVA (vl_jax.models.tiny.write_llava, the Hugging Face layout)
+loaded as the cleanser loads it (vdc_jax.models.load_mllm); its answers are meaningless, only their equality is
 tested."""
 
 import json
@@ -12,7 +12,8 @@ import os
 import numpy as np
 import pytest
 
-from vdc_jax.inputs import folder_dataset, write_shapes_folder, write_tiny_llava
+from vdc_jax.inputs import write_shapes_folder
+from vdc_jax.models import MLLM, stop_tokens
 from vdc_jax.questions import Questions
 from vdc_jax.vqa import (
     DESCRIBE,
@@ -34,16 +35,18 @@ QUESTIONS = Questions(
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from vl_jax.models import llava
+    from vl_jax.data.files import FileSource
+    from vl_jax.models import llava, tiny
 
-    path = write_tiny_llava(str(tmp_path_factory.mktemp("tiny_llava")))
+    path = tiny.write_llava(str(tmp_path_factory.mktemp("tiny") / "llava"))
     root = str(tmp_path_factory.mktemp("shapes"))
     write_shapes_folder(root, per_class=2)
-    data = folder_dataset(root)
-    images = [data.source[i]["image"] for i in range(3)]
+    data = FileSource.from_folder(root)
+    images = [data[i]["image"] for i in range(3)]
     model, processor = llava.from_pretrained(path), llava.load_processor(path)
+    mllm = MLLM(model, processor, path, tuple(stop_tokens(path, processor.tokenizer)))
     # Equal lengths: the per-pair check then compiles one request shape fewer (test time).
-    return VQA(model, processor, yes_no_tokens=6, describe_tokens=6), processor, images
+    return VQA.from_mllm(mllm, yes_no_tokens=6, describe_tokens=6), processor, images
 
 
 PAIRS = [("Describe the image in detail.", DESCRIBE), ("Is it dark?", YES_NO),

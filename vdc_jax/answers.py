@@ -1,4 +1,4 @@
-"""VAE — visual answer evaluation for VDC (Zhu et al., ICLR 2024, §3.3), and detection metrics.
+"""VAE — visual answer evaluation for VDC (Zhu et al., ICLR 2024, §3.3).
 
 Each answer of the MLLM is judged *consistent* with the sample's label or not:
 
@@ -10,11 +10,11 @@ Each answer of the MLLM is judged *consistent* with the sample's label or not:
   :func:`embedding_judge`).
 
 The score of a sample is the fraction of its questions answered consistently (every question
-weighted equally); a sample is dirty iff ``score < threshold`` (default 0.5).
+weighted equally); a sample is dirty iff ``score < threshold`` (default 0.5). The per-dataset
+aggregation over the stored answers is :mod:`vdc_jax.scoring`; the thresholding and the
+detection metrics (TPR, FPR, F1, AUROC) are :mod:`vdc_jax.detection`.
 
     res = score_samples(samples, judge=llm_judge(ask))        # samples: list[Sample]
-    flagged = flag_dirty([r.score for r in res], threshold=0.5)
-    detection_metrics(flagged, dirty)                          # {"tpr", "fpr", "precision", "f1", ...}
 """
 
 from __future__ import annotations
@@ -384,30 +384,3 @@ def score_samples(
             r.consistent[i] = v.value == YES
             r.how[i] = f"no keyword; {v.value} ({v.reason})"
     return results
-
-
-def flag_dirty(scores: Sequence[float], threshold: float = 0.5) -> np.ndarray:
-    """``bool [N]``: dirty iff ``score < threshold`` (one rule for every sample; see docs/vdc.md).
-
-    The paper's code flags ``score <= 0.5`` for poisoned samples; with Q questions per sample
-    that equals ``score < threshold`` for any threshold in (0.5, 0.5 + 1/Q].
-    """
-    return np.asarray(scores, np.float64) < threshold
-
-
-def detection_metrics(flagged: Sequence[bool], dirty: Sequence[bool]) -> dict[str, float]:
-    """TPR (recall on dirty), FPR (flagged among clean), precision and F1; NaN where undefined."""
-    f, d = np.asarray(flagged, bool), np.asarray(dirty, bool)
-    if f.shape != d.shape:
-        raise ValueError(f"flagged {f.shape} and dirty {d.shape} differ in shape")
-    tp, fp = int(np.sum(f & d)), int(np.sum(f & ~d))
-    fn, tn = int(np.sum(~f & d)), int(np.sum(~f & ~d))
-    div = lambda a, b: a / b if b else math.nan
-    tpr, precision = div(tp, tp + fn), div(tp, tp + fp)
-    f1 = div(2 * tp, 2 * tp + fp + fn)
-    return {"tpr": tpr, "fpr": div(fp, fp + tn), "precision": precision, "f1": f1} | {
-        "tp": tp,
-        "fp": fp,
-        "fn": fn,
-        "tn": tn,
-    }

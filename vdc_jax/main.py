@@ -7,15 +7,14 @@
 Rerunning the same command resumes (see vdc_jax.cleanse). Overrides go through
 `--config.a.b=value` (the config is locked: a mistyped key fails). Multi-host: the same
 `jax.distributed` flags as the top-level main.py. Problems with the input (a dataset not
-prepared, a bad CSV row, an unreadable image, a workdir made with other settings, a bad
-questions file) end with one `error: ...` line and exit status 1, not a traceback.
+prepared, a bad CSV row, a workdir made with other settings, a bad questions file, a missing
+checkpoint: any `vl_jax.errors.UserError`) end with one `error: ...` line and exit status 2
+(`errors.exit_on_user_error`); anything else is a bug and keeps its traceback.
 """
-
-import sys
 
 from absl import app
 
-from vl_jax import cli
+from vl_jax import cli, errors
 
 _CONFIG, _WORKDIR = cli.define_flags("VDC config file (configs/vdc/*.py[:arg])")
 
@@ -23,23 +22,9 @@ _CONFIG, _WORKDIR = cli.define_flags("VDC config file (configs/vdc/*.py[:arg])")
 def main(argv):
     cli.start(argv)
     # Imported after initialize_distributed: nothing may touch the JAX backend before it.
-    from vdc_jax.cleanse import IncompatibleWorkdirError, run
-    from vdc_jax.inputs import DataError
-    from vdc_jax.questions import QuestionsFileError
-    from vl_jax.data.sources import DatasetNotPreparedError
-    from vl_jax.images import ImageError
+    from vdc_jax.cleanse import run
 
-    try:
-        run(_CONFIG.value, _WORKDIR.value)
-    except DatasetNotPreparedError as e:
-        print(f"error: dataset not prepared: {e}", file=sys.stderr)
-        sys.exit(1)
-    except (IncompatibleWorkdirError, DataError, QuestionsFileError, ImageError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except FileNotFoundError as e:  # e.g. ILSVRC files missing from manual_dir, no checkpoint
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    errors.exit_on_user_error(run, _CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

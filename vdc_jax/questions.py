@@ -24,6 +24,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 
+from vl_jax.errors import UserError
 from vl_jax.fileio import atomic_open
 
 log = logging.getLogger(__name__)
@@ -90,8 +91,9 @@ _AUX = re.compile(
 MAX_QUESTION_CHARS = 300
 
 
-class QuestionsFileError(ValueError):
-    """A questions file (cache or user-supplied) that does not validate."""
+class QuestionsFileError(UserError, ValueError):
+    """A questions file (cache or user-supplied) that does not validate; names the file, class,
+    question and line."""
 
 
 @dataclasses.dataclass

@@ -2,7 +2,8 @@
 
     write_report(workdir, Table(...), threshold=0.5, config_summary={...})
 
-writes (atomically, via `vl_jax.fileio.atomic_open`; process 0 only):
+writes (atomically, via `vl_jax.fileio.atomic_open`; on the writer process only,
+`vl_jax.workdir.is_writer`):
 
 - ``scores.csv``: one row per sample in dataset order: ``index, id, label, class, score,
   flagged, consistent, total`` and, when the ground truth is known (injected dirt),
@@ -23,74 +24,19 @@ writes (atomically, via `vl_jax.fileio.atomic_open`; process 0 only):
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
-import math
 import os
 
 import numpy as np
 
-from vdc_jax.answers import detection_metrics
+from vdc_jax.detection import compute_metrics
+from vdc_jax.scoring import Table
+
+__all__ = ["Table", "write_report"]
 from vl_jax import metrics, plots
 from vl_jax.fileio import atomic_open
-from vl_jax.runlog import is_main_process, write_json
-
-
-@dataclasses.dataclass
-class Table:
-    """Per-sample results, all [M] in dataset order (M <= N: samples without a label are not
-    scored); `n` is the dataset length N for the label-issue mask."""
-
-    index: np.ndarray  # int [M] dataset position
-    ids: list[str]
-    labels: np.ndarray  # int [M] label checked (after corruption)
-    class_names: list[str]
-    score: np.ndarray  # float [M]
-    flagged: np.ndarray  # bool [M]
-    consistent: np.ndarray  # int [M]
-    total: np.ndarray  # int [M]
-    n: int
-    is_dirty: np.ndarray | None = None  # bool [M], when known
-    kinds: np.ndarray | None = None  # str [M], "" = clean, when known
-    paths: list[str] | None = None  # [M] image files, when known
-
-
-def detection_block(score: np.ndarray, flagged: np.ndarray, dirty: np.ndarray) -> dict:
-    """detection_metrics at the threshold + AUROC of 1 - score (NaN with one class only)."""
-    out = dict(detection_metrics(flagged, dirty))
-    both = dirty.any() and (~dirty).any()
-    out["auroc"] = metrics.roc_auc(1.0 - score, dirty) if both else math.nan
-    out["n"], out["n_dirty"] = int(dirty.size), int(dirty.sum())
-    return out
-
-
-def compute_metrics(t: Table) -> dict:
-    """The ``metrics.json`` body without the config summary (see the module docstring)."""
-    out = {
-        "counts": {
-            "dataset": int(t.n),
-            "scored": len(t.ids),
-            "flagged": int(t.flagged.sum()),
-            "kept": int(len(t.ids) - t.flagged.sum()),
-        },
-        "score_mean": float(np.mean(t.score)) if len(t.score) else math.nan,
-    }
-    if t.is_dirty is None:
-        return out
-    d = t.is_dirty
-    out["counts"]["dirty"] = int(d.sum())
-    out["overall"] = detection_block(t.score, t.flagged, d)
-    clean = ~d
-    out["per_kind"] = {}
-    for kind in sorted(set(t.kinds[d].tolist())):
-        sel = clean | (t.kinds == kind)
-        out["per_kind"][kind] = detection_block(t.score[sel], t.flagged[sel], d[sel])
-    out["per_class"] = {}
-    for c, name in enumerate(t.class_names):
-        sel = t.labels == c
-        if sel.any():
-            out["per_class"][name] = detection_block(t.score[sel], t.flagged[sel], d[sel])
-    return out
+from vl_jax.runlog import write_json
+from vl_jax.workdir import is_writer
 
 
 def _csv_text(header: list[str], rows) -> str:
@@ -109,7 +55,7 @@ def write_report(
     m["threshold"] = float(threshold)
     m["rule"] = "dirty iff score < threshold"
     m["config"] = dict(config_summary or {})
-    if not is_main_process():
+    if not is_writer():
         return m
     path = lambda name: os.path.join(workdir, name)
     known = t.is_dirty is not None

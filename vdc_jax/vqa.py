@@ -1,6 +1,6 @@
 """VQA — the MLLM answers every (image, question) pair of a dataset (VDC, Zhu et al. 2024, §3.2).
 
-    vqa = VQA(llava.from_pretrained(path), llava.load_processor(path), mesh=mesh)
+    vqa = VQA.from_mllm(vdc_jax.models.load_mllm(config.model, workdir, mesh), mesh=mesh)
     store = AnswerStore("runs/dogs/answers.jsonl")            # reads what a killed run wrote
     for _ in answer_dataset(vqa, items, load_image, questions, class_names, store,
                             batch_size=16):                    # one step per batch of images
@@ -21,7 +21,7 @@ never read, since `generate` builds the global pixel array with `make_array_from
 which reads each process's own shards only. No pixels cross processes. The prompts (token
 ids, small) are built identically on every process; the generate call is one global sharded
 computation whose new tokens come back to every process (`parallel.fetch`), so every process
-holds every answer and the same `AnswerStore`, but only process 0 writes it.
+holds every answer and the same `AnswerStore`, but only the writer (`vl_jax.workdir.is_writer`) writes it.
 
 Answers are appended to `answers.jsonl` after each batch, one JSON object per pair —
 ``{"index", "id", "label", "class", "question", "kind", "answer"}`` — then flushed and
@@ -30,8 +30,8 @@ fsync'd, so a killed run loses at most the batch in flight (`vl_jax.faults` poin
 died mid-line) or an undecodable one is dropped and the file truncated to the last good line;
 pairs already answered are skipped, so nothing is asked twice and nothing is duplicated.
 Batches are cut from the dataset order, not from the pending work, so a resumed run asks the
-remaining pairs in the same batches as an uninterrupted run would. Only process 0 writes
-(`jax.process_index() == 0`); every process reads the same file, which must be on a shared
+remaining pairs in the same batches as an uninterrupted run would. Only the writer process
+(`vl_jax.workdir.is_writer`) writes; every process reads the same file, which must be on a shared
 filesystem for multi-host runs.
 """
 
@@ -44,10 +44,10 @@ import os
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 
-import jax
 import numpy as np
 
 from vl_jax import faults, parallel
+from vl_jax import workdir as wd
 from vl_jax.generate import bucket, generate
 
 log = logging.getLogger(__name__)
@@ -86,8 +86,8 @@ class VQA:
       model: the NNX LLaVA; processor: its transformers `LlavaProcessor` (`llava.load_processor`):
         the tokenizer, the chat template and the image processor are taken from it.
       yes_no_tokens / describe_tokens: max new tokens per answer kind (greedy unless `num_beams`).
-      eos_token_id: stop token(s); default the tokenizer's (`stop_tokens` adds the checkpoint's
-        generation_config ones, e.g. Qwen's "<|im_end|>").
+      eos_token_id: stop token(s); default the tokenizer's (`vdc_jax.models.stop_tokens` adds
+        the checkpoint's generation_config ones, e.g. Qwen's "<|im_end|>").
       mesh: optional `parallel.create_mesh()` mesh (rows and images are sharded over `data`;
         with several processes each decodes only its devices' images, see `load_pixels`).
     """
@@ -118,6 +118,13 @@ class VQA:
         )
         self._ids: dict[str, np.ndarray] = {}  # question -> prompt ids (questions repeat a lot)
         self._pixel_shape: tuple[int, ...] | None = None
+
+    @classmethod
+    def from_mllm(cls, mllm, **kwargs) -> VQA:
+        """The engine of a loaded `vdc_jax.models.MLLM` (its model, processor and stop tokens);
+        `kwargs` as for the constructor."""
+        return cls(mllm.model, mllm.processor, eos_token_id=list(mllm.stop_tokens) or None,
+                   **kwargs)  # fmt: skip
 
     # ---------------------------------------------------------------- prompts and pixels
     def prompt(self, question: str) -> str:
@@ -235,17 +242,6 @@ class VQA:
         return out
 
 
-def stop_tokens(path: str, tokenizer) -> list[int]:
-    """The tokenizer's EOS plus `generation_config.json`'s `eos_token_id`(s) in `path`."""
-    ids = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
-    cfg = os.path.join(path, "generation_config.json")
-    if os.path.exists(cfg):
-        with open(cfg, encoding="utf-8") as f:
-            extra = json.load(f).get("eos_token_id")
-        ids += [int(i) for i in np.atleast_1d(extra if extra is not None else [])]
-    return list(dict.fromkeys(ids))
-
-
 # ------------------------------------------------------------------------- answers.jsonl
 class AnswerStore:
     """`answers.jsonl`: which (id, question) pairs are answered; appends are durable.
@@ -264,7 +260,7 @@ class AnswerStore:
 
     def __init__(self, path: str | os.PathLike, *, write: bool | None = None, keep: bool = True):
         self.path = os.fspath(path)
-        self.write = jax.process_index() == 0 if write is None else write
+        self.write = wd.is_writer() if write is None else write
         self.keep = keep
         self.records: dict[tuple[str, str], dict] = {}  # with keep only
         self._qnum: dict[str, int] = {}  # question -> its bit in `_done` (few distinct questions)

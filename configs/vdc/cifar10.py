@@ -7,15 +7,13 @@ Arg: `<attack>[,small]` (badnets / blended / sig / wanet / trojannn / ssba). Pap
 prepared as TFDS array_record (the error message says how; it is never downloaded here).
 """
 
-from vdc_jax.cleanse import apply_arg, default_config
+from configs.common import parse_arg
+from configs.vdc.common import ATTACK_NAMES, POISON_PER_CLASS, tfds_config, use_small
 
 
 def get_config(arg: str = "badnets"):
-    c = default_config()
-    c.data.kind = "tfds"
-    c.data.name = "cifar10"
-    c.data.split = "train"
-    c.corrupt.target = 0
-    c.corrupt.poison_per_class = 500
-    c.vqg.n = 4
-    return apply_arg(c, arg, attack=True)
+    a = parse_arg(arg, attack=ATTACK_NAMES, small=False)
+    c = tfds_config("cifar10")  # cifar10 train, 4 label-specific questions per class
+    c.corrupt.attack = a.attack
+    c.corrupt.poison_per_class = POISON_PER_CLASS["cifar10"]  # 500
+    return use_small(c, a.small)

@@ -8,17 +8,17 @@ non-target class is the dataset's poisoned-sample setting (CIFAR-10 500, ImageNe
 ImageNet-Dog 80).
 """
 
-from vdc_jax.cleanse import DATASETS, POISON_PER_CLASS, apply_arg, default_config
+from configs.common import parse_arg
+from configs.vdc.common import ATTACK_NAMES, DATASETS, POISON_PER_CLASS, tfds_config, use_small
 
 
 def get_config(arg: str = "cifar10,badnets,sym"):
-    dataset, rest = [*arg.split(",", 1), ""][:2]
-    if dataset not in DATASETS:
-        raise ValueError(f"hybrid.py:<dataset>,...: dataset {dataset!r} not in {sorted(DATASETS)}")
-    c = default_config()
-    c.data.kind = "tfds"
-    c.data.name, c.data.split, c.vqg.n = DATASETS[dataset]
-    c.corrupt.target = 0
-    c.corrupt.poison_per_class = POISON_PER_CLASS[dataset]
-    c.corrupt.noise_rate = 0.4
-    return apply_arg(c, rest, attack=True, noise=True)
+    a = parse_arg(
+        arg, dataset=tuple(DATASETS), attack=ATTACK_NAMES, noise=("sym", "asym"), small=False
+    )
+    c = tfds_config(a.dataset)
+    c.corrupt.attack = a.attack
+    c.corrupt.poison_per_class = POISON_PER_CLASS[a.dataset]
+    c.corrupt.noise = a.noise
+    c.corrupt.noise_rate = 0.4  # the paper's eta
+    return use_small(c, a.small)

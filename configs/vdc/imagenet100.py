@@ -8,15 +8,13 @@ our `train` split has all ~1,300 images per class (126k), so the ratio here is ~
 `--config.data.split 'train[:40%]'` for about the paper's size (not stratified).
 """
 
-from vdc_jax.cleanse import apply_arg, default_config
+from configs.common import parse_arg
+from configs.vdc.common import ATTACK_NAMES, POISON_PER_CLASS, tfds_config, use_small
 
 
 def get_config(arg: str = "badnets"):
-    c = default_config()
-    c.data.kind = "tfds"
-    c.data.name = "imagenet100"
-    c.data.split = "train"
-    c.corrupt.target = 0
-    c.corrupt.poison_per_class = 50
-    c.vqg.n = 6
-    return apply_arg(c, arg, attack=True)
+    a = parse_arg(arg, attack=ATTACK_NAMES, small=False)
+    c = tfds_config("imagenet100")  # imagenet100 train, 6 label-specific questions per class
+    c.corrupt.attack = a.attack
+    c.corrupt.poison_per_class = POISON_PER_CLASS["imagenet100"]  # 50
+    return use_small(c, a.small)

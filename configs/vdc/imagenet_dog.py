@@ -9,15 +9,13 @@ swaps llava-1.5-7b for llava-interleave-qwen-0.5b. As in the paper (§4.1): targ
 The 10 breeds are our stand-in (VDC did not publish its list): see docs/data.md, imagenet_dog10.
 """
 
-from vdc_jax.cleanse import apply_arg, default_config
+from configs.common import parse_arg
+from configs.vdc.common import ATTACK_NAMES, POISON_PER_CLASS, tfds_config, use_small
 
 
 def get_config(arg: str = "badnets"):
-    c = default_config()
-    c.data.kind = "tfds"
-    c.data.name = "imagenet_dog10"
-    c.data.split = "train_800"
-    c.corrupt.target = 0
-    c.corrupt.poison_per_class = 80
-    c.vqg.n = 6
-    return apply_arg(c, arg, attack=True)
+    a = parse_arg(arg, attack=ATTACK_NAMES, small=False)
+    c = tfds_config("imagenet_dog")  # imagenet_dog10 train_800, 6 questions per class
+    c.corrupt.attack = a.attack
+    c.corrupt.poison_per_class = POISON_PER_CLASS["imagenet_dog"]  # 80
+    return use_small(c, a.small)

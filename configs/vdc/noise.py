@@ -5,17 +5,13 @@
 Arg: `<dataset>,<sym|asym>[,small]`, dataset in cifar10 / imagenet100 / imagenet_dog.
 """
 
-from vdc_jax.cleanse import DATASETS, apply_arg, default_config
+from configs.common import parse_arg
+from configs.vdc.common import DATASETS, tfds_config, use_small
 
 
 def get_config(arg: str = "cifar10,sym"):
-    dataset, rest = [*arg.split(",", 1), ""][:2]
-    if dataset not in DATASETS:
-        raise ValueError(
-            f"noise.py:<dataset>,<sym|asym>: dataset {dataset!r} not in {sorted(DATASETS)}"
-        )
-    c = default_config()
-    c.data.kind = "tfds"
-    c.data.name, c.data.split, c.vqg.n = DATASETS[dataset]
-    c.corrupt.noise_rate = 0.4
-    return apply_arg(c, rest, noise=True)
+    a = parse_arg(arg, dataset=tuple(DATASETS), noise=("sym", "asym"), small=False)
+    c = tfds_config(a.dataset)
+    c.corrupt.noise = a.noise
+    c.corrupt.noise_rate = 0.4  # the paper's eta
+    return use_small(c, a.small)

@@ -1,8 +1,8 @@
 """``CorruptedSource``: inject poisoned samples and noisy labels into a source, with a manifest.
 
-Works over any random-access source with the common schema (``vl_jax.data.sources``):
-``len(src)``, ``src[i] -> {"image": uint8 [H, W, 3], "label": int32, "id": str}`` and
-``src.class_names``. Which samples are altered is decided once, in ``__init__``, from ``seed``;
+Wraps any :class:`vl_jax.data.protocol.RandomAccessSource` (``len(src)``, ``src[i] -> {"image":
+uint8 [H, W, 3], "label": int32, "id": str}``, ``labels()``, ``ids()``, ``class_names``, ``name``,
+``split``) and is one itself, so the input pipeline and the cleanser read it like any dataset. Which samples are altered is decided once, in ``__init__``, from ``seed``;
 triggers are applied lazily in ``__getitem__`` (they are deterministic functions of the image).
 
 Selection rules (VDC, Zhu et al. ICLR 2024, section 4.1):
@@ -33,6 +33,7 @@ import numpy as np
 from vdc_jax.corrupt.stega import SSBA
 from vdc_jax.corrupt.triggers import Attack, BadNets, Blended, Sig, WaNet
 from vdc_jax.corrupt.trojan import TrojanNN
+from vl_jax.data.protocol import RandomAccessSource, check_source
 from vl_jax.fileio import atomic_open
 
 __all__ = [
@@ -122,29 +123,38 @@ def make_attack(spec: CorruptionSpec, seed: int) -> Attack | None:
 
 
 class CorruptedSource:
-    """A source with injected dirt: same length, ids and images except on altered samples.
+    """A :class:`~vl_jax.data.protocol.RandomAccessSource` with injected dirt: same length, ids
+    and images except on altered samples.
 
     ``self[i]`` is ``source[i]`` with the trigger applied to the image of a poisoned sample and
     the label replaced on every altered sample; other keys pass through, clean samples are
     returned as is (bitwise equal).
 
     Attributes:
+      source: the wrapped source; spec: the :class:`CorruptionSpec`; seed: the selection seed.
+      name: ``"<source name>+corrupt"``; split: the source's; class_names: the source's.
       labels_original: int32 [N], the source's labels.
       kinds: object [N], ``""`` for a clean sample, else one of :data:`KINDS`.
       attack: the bound :class:`Attack` (``None`` without poisons).
     """
 
-    def __init__(self, source, spec: CorruptionSpec, seed: int = 0):
-        self.source = source
+    def __init__(self, source: RandomAccessSource, spec: CorruptionSpec, seed: int = 0):
+        self.source = check_source(source)
         self.spec = spec
         self.seed = int(seed)
         self.class_names = list(source.class_names)
+        self.name = f"{source.name}+corrupt"
+        self.split = source.split
         k = self.num_classes
         if spec.attack is not None and not 0 <= spec.target < k:
             raise ValueError(f"target {spec.target} is not a class of {k}")
         if spec.noise is not None and k < 2:
             raise ValueError("label noise needs at least 2 classes")
-        self.labels_original = _source_labels(source)
+        self.labels_original = np.asarray(source.labels(), np.int32)
+        if self.labels_original.shape != (len(source),):
+            raise ValueError(
+                f"source labels have shape {self.labels_original.shape}, expected ({len(source)},)"
+            )
         self.attack = make_attack(spec, self.seed)
         n = len(self.labels_original)
         self._labels = self.labels_original.copy()
@@ -157,14 +167,6 @@ class CorruptedSource:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
-
-    @property
-    def name(self) -> str:
-        return f"{getattr(self.source, 'name', 'source')}+corrupt"
-
-    @property
-    def split(self):
-        return getattr(self.source, "split", None)
 
     def __len__(self) -> int:
         return len(self.labels_original)
@@ -184,6 +186,10 @@ class CorruptedSource:
     def labels(self) -> np.ndarray:
         """int32 [N]: the labels after corruption (``labels()[i] == self[i]["label"]``)."""
         return self._labels.copy()
+
+    def ids(self) -> list[str]:
+        """[N] the source's ids (corruption keeps them), without decoding any image."""
+        return self.source.ids()
 
     def __repr__(self) -> str:
         counts = {k: int(np.sum(self.kinds == k)) for k in KINDS if np.any(self.kinds == k)}
@@ -208,16 +214,12 @@ class CorruptedSource:
     @property
     def manifest(self) -> list[dict]:
         """One row per altered sample, by index: ``{"index", "id", "kind", "original_label",
-        "new_label"}``. Ids are read from the source on first access (``source.ids()`` when it
-        has one, else ``source[i]["id"]``, which decodes the image)."""
+        "new_label"}``. Ids are read from the source (``ids()``, no image decoded) on first
+        access."""
         if self._manifest is None:
             idx = np.flatnonzero(self.is_dirty)
-            ids = getattr(self.source, "ids", None)
-            if callable(ids):
-                all_ids = ids()
-                row_ids = [str(all_ids[i]) for i in idx]
-            else:
-                row_ids = [str(self.source[int(i)]["id"]) for i in idx]
+            all_ids = self.source.ids()
+            row_ids = [str(all_ids[i]) for i in idx]
             self._manifest = [
                 {
                     "index": int(i),
@@ -309,15 +311,3 @@ def read_manifest(path: str | os.PathLike) -> list[dict]:
         for f in ("index", "original_label", "new_label"):
             r[f] = int(r[f])
     return rows
-
-
-def _source_labels(source) -> np.ndarray:
-    """int32 [N]; ``source.labels()`` when available (no image decoding), else per item."""
-    labels = getattr(source, "labels", None)
-    if callable(labels):
-        out = np.asarray(labels(), np.int32)
-    else:
-        out = np.asarray([int(source[i]["label"]) for i in range(len(source))], np.int32)
-    if out.shape != (len(source),):
-        raise ValueError(f"source labels have shape {out.shape}, expected ({len(source)},)")
-    return out

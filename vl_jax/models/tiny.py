@@ -2,6 +2,7 @@
 benchmarks and tests.
 
     path = tiny.write_clip(dir)                    # complete Hugging Face CLIP directory
+    path = tiny.write_llava(dir)                   # LLaVA-1.5-style, with its processor
     cfg = tiny.clip_config(image_size=32)          # the same model family, other sizes
 
 They exist to exercise the real code paths (a checkpoint written in Hugging Face's layout and
@@ -97,6 +98,154 @@ def write_clip(path: str, seed: int = 0, **overrides) -> str:
     try:
         save_clip(random_clip(clip_config(**overrides), seed), tmp)
         shutil.rmtree(path, ignore_errors=True)  # a half-written one (no weights)
+        os.rename(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+# ----------------------------------------------------------------------------- tiny LLaVA
+# Word-level vocabulary of the tiny LLaVA: the words of VDC's template / general questions, the
+# runlocal class names and a few answer words, so random answers decode to words ("yes dog
+# square ...") and prompts tokenize without unknown tokens.
+LLAVA_WORDS = (
+    "USER ASSISTANT : ? . , yes no not a an the is there in image main object show does kind of "
+    "would you call this contain visible picture photo describe detail what it circle square "
+    "triangle shape colour red blue green dark light background small large"
+).split()
+_SPECIALS = ("<unk>", "<pad>", "</s>", "<s>")
+
+
+def _llava_vocab(vocab_size: int | None) -> dict[str, int]:
+    words = [*_SPECIALS, *LLAVA_WORDS]
+    words += [f"w{i}" for i in range(max(0, (vocab_size or 0) - 1 - len(words)))]
+    return {w: i for i, w in enumerate(words)}
+
+
+def llava_config(
+    image_size: int = 30,
+    patch_size: int = 6,
+    vision: dict | None = None,
+    text: dict | None = None,
+    vocab_size: int | None = None,
+):
+    """The tiny LLaVA-1.5-style ``transformers.LlavaConfig`` (no weights, no torch).
+
+    CLIP tower (2 layers, width 32) read at its penultimate layer without the class token, Llama
+    decoder (2 layers, width 32, 2 KV heads). ``vision`` / ``text`` override the towers'
+    transformers config fields; ``vocab_size`` pads the word-level vocabulary with filler words
+    (benchmarks: a realistic LM head); the last id is ``<image>``."""
+    import transformers
+
+    vocab = _llava_vocab(vocab_size)
+    image_id = len(vocab)
+    return transformers.LlavaConfig(
+        vision_config=transformers.CLIPVisionConfig(**{
+            **dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                   num_attention_heads=4),
+            **(vision or {}), "image_size": image_size, "patch_size": patch_size,
+        }),
+        text_config=transformers.LlamaConfig(**{
+            **dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=2),
+            **(text or {}), "vocab_size": image_id + 1, "bos_token_id": vocab["<s>"],
+            "eos_token_id": vocab["</s>"], "pad_token_id": vocab["<pad>"],
+        }),
+        image_token_index=image_id,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )  # fmt: skip
+
+
+def random_llava(hf_config, seed: int = 0):
+    """Our LLaVA of a ``transformers.LlavaConfig`` with N(0, 0.02) weights (norm scales around
+    1), filled from numpy like :func:`random_clip` (no XLA compilation)."""
+    import jax.numpy as jnp
+
+    from vl_jax.models import llava
+
+    cfg = llava.LLaVAConfig.from_hf(hf_config)
+    make = lambda: llava.LLaVA(cfg, dtype=jnp.float32, rngs=nnx.Rngs(0))
+    graphdef, abstract = nnx.split(nnx.eval_shape(make))
+    rng = np.random.default_rng(seed)
+
+    def fill(path, x):
+        scale = "scale" in jax.tree_util.keystr(path)
+        return (rng.normal(0, 0.02, x.shape) + scale).astype(x.dtype)
+
+    return nnx.merge(graphdef, jax.tree.map_with_path(fill, abstract))
+
+
+def _llava_processor(hf_config, vocab_size: int | None):
+    """The word-level tokenizer (BOS added like Llama's, left padding) and a LlavaProcessor
+    with the CLIP image processor of the tower's size; built with `tokenizers` + transformers
+    (no torch)."""
+    import tokenizers
+    import transformers
+    from tokenizers import models, pre_tokenizers, processors
+
+    vocab = _llava_vocab(vocab_size)
+    tok = tokenizers.Tokenizer(
+        models.WordLevel(vocab | {"<image>": hf_config.image_token_index}, unk_token="<unk>")
+    )
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    )
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", vocab["<s>"])]
+    )
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="</s>",
+        bos_token="<s>", padding_side="left",
+    )  # fmt: skip
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    v = hf_config.vision_config
+    return transformers.LlavaProcessor(
+        image_processor=transformers.CLIPImageProcessorPil(
+            size={"shortest_edge": v.image_size},
+            crop_size={"height": v.image_size, "width": v.image_size},
+        ),
+        tokenizer=tokenizer,
+        patch_size=v.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLIP's class token
+    )
+
+
+def save_llava(model, hf_config, path: str, vocab_size: int | None = None) -> str:
+    """A Hugging Face LLaVA directory for ``model``: safetensors in the layout transformers 5
+    writes (``vision_tower.*``, ``language_model.model.*``), config.json, tokenizer and
+    processor."""
+    from vl_jax.checkpoints import save_safetensors
+    from vl_jax.checkpoints.mapping import export_state
+    from vl_jax.models import llava
+
+    layout = llava.Layout(
+        "language_model.model.", "language_model.lm_head.weight", "vision_tower.",
+        "multi_modal_projector.",
+    )  # fmt: skip
+    os.makedirs(path, exist_ok=True)
+    tensors = export_state(nnx.state(model, nnx.Param), llava.hf_rules(model.config, layout))
+    save_safetensors(tensors, os.path.join(path, "model.safetensors"), {"format": "pt"})
+    _llava_processor(hf_config, vocab_size).save_pretrained(path)
+    hf_config.save_pretrained(path)  # last: config.json marks a complete checkpoint
+    return path
+
+
+def write_llava(path: str, seed: int = 0, vocab_size: int | None = None, **overrides) -> str:
+    """Writes the tiny random LLaVA (:func:`llava_config` with ``vocab_size`` and
+    ``overrides``) with its processor to ``path`` once: into a temporary folder renamed into
+    place, so a killed write leaves no half checkpoint; an existing complete one (config.json)
+    is kept. Deterministic in ``seed``; no torch. Returns ``path``."""
+    if os.path.exists(os.path.join(path, "config.json")):
+        return path
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.")
+    try:
+        hf_config = llava_config(vocab_size=vocab_size, **overrides)
+        save_llava(random_llava(hf_config, seed), hf_config, tmp, vocab_size)
+        shutil.rmtree(path, ignore_errors=True)  # a half-written one (no config.json)
         os.rename(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
