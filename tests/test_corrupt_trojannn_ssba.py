@@ -7,8 +7,7 @@ from PIL import Image
 from vdc_jax import corrupt
 from vdc_jax.corrupt import CorruptedSource, CorruptionSpec
 from vl_jax.models import clip
-from vl_jax.models.clip_config import CLIPConfig, VisionConfig
-from vl_jax.models.transformer import EncoderConfig
+from vl_jax.models import tiny as tiny_models
 
 # 32x32 input, 8x8 patches; size_frac 0.5 makes the mask 16x16 = 4 of the 16 patches.
 FAST = dict(size_frac=0.5, num_neurons=2, steps=60, lr=8.0)
@@ -16,10 +15,8 @@ FAST = dict(size_frac=0.5, num_neurons=2, steps=60, lr=8.0)
 
 @pytest.fixture(scope="module")
 def tiny():
-    cfg = CLIPConfig(
-        vision=VisionConfig(EncoderConfig(32, 2, 4, 128), image_size=32, patch_size=8),
-        text=None,
-        embed_dim=16,
+    cfg = tiny_models.clip_config(
+        image_size=32, patch_size=8, width=32, text_layers=0, embed_dim=16
     )
     return clip.init(cfg, seed=0)
 

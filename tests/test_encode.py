@@ -17,10 +17,8 @@ from multiprocess import run_processes
 from vl_jax import encode
 from vl_jax.data.files import FileSource
 from vl_jax.images import load_rgb, walk_image_folder
-from vl_jax.models import clip
-from vl_jax.models.clip_config import CLIPConfig, TextConfig, VisionConfig
+from vl_jax.models import clip, tiny
 from vl_jax.models.tiny import save_clip as write_checkpoint
-from vl_jax.models.transformer import EncoderConfig
 from vl_jax.preprocess import ClipPreprocess
 
 SKIMAGE_DATA = os.path.join(os.path.dirname(skimage.__file__), "data")
@@ -69,12 +67,8 @@ def _count_files(root: str) -> int:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """(checkpoint dir, image dir, bad files {relpath: reason}, model loaded back from disk)."""
-    enc = lambda width, heads: EncoderConfig(width, 2, heads, 4 * width, act="quick_gelu")
-    cfg = CLIPConfig(
-        vision=VisionConfig(enc(32, 4), image_size=32, patch_size=8),
-        text=TextConfig(enc(32, 4), context_length=16),
-        embed_dim=16,
-    )
+    cfg = tiny.clip_config(image_size=32, patch_size=8, width=32, text_width=32,
+                           context_length=16, embed_dim=16)  # fmt: skip
     base = tmp_path_factory.mktemp("encode")
     ckpt, images = str(base / "tiny_clip"), str(base / "images")
     write_checkpoint(clip.init(cfg, seed=0), ckpt)
