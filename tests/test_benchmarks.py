@@ -102,6 +102,7 @@ def test_run_rejects_unknown_name_in_process(capsys):
     assert "no_such_benchmark" in captured.err and captured.out == ""
 
 
+@pytest.mark.slow
 def test_run_cli_exits_nonzero_on_unknown_name():
     p = subprocess.run(
         [sys.executable, "-m", "benchmarks.run", "--only", "no_such_benchmark"],
@@ -124,6 +125,7 @@ def test_run_prints_one_json_line_per_figure(monkeypatch, capsys):
     assert [json.loads(line) for line in lines] == fake
 
 
+@pytest.mark.slow
 def test_clip_encode_tiny_end_to_end():
     figs = clip_encode.clip_encode(
         True, config=TINY, batch=5, warmup=0, iters=1, peak_n=64, max_attempts=1
@@ -143,6 +145,7 @@ def test_clip_encode_tiny_end_to_end():
     assert figs[0]["ratio"] == pytest.approx(figs[1]["ratio"])
 
 
+@pytest.mark.slow
 def test_scale_stages_in_process_and_one_child():
     from benchmarks import scale
 

@@ -25,6 +25,9 @@ import configs.mcla as mcla_configs
 from mcla_jax import experiment
 from vl_jax import faults
 
+# Subprocess chains killed at every fault point: the full suite only.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED = int(os.environ.get("KILL_SEED", "0"))
 

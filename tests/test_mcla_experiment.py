@@ -59,6 +59,7 @@ def _assignments(workdir):
 
 
 @pytest.mark.parametrize("method", experiment.ALL_METHODS)
+@pytest.mark.slow
 def test_runlocal_every_method_writes_its_outputs(method, shared, tmp_path):
     summary = experiment.run(_config(method, shared), str(tmp_path))
     with open(tmp_path / "metrics.json") as f:
@@ -100,6 +101,7 @@ def test_train_eq_eval_protocol(shared, tmp_path):
     assert summary["splits"]["eval"] == "train" and "older protocol" in summary["protocol"]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(shared, tmp_path):
     """Kill -9 a training run after its 2nd epoch checkpoint; the rerun resumes (not restarts)
     and its outputs equal an uninterrupted run's."""
@@ -137,6 +139,7 @@ def test_killed_run_resumes_to_the_same_result(shared, tmp_path):
     assert _assignments(workdir) == _assignments(tmp_path / "a")
 
 
+@pytest.mark.slow
 def test_unprepared_dataset_is_a_clear_error(tmp_path):
     # CIFAR-10 is a registered TFDS dataset that is never downloaded here: the CLI must say how to
     # prepare it, not print a traceback.
@@ -156,6 +159,7 @@ def test_bad_config_names():
         mcla_configs.get("dbscan", "cifar10")
 
 
+@pytest.mark.slow
 def test_clip_is_loaded_once_onto_the_mesh_and_not_at_all_when_cached(
     shared, tmp_path, monkeypatch
 ):

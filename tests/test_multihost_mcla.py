@@ -27,6 +27,9 @@ from mcla_jax import train as T
 from vl_jax.cluster import kmeans, knn
 from vl_jax.parallel import create_mesh
 
+# Real multi-process JAX runs: the full suite only.
+pytestmark = pytest.mark.slow
+
 EPOCHS, KNN = 2, 10
 
 _WORKER = (

@@ -46,6 +46,7 @@ def _subset_acc(parts, data, tmp_path):
     return acc
 
 
+@pytest.mark.slow
 def test_mcla_shapes_bounds(parts, tmp_path):
     acc = _subset_acc(parts, "shapes", tmp_path)
     assert acc["mcla"] >= 0.95
@@ -57,11 +58,13 @@ def test_mcla_shapes_bounds(parts, tmp_path):
     assert not {"red", "green", "blue", "yellow", "black", "gray", "brown", "teal"} & lemmas
 
 
+@pytest.mark.slow
 def test_mcla_colors_above_kmeans(parts, tmp_path):
     acc = _subset_acc(parts, "colors", tmp_path)
     assert acc["mcla"] >= acc["kmeans"] + 0.03, acc  # measured 0.579 vs 0.513
 
 
+@pytest.mark.slow
 def test_vdc_bounds(parts, tmp_path):
     from vdc_jax import cleanse
 
@@ -76,6 +79,7 @@ def test_vdc_bounds(parts, tmp_path):
         assert (tmp_path / name).exists(), name
 
 
+@pytest.mark.slow
 def test_main_prints_where_outputs_are(tmp_path):
     # The top-level entry point runs a suite part by part; one tiny part is enough to check it.
     cfg = tmp_path / "suite.py"

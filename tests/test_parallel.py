@@ -231,6 +231,7 @@ _WORKER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_two_processes():
     outs = run_processes(_WORKER, [], timeout=90)
     res = [json.loads(o.split("RESULT ", 1)[1].splitlines()[0]) for o in outs]
