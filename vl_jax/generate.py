@@ -12,6 +12,9 @@ a batch bucket that divides over the mesh's `data` axis, so a warm engine never 
 new sizes within a bucket. Greedy and beam-search outputs equal transformers' `generate`
 token for token (tests/test_generate.py); see docs/generation.md.
 
+The host-side checks and bucketing live in `vl_jax.generate_inputs` (`bucket`, `left_pad` and
+`shared_prefix` are re-exported here).
+
 Shape letters: B batch, T prompt length, N images, P image tokens, D width, V vocabulary,
 L max new tokens.
 """
@@ -29,58 +32,28 @@ from flax import nnx
 
 from vl_jax import parallel
 from vl_jax.beam_search import BeamConfig, beam_search, is_stop, penalize
+from vl_jax.generate_inputs import (
+    MIN_PROMPT_BUCKET,
+    MIN_SUFFIX_BUCKET,
+    bucket,
+    check_request,
+    left_pad,
+    pack_request,
+    shared_prefix,
+)
 
-MIN_PROMPT_BUCKET = 16
-MIN_SUFFIX_BUCKET = 8  # per-row question part when the image prefix is shared
-
-
-def bucket(n: int, multiple: int = 1, minimum: int = 1) -> int:
-    """The padded size for `n`: four buckets per octave (at most 25% padding: 1-7 exact, then
-    8, 10, 12, 14, 16, 20, ... 512, 640, 768, 896, 1024, ...), rounded up to `multiple`."""
-    n = max(int(n), minimum, 1)
-    step = 2 ** max(0, n.bit_length() - 3)
-    n = -(-n // step) * step
-    return -(-n // multiple) * multiple
-
-
-def left_pad(ids: np.ndarray, mask: np.ndarray, length: int, pad: int):
-    """Moves each row's real tokens (mask 1, in order) to the right end of `length` slots.
-
-    Accepts left-, right- or un-padded [B, T] inputs. Returns (ids [B, length] int32,
-    mask [B, length] int32)."""
-    ids, mask = np.asarray(ids), np.asarray(mask).astype(bool)
-    out_ids = np.full((ids.shape[0], length), pad, np.int32)
-    out_mask = np.zeros((ids.shape[0], length), np.int32)
-    for r in range(ids.shape[0]):
-        real = ids[r][mask[r]]
-        if len(real):
-            out_ids[r, length - len(real) :] = real
-            out_mask[r, length - len(real) :] = 1
-    return out_ids, out_mask
-
-
-def shared_prefix(ids: np.ndarray, mask: np.ndarray, image_index: np.ndarray, image_token: int):
-    """Length p of the prompt prefix that every row shares with the other rows of its image
-    (VDC: "USER: <image>" + the P image tokens, then a different question per row), or 0 when
-    sharing does not apply: p must cover all image tokens and leave >= 1 token per row.
-
-    With p > 0 the engine prefills the prefix once per image and copies its KV cache to the
-    image's rows, instead of running the P image tokens through the decoder for every question.
-    """
-    rows = [ids[r][mask[r].astype(bool)] for r in range(ids.shape[0])]
-    first: dict[int, np.ndarray] = {}
-    p = min(len(r) for r in rows) - 1
-    for r, i in zip(rows, image_index.tolist()):
-        ref = first.setdefault(i, r)
-        n = min(len(r), len(ref))
-        diff = np.flatnonzero(r[:n] != ref[:n])
-        p = min(p, diff[0] if len(diff) else n)
-        where = np.flatnonzero(r == image_token)
-        if len(where) and where[-1] >= p:
-            return 0
-    if len(first) == len(rows) or p <= 0:
-        return 0  # nothing is shared: the plain path does the same work with fewer steps
-    return int(p)
+__all__ = [
+    "MIN_PROMPT_BUCKET",
+    "MIN_SUFFIX_BUCKET",
+    "Generator",
+    "bucket",
+    "generate",
+    "generate_text",
+    "generator_for",
+    "left_pad",
+    "shared_prefix",
+    "top_p_filter",
+]
 
 
 def top_p_filter(logits: jax.Array, top_p) -> jax.Array:
@@ -155,82 +128,33 @@ class Generator:
         length_penalty: float = 1.0,
         early_stopping: bool | str = False,
     ) -> np.ndarray:
-        ids = np.asarray(input_ids)
-        mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
-        if ids.ndim != 2 or mask.shape != ids.shape:
-            raise ValueError(f"input_ids {ids.shape} and attention_mask {mask.shape}: need [B, T]")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if num_beams < 1 or (num_beams > 1 and do_sample):
-            raise ValueError("num_beams must be >= 1; beam sampling is not supported")
-        if early_stopping not in (False, True, "never"):
-            raise ValueError(f"early_stopping must be False, True or 'never', not {early_stopping}")
-        if image_index is not None and pixel_values is None:
-            raise ValueError("image_index given without pixel_values")
-        if pixel_values is not None and not self.vlm:
-            raise ValueError("pixel_values given to a text-only model")
+        """One request: check, pack into buckets, one device call, the B real rows [B, L]."""
+        ids, mask, image_index = check_request(
+            input_ids,
+            attention_mask,
+            pixel_values=pixel_values,
+            image_index=image_index,
+            vlm=self.vlm,
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            do_sample=do_sample,
+            early_stopping=early_stopping,
+        )
         b = ids.shape[0]
-        if pixel_values is not None and image_index is None:
-            # transformers' convention: one image per row, row i uses image i.
-            n = np.asarray(pixel_values).shape[0]
-            if n != b:
-                raise ValueError(
-                    f"pixel_values holds {n} images for {b} rows: without image_index row i uses "
-                    "image i, so there must be one image per row (pass image_index [B] to share "
-                    "images between rows)"
-                )
-            image_index = np.arange(b, dtype=np.int32)
         if b == 0:
             return np.zeros((0, max_new_tokens), np.int32)
         eos = () if eos_token_id is None else tuple(np.atleast_1d(eos_token_id).tolist())
-
-        prefix, prefix_ids = 0, None
-        if pixel_values is not None:
-            index = np.asarray(image_index, np.int32)
-            n = np.asarray(pixel_values).shape[0]
-            if index.shape != (b,) or index.min() < 0 or index.max() >= n:
-                raise ValueError(f"image_index must be [B={b}] in [0, {n}), got {index}")
-            prefix = shared_prefix(ids, mask, index, self.image_token)
-        if prefix:
-            # Each image's shared prefix once ([N, p]); the rows keep only their own suffix.
-            prefix_ids = np.zeros((bucket(n, multiple=self.data), prefix), np.int32)
-            keep = np.zeros_like(mask)
-            for r in range(b):
-                real = np.flatnonzero(mask[r])
-                prefix_ids[index[r]] = ids[r, real[:prefix]]
-                keep[r, real[prefix:]] = 1
-            mask = keep
-        # Buckets: prompt length (left padding), batch (pad rows: a 1-token prompt, discarded).
-        lengths = mask.astype(bool).sum(-1)
-        minimum = MIN_SUFFIX_BUCKET if prefix else MIN_PROMPT_BUCKET
-        t = bucket(max(lengths.max(), 1), minimum=minimum)
-        ids, mask = left_pad(ids, mask, t, pad_token_id)
-        bb = bucket(b, multiple=self.data)
-        valid = np.arange(bb) < b
-        ids = np.concatenate([ids, np.full((bb - b, t), pad_token_id, np.int32)])
-        mask = np.concatenate([mask, np.zeros((bb - b, t), np.int32)])
-        mask[~valid, -1] = 1
-        args = [ids, mask, valid, np.arange(bb, dtype=np.int32)]
-        if pixel_values is not None:
-            px = np.asarray(pixel_values)
-            n = px.shape[0]
-            nb = bucket(n, multiple=self.data)
-            px = np.concatenate([px, np.zeros((nb - n, *px.shape[1:]), px.dtype)])
-            index = np.zeros(bb, np.int32)
-            index[:b] = np.asarray(image_index, np.int32)
-            if index.min() < 0 or index.max() >= n:
-                raise ValueError(f"image_index must lie in [0, {n}), got {index[:b]}")
-            args += [px, index]
-            if prefix:
-                args.append(prefix_ids)
-        args = [self._put(a) for a in args]
-        scalars = [
-            jax.random.key(seed),
-            jnp.float32(temperature),
-            jnp.float32(top_p),
-            jnp.float32(repetition_penalty),
-            jnp.asarray(eos, jnp.int32).reshape(len(eos)),
-        ]
+        arrays, prefix = pack_request(
+            ids,
+            mask,
+            pixel_values,
+            image_index,
+            image_token=self.image_token,
+            pad=pad_token_id,
+            multiple=self.data,
+        )
+        args = [self._put(a) for a in arrays]
+        scalars = _traced_settings(seed, temperature, top_p, repetition_penalty, eos)
         static = _Static(
             BeamConfig(
                 num_beams,
@@ -249,76 +173,131 @@ class Generator:
         return np.asarray(parallel.fetch(out))[:b]
 
 
+def _traced_settings(seed, temperature, top_p, repetition_penalty, eos: tuple[int, ...]):
+    """The request settings passed as traced values, so that changing them never recompiles:
+    [key, temperature, top_p, repetition_penalty (float32 scalars), eos [E] int32]. Only E,
+    the number of stop tokens, is a shape (and in `_Static`)."""
+    return [
+        jax.random.key(seed),
+        jnp.float32(temperature),
+        jnp.float32(top_p),
+        jnp.float32(repetition_penalty),
+        jnp.asarray(eos, jnp.int32).reshape(len(eos)),
+    ]
+
+
 def _request(graphdef, vlm, mesh, state, scalars, ids, mask, valid, row_ids, *rest, static):
-    """The whole request on device: [images ->] prefill -> decode. Returns [B, L] int32."""
+    """The whole request on device: [images ->] prefill -> decode.
+
+    ids, mask [B, T] left-padded; valid, row_ids [B]; `rest` as `pack_request` orders it:
+    (), (pixels [N, H, W, 3], image_index [B]) or those and prefix_ids [N, p]. KV cache slots:
+    [0, p) the shared image prefix, [p, p + T) the prompt, then L new tokens.
+    Returns [B, L] int32."""
     key, _, _, penalty, eos = scalars
     model = nnx.merge(graphdef, state)
     lm = model.language_model if vlm else model
     cfg = static.beam
     b, t = ids.shape
     n_new = cfg.max_new_tokens
-    p = static.prefix  # shared image prefix (slots [0, p)), then T prompt slots, then L new ones
+    p = static.prefix
     shard = lambda c: (
         c if mesh is None else jax.lax.with_sharding_constraint(c, parallel.batch_sharding(mesh, 4))
     )
-    cache = None
     if p:
-        pixels, image_index, prefix_ids = rest
-        n = prefix_ids.shape[0]
-        # Each image's prefix through the decoder once: [N, p] -> KV cache rows, then every
-        # question row starts from a copy of its image's rows.
-        x = model.embed_inputs(prefix_ids, model.encode_images(pixels), jnp.arange(n))
-        pos = jnp.broadcast_to(jnp.arange(p), (n, p))
-        _, img_cache = lm.forward(x, pos, jnp.ones((n, p + t + n_new), bool),
-                                  shard(lm.init_cache(n, p + t + n_new)), 0)  # fmt: skip
-        cache = shard(jax.tree.map(lambda c: c[image_index], img_cache))
-        x = lm.embed(ids)  # the suffixes hold no image tokens (checked by shared_prefix)
-        prompt_ids = jnp.concatenate([prefix_ids[image_index], ids], axis=1)
-        prompt_mask = jnp.concatenate([jnp.ones((b, p), mask.dtype), mask], axis=1)
-    elif static.with_images:
-        pixels, image_index = rest
-        # Each distinct image once: [N, H, W, 3] -> [N, P, D], gathered into rows by index.
-        x = model.embed_inputs(ids, model.encode_images(pixels), image_index)
-    elif vlm:
-        x = model.embed_inputs(ids, None, None)
+        x, cache, prompt_ids, prompt_mask = _prefill_shared_prefix(
+            model, lm, ids, mask, *rest, n_new=n_new, shard=shard
+        )
     else:
-        x = lm.embed(ids)
-    if not p:
+        x = _embed_prompt(model, lm, vlm, ids, rest, static.with_images)
         prompt_ids, prompt_mask = ids, mask
         cache = shard(lm.init_cache(b, t + n_new))
-    lengths = prompt_mask.sum(-1)  # real prompt tokens per row
-    positions = p + jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
-    # Slots [0, p + T) hold the prompt, then L slots the new tokens; causality hides the future.
-    kv_mask = jnp.concatenate([prompt_mask.astype(bool), jnp.ones((b, n_new), bool)], axis=1)
-    hidden, cache = lm.forward(x, positions, kv_mask, cache, p)
-    t = p + t
-    first_logits = lm.logits(hidden[:, -1:])[:, 0]  # [B, V] float32
+    first_logits, cache, lengths, kv_mask = _prefill(lm, x, mask, prompt_mask, cache, p, n_new)
     seen = None
     if cfg.use_repetition_penalty:
-        v = first_logits.shape[-1]
-        real = jnp.where(prompt_mask.astype(bool), prompt_ids, v)  # padding -> dropped
-        seen = jnp.zeros((b, v), bool).at[jnp.arange(b)[:, None], real].set(True, mode="drop")
-
-    def make_step(lengths, kv_mask):
-        def step(cache, tokens, i):
-            """tokens [R] at new-token index i -> (logits [R, V], cache)."""
-            h, cache = lm.forward(
-                lm.embed(tokens[:, None]), (lengths + i)[:, None], kv_mask, cache, t + i
-            )
-            return lm.logits(h)[:, 0], cache
-
-        return step
-
+        seen = _tokens_seen(prompt_ids, prompt_mask, first_logits.shape[-1])
     if cfg.num_beams > 1:
         k = cfg.num_beams
-        step = make_step(jnp.repeat(lengths, k), jnp.repeat(kv_mask, k, axis=0))
+        step = _decode_step(lm, jnp.repeat(lengths, k), jnp.repeat(kv_mask, k, axis=0), p + t)
         return beam_search(first_logits, step, cache, seen, valid, eos, penalty, cfg)
-    step = make_step(lengths, kv_mask)
+    step = _decode_step(lm, lengths, kv_mask, p + t)
     return _decode(first_logits, step, cache, seen, valid, row_ids, key, scalars, static)
 
 
+def _embed_prompt(model, lm, vlm, ids, rest, with_images: bool) -> jax.Array:
+    """ids [B, T] -> embeddings [B, T, D]. With images, rest = (pixels [N, H, W, 3],
+    image_index [B]): each distinct image is encoded once ([N, P, D]) and its features are
+    spliced into the image tokens of every row that uses it."""
+    if with_images:
+        pixels, image_index = rest
+        return model.embed_inputs(ids, model.encode_images(pixels), image_index)
+    if vlm:
+        return model.embed_inputs(ids, None, None)
+    return lm.embed(ids)
+
+
+def _prefill_shared_prefix(model, lm, ids, mask, pixels, image_index, prefix_ids, *, n_new, shard):
+    """Prefills each image's shared prefix once and gives every row a copy of its image's cache,
+    so the P image tokens go through the decoder N times, not B times.
+
+    ids, mask [B, T] the per-row suffixes (no image tokens: `shared_prefix` checks), pixels
+    [N, H, W, 3], image_index [B], prefix_ids [N, p]. Returns (x [B, T, D] the suffixes'
+    embeddings, cache with B rows of p + T + L slots, [0, p) filled, prompt_ids [B, p + T],
+    prompt_mask [B, p + T]: the whole prompt of each row)."""
+    b, t = ids.shape
+    n, p = prefix_ids.shape
+    x = model.embed_inputs(prefix_ids, model.encode_images(pixels), jnp.arange(n))
+    pos = jnp.broadcast_to(jnp.arange(p), (n, p))
+    _, img_cache = lm.forward(x, pos, jnp.ones((n, p + t + n_new), bool),
+                              shard(lm.init_cache(n, p + t + n_new)), 0)  # fmt: skip
+    cache = shard(jax.tree.map(lambda c: c[image_index], img_cache))
+    x = lm.embed(ids)
+    prompt_ids = jnp.concatenate([prefix_ids[image_index], ids], axis=1)
+    prompt_mask = jnp.concatenate([jnp.ones((b, p), mask.dtype), mask], axis=1)
+    return x, cache, prompt_ids, prompt_mask
+
+
+def _prefill(lm, x, mask, prompt_mask, cache, p: int, n_new: int):
+    """Runs the prompt x [B, T, D] (mask [B, T]) through the decoder into cache slots
+    [p, p + T); `prompt_mask` [B, p + T] covers the whole prompt, shared prefix included.
+
+    Returns (first_logits [B, V] float32 for the first new token, cache, lengths [B] real
+    prompt tokens, kv_mask [B, p + T + L] bool: the prompt mask, then ones; causality over the
+    slots hides the new-token slots not written yet)."""
+    b = x.shape[0]
+    lengths = prompt_mask.sum(-1)
+    positions = p + jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
+    kv_mask = jnp.concatenate([prompt_mask.astype(bool), jnp.ones((b, n_new), bool)], axis=1)
+    hidden, cache = lm.forward(x, positions, kv_mask, cache, p)
+    first_logits = lm.logits(hidden[:, -1:])[:, 0]
+    return first_logits, cache, lengths, kv_mask
+
+
+def _tokens_seen(prompt_ids, prompt_mask, v: int) -> jax.Array:
+    """[B, V] bool: the tokens each prompt holds, padding excluded (repetition penalty)."""
+    b = prompt_ids.shape[0]
+    real = jnp.where(prompt_mask.astype(bool), prompt_ids, v)  # padding -> dropped
+    return jnp.zeros((b, v), bool).at[jnp.arange(b)[:, None], real].set(True, mode="drop")
+
+
+def _decode_step(lm, lengths, kv_mask, start: int):
+    """`step(cache, tokens [R], i) -> (logits [R, V], cache)`: feeds new token i of each of R
+    rows (B, or B*K beams with `lengths` [R] and `kv_mask` [R, S] repeated to match) at cache
+    slot `start + i` and position `lengths + i`."""
+
+    def step(cache, tokens, i):
+        h, cache = lm.forward(
+            lm.embed(tokens[:, None]), (lengths + i)[:, None], kv_mask, cache, start + i
+        )
+        return lm.logits(h)[:, 0], cache
+
+    return step
+
+
 def _decode(first_logits, step, cache, seen, valid, row_ids, key, scalars, static) -> jax.Array:
-    """Greedy or sampled decoding; rows stop at a stop token and are padded after it."""
+    """Greedy or sampled decoding; rows stop at a stop token and are padded after it.
+
+    first_logits [B, V] from the prefill, `step` from `_decode_step`, seen [B, V] bool or None,
+    valid and row_ids [B]. Returns [B, L] int32."""
     _, temperature, top_p, penalty, eos = scalars
     cfg = static.beam
     b = first_logits.shape[0]
