@@ -2,12 +2,15 @@
 random Llama (GQA), Qwen2 (tied) and LLaVA (CLIP + Llama) models saved and loaded through our
 loaders; batching, stop tokens, sampling seeds, compile-once buckets, sharding, image sharing."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import transformers
 
 from vl_jax import generate as gen
+from vl_jax import parallel
 from vl_jax.models import llava, llm
 
 PAD, EOS, BOS, IMG = 1, 2, 3, 96
@@ -251,6 +254,21 @@ def test_llava_without_image_index_is_one_image_per_row(tiny_llava):
         gen.generate(ours, ids[:1], mask[:1], pixel_values=pixels, max_new_tokens=2)
     with pytest.raises(ValueError, match="without pixel_values"):
         gen.generate(ours, ids, mask, image_index=np.arange(2), max_new_tokens=2)
+
+
+def test_llava_pixels_already_on_the_mesh_stay_there(tiny_llava, mesh8):
+    """An input pipeline's batch (a jax.Array split over `data`) is taken as it is, padded on
+    device to the image bucket: the same tokens as the host array."""
+    _, ours, pixels, p = tiny_llava
+    ids, mask = prompts([4, 9, 6], seed=7, image_tokens=p)
+    kw = dict(max_new_tokens=L, eos_token_id=EOS, pad_token_id=PAD, mesh=mesh8)
+    index = np.array([1, 0, 1])
+    want = gen.generate(ours, ids, mask, pixel_values=pixels, image_index=index, **kw)
+    eight = np.concatenate([pixels, np.zeros((6, *pixels.shape[1:]), pixels.dtype)])
+    # 8 images split over `data` (no padding); 2 images on one device (padded there to 8)
+    for on_mesh in (jax.device_put(eight, parallel.batch_sharding(mesh8, 4)), jnp.asarray(pixels)):
+        got = gen.generate(ours, ids, mask, pixel_values=on_mesh, image_index=index, **kw)
+        np.testing.assert_array_equal(got, want)
 
 
 def test_generate_text_with_chat_template(llama):

@@ -100,11 +100,13 @@ class Generator:
             static_argnames=("static",),
         )
 
-    def _put(self, x: np.ndarray) -> jax.Array:
+    def _put(self, x: np.ndarray | jax.Array) -> jax.Array:
+        """A request array onto the mesh, split over `data` (a jax.Array is resharded on
+        device; a host array is placed shard by shard)."""
         if self.mesh is None:
             return jnp.asarray(x)
         sharding = parallel.batch_sharding(self.mesh, x.ndim)
-        if sharding.is_fully_addressable:
+        if isinstance(x, jax.Array) or sharding.is_fully_addressable:
             return jax.device_put(x, sharding)
         # Multi-process: every process holds the same global request; each fills its shards.
         return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
@@ -359,7 +361,9 @@ def generate(model, input_ids, attention_mask=None, *, mesh=None, **kwargs) -> n
       model: `llm.LLM` (text) or a LLaVA-style VLM (see `Generator`).
       input_ids: [B, T] int token ids; attention_mask: [B, T] (1 = real token), left-, right- or
         un-padded (rows are re-packed to the left-padded layout HF `generate` uses).
-      pixel_values: optional [N, H, W, 3] float, N distinct images, each encoded once.
+      pixel_values: optional [N, H, W, 3] float, N distinct images, each encoded once: a host
+        array, or a jax.Array already on the mesh (an input pipeline's batch; it stays on
+        device, also when its rows live on several processes).
       image_index: optional [B] int, the image of each row (only with `pixel_values`): rows may
         share an image. Omitted, it is `arange(B)`: one image per row, row i uses image i, as in
         transformers' `generate` (then N must equal B, else ValueError).

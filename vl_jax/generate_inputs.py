@@ -14,6 +14,8 @@ a bucketed size (Bb, Tb, Nb).
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 MIN_PROMPT_BUCKET = 16
@@ -103,7 +105,7 @@ def check_request(
         raise ValueError("pixel_values given to a text-only model")
     b = ids.shape[0]
     if pixel_values is not None and image_index is None:
-        n = np.asarray(pixel_values).shape[0]
+        n = num_images(pixel_values)
         if n != b:
             raise ValueError(
                 f"pixel_values holds {n} images for {b} rows: without image_index row i uses "
@@ -156,13 +158,29 @@ def pad_prompts(ids: np.ndarray, mask: np.ndarray, *, prefix: int, pad: int, mul
     return ids, mask, valid, np.arange(bb, dtype=np.int32)
 
 
+def num_images(pixel_values) -> int:
+    """N of pixel_values [N, H, W, 3] without a host copy (it may be a global jax.Array whose
+    rows live on other processes)."""
+    shape = getattr(pixel_values, "shape", None)
+    return int(shape[0]) if shape is not None else len(pixel_values)
+
+
 def pad_images(pixel_values, index: np.ndarray, bb: int, multiple: int):
     """pixel_values [N, H, W, 3], index [B] -> (pixels [Nb, H, W, 3] with zero images appended,
-    index [Bb] int32: pad rows use image 0)."""
-    px = np.asarray(pixel_values)
-    n = px.shape[0]
+    index [Bb] int32: pad rows use image 0).
+
+    A jax.Array (e.g. an input pipeline's batch, sharded over `data`, possibly spanning
+    processes) stays on device: it is padded there, never copied to the host."""
+    n = num_images(pixel_values)
     nb = bucket(n, multiple=multiple)
-    px = np.concatenate([px, np.zeros((nb - n, *px.shape[1:]), px.dtype)])
+    if isinstance(pixel_values, jax.Array):
+        px = pixel_values
+        if nb > n:
+            widths = ((0, nb - n),) + ((0, 0),) * (px.ndim - 1)
+            px = jax.jit(lambda a: jnp.pad(a, widths))(px)
+    else:
+        px = np.asarray(pixel_values)
+        px = np.concatenate([px, np.zeros((nb - n, *px.shape[1:]), px.dtype)])
     padded = np.zeros(bb, np.int32)
     padded[: len(index)] = index
     return px, padded
@@ -187,7 +205,7 @@ def pack_request(
     int32 (then Tb buckets only the per-row suffixes)."""
     prefix = 0
     if pixel_values is not None:
-        n = np.asarray(pixel_values).shape[0]
+        n = num_images(pixel_values)
         index = image_rows(image_index, ids.shape[0], n)
         prefix = shared_prefix(ids, mask, index, image_token)
     if prefix:
