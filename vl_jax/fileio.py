@@ -38,3 +38,25 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_folder_once(path: str | os.PathLike, marker: str, write) -> str:
+    """``write(tmp)`` fills a temporary folder beside ``path`` that is then renamed to
+    ``path``, so a killed write leaves no half folder; skipped when ``path/marker`` (the file
+    a complete folder has) exists. A half folder left by an older writer is replaced.
+    Returns ``path``."""
+    import shutil
+
+    path = os.fspath(path)
+    if os.path.exists(os.path.join(path, marker)):
+        return path
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.")
+    try:
+        write(tmp)
+        shutil.rmtree(path, ignore_errors=True)
+        os.rename(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path

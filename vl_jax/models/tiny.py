@@ -21,6 +21,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from vl_jax.fileio import write_folder_once
 from vl_jax.models.clip_config import CLIPConfig, TextConfig, VisionConfig
 from vl_jax.models.transformer import EncoderConfig
 
@@ -90,8 +91,11 @@ def write_clip(path: str, seed: int = 0, **overrides) -> str:
     """Writes the tiny CLIP (:func:`clip_config` with ``overrides``) to ``path`` once: into a
     temporary folder renamed into place, so a killed write leaves no half checkpoint. An
     existing complete checkpoint is kept. Returns ``path``."""
-    if os.path.exists(os.path.join(path, "model.safetensors")):
-        return path
+    return write_folder_once(
+        path,
+        "model.safetensors",
+        lambda tmp: save_clip(random_clip(clip_config(**overrides), seed), tmp),
+    )
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.")
@@ -237,8 +241,12 @@ def write_llava(path: str, seed: int = 0, vocab_size: int | None = None, **overr
     ``overrides``) with its processor to ``path`` once: into a temporary folder renamed into
     place, so a killed write leaves no half checkpoint; an existing complete one (config.json)
     is kept. Deterministic in ``seed``; no torch. Returns ``path``."""
-    if os.path.exists(os.path.join(path, "config.json")):
-        return path
+
+    def write(tmp: str) -> None:
+        hf_config = llava_config(vocab_size=vocab_size, **overrides)
+        save_llava(random_llava(hf_config, seed), hf_config, tmp, vocab_size)
+
+    return write_folder_once(path, "config.json", write)
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.")
