@@ -2,7 +2,8 @@
 cleanser keep a constant throughput and a flat memory footprint over the whole run?
 
 The pipeline is the cleanser's own (`vdc_jax.cleanse`): `vqa.answer_dataset` (batches of 16
-images, every pending (image, question) pair answered in one generate call per answer kind,
+images read by the input pipeline, `vl_jax.data.pipeline`, with the checkpoint's preprocessing;
+every pending (image, question) pair answered in one generate call per answer kind,
 answers appended to an fsync'd `answers.jsonl` by an `AnswerStore(keep=False)`), then
 `scoring.score` (answers read back from disk in blocks of 4096 samples, keyword match + yes/no
 parsing, threshold; no judge LLM). Model: the tiny random LLaVA of runlocal
@@ -11,7 +12,7 @@ parsing, threshold; no judge LLM). Model: the tiny random LLaVA of runlocal
 
 Data: N samples drawn from a pool of `POOL` generated PNG files (`write_shapes_folder`: three
 shape classes, 48 px) — sample i is pool file i % POOL, read and decoded from disk by the
-cleanser's `FileSource` every time it is asked (as a file dataset is), with its own id. This
+cleanser's `FileSource` every time the pipeline asks (as a file dataset is), with its own id. This
 exercises the real input path without writing 100k files (a CSV may not list a file twice,
 so the stream wraps a `FileSource` rather than going through `load_dataset`). The pool is
 ordered so that every batch holds all three classes (one request shape for the whole run).
@@ -55,10 +56,14 @@ def rss_gb(field: str = "VmRSS") -> float:
 
 class PoolStream:
     """`n` samples cycling through a `FileSource` pool: ``self[i]`` = pool sample ``order[i %
-    len(order)]`` read from its file, with label the pool's and id ``"{i:06d}"``."""
+    len(order)]`` read from its file, with label the pool's and id ``"{i:06d}"``. A
+    `RandomAccessSource` (`vl_jax.data.protocol`), as the input pipeline reads it."""
+
+    split = None
 
     def __init__(self, pool, order, n: int):
         self.pool, self.order, self.n = pool, list(order), int(n)
+        self.name, self.class_names = f"stream over {pool.name}", list(pool.class_names)
 
     def __len__(self) -> int:
         return self.n
@@ -72,6 +77,14 @@ class PoolStream:
     def __getitem__(self, i) -> dict:
         rec = self.pool[self.pool_index(int(i))]
         return {**rec, "id": f"{int(i):06d}"}
+
+    def labels(self):
+        import numpy as np
+
+        return np.asarray([self.label(i) for i in range(self.n)], np.int32)
+
+    def ids(self) -> list[str]:
+        return [f"{i:06d}" for i in range(self.n)]
 
 
 def interleaved(labels, classes: int) -> list[int]:
@@ -88,7 +101,7 @@ def vdc_stream(quick: bool, *, n: int | None = None, batch: int = BATCH) -> list
     from configs.vdc.common import vdc_config
     from vdc_jax import scoring
     from vdc_jax.inputs import write_shapes_folder
-    from vdc_jax.models import stop_tokens
+    from vdc_jax.models import image_transform, stop_tokens
     from vdc_jax.questions import GENERAL_QUESTIONS, Questions, template_questions
     from vdc_jax.vqa import VQA, AnswerStore, Item, answer_dataset
     from vl_jax import parallel
@@ -110,17 +123,17 @@ def vdc_stream(quick: bool, *, n: int | None = None, batch: int = BATCH) -> list
     model, processor = llava.from_pretrained(ckpt), llava.load_processor(ckpt)
     mesh = parallel.create_mesh()
     vqa = VQA(
-        model, processor, yes_no_tokens=yes_no_tokens, describe_tokens=describe_tokens,
-        mesh=mesh, eos_token_id=stop_tokens(ckpt, processor.tokenizer) or None,
+        model, processor, transform=image_transform(ckpt, processor),
+        yes_no_tokens=yes_no_tokens, describe_tokens=describe_tokens, mesh=mesh,
+        eos_token_id=stop_tokens(ckpt, processor.tokenizer) or None,
     )  # fmt: skip
-    load_image = lambda i: stream[i]["image"]
     setup_s = time.perf_counter() - t_setup
 
     # Compile outside the clock: one batch of other ids, same request shapes.
     t0 = time.perf_counter()
     warm = [Item(i, f"warm{i}", stream.label(i)) for i in range(batch)]
     warm_store = AnswerStore(os.path.join(tmp.name, "warm.jsonl"), write=True, keep=False)
-    for _ in answer_dataset(vqa, warm, load_image, questions, names, warm_store,
+    for _ in answer_dataset(vqa, warm, stream, questions, names, warm_store,
                             batch_size=batch):  # fmt: skip
         pass
     # Scoring's one-time costs too (the WordNet name table is loaded on first use): the RSS
@@ -133,9 +146,8 @@ def vdc_stream(quick: bool, *, n: int | None = None, batch: int = BATCH) -> list
     windows, done, start_done = [], 0, 0
     load = ForeignLoad().__enter__()  # ended and restarted at every window boundary
     t_start = t_window = time.perf_counter()
-    for size, _ in answer_dataset(vqa, items, load_image, questions, names, store,
-                                  batch_size=batch):  # fmt: skip
-        done += size
+    for step in answer_dataset(vqa, items, stream, questions, names, store, batch_size=batch):
+        done += step.size
         while len(windows) < WINDOWS and done >= bounds[len(windows)]:
             now = time.perf_counter()
             load.__exit__(None, None, None)

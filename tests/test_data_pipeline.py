@@ -1,6 +1,7 @@
 """vl_jax.data.pipeline on conftest's 8 fake CPU devices: eval padding covers every example once,
 a simulated 2-process split, train shuffling/drop_remainder/determinism, Orbax resume, bad
-examples, sharding, the transform; and `vl_jax.encode --data` through a fake resolver."""
+examples, sharding, the transform, chosen eval steps (resume), batch rounding; and
+`vl_jax.encode --data` through a fake resolver."""
 
 from __future__ import annotations
 
@@ -238,6 +239,68 @@ def test_argument_errors(mesh8):
         make_pipeline(
             _arrays(10), batch_size=8, mesh=mesh8, transform=PRE, train=False, num_epochs=2
         )
+
+
+class _Counting(list):
+    """A list source that records which examples were read."""
+
+    def __init__(self, examples):
+        super().__init__(examples)
+        self.read = []
+
+    def __getitem__(self, i):
+        self.read.append(int(i))
+        return super().__getitem__(i)
+
+
+def test_eval_steps_run_only_the_given_batches(mesh8):
+    """steps=: the chosen batches, in the order given, each equal to the full run's batch at
+    that step; the other steps' examples are never read (a resumed consumer)."""
+    n, batch = 45, 8  # 6 steps, the last one holds 5 examples and 3 padding rows
+    full = _run(make_pipeline(_arrays(n), batch_size=batch, mesh=mesh8, transform=PRE, train=False))
+    assert len(full) == 6
+    source = _Counting(_arrays(n))
+    it = make_pipeline(source, batch_size=batch, mesh=mesh8, transform=PRE, train=False,
+                       steps=[5, 1, 3])  # fmt: skip
+    assert it.num_steps == 3 and list(it.steps) == [5, 1, 3]
+    got = _run(it)
+    assert len(got) == 3
+    for b, k in zip(got, [5, 1, 3]):
+        for key in full[k]:
+            np.testing.assert_array_equal(b[key], full[k][key])
+    assert sorted(source.read) == [*range(8, 16), *range(24, 32), *range(40, 45)]
+    # Simulated 2 processes: each reads only its own rows of the chosen step.
+    for p in range(2):
+        source = _Counting(_arrays(n))
+        kw = dict(batch_size=16, mesh=mesh8, transform=PRE, train=False, process_count=2)
+        _run(make_pipeline(source, **kw, process_index=p, steps=[1]))
+        assert sorted(source.read) == list(range(16 + 8 * p, 24 + 8 * p))
+    assert _run(make_pipeline(_arrays(n), batch_size=batch, mesh=mesh8, transform=PRE,
+                              train=False, steps=[])) == []  # fmt: skip
+    it = make_pipeline(_arrays(n), batch_size=batch, mesh=mesh8, transform=PRE, train=False)
+    assert it.num_steps == 6 and list(it.steps) == list(range(6))
+    with pytest.raises(ValueError, match=r"steps \[6\] not in \[0, 6\)"):
+        make_pipeline(_arrays(n), batch_size=batch, mesh=mesh8, transform=PRE, train=False,
+                      steps=[0, 6])  # fmt: skip
+    with pytest.raises(ValueError, match="restore_state"):
+        make_pipeline(_arrays(n), batch_size=batch, mesh=mesh8, transform=PRE, train=True,
+                      steps=[0])  # fmt: skip
+
+
+def test_round_batch_gives_a_batch_make_pipeline_accepts(mesh8, mesh_4x2, mesh1):
+    assert pipeline.round_batch(11, mesh1) == 11
+    assert pipeline.round_batch(11, mesh_4x2) == 12  # 4 data shards
+    assert pipeline.round_batch(11, mesh8) == pipeline.round_batch(16, mesh8) == 16
+    # 2 (simulated) processes, each with 4 local shards: 6 per process -> 8 -> 16 in all.
+    assert pipeline.round_batch(11, mesh_4x2, process_count=2) == 16
+    for mesh in (mesh1, mesh_4x2, mesh8):
+        for size in range(1, 20):
+            b = pipeline.round_batch(size, mesh)
+            assert b >= size and pipeline.round_batch(b, mesh) == b
+            make_pipeline(_arrays(3), batch_size=b, mesh=mesh, transform=PRE, train=False).close()
+    with pytest.raises(ValueError):
+        pipeline.round_batch(0, mesh8)
+    assert pipeline.gather_strings(["a", "bc"]) == ["a", "bc"]  # one process: as given
 
 
 def test_encode_cli_with_data_through_the_resolver(monkeypatch, tmp_path, capsys):

@@ -2,13 +2,17 @@
 `vdc_jax.cleanse` on runlocal (tiny random LLaVA, generated shapes, injected BadNets) over one
 4-device mesh.
 
-Each process must decode only its share of every batch's images (the per-process split of
-`VQA.load_pixels`; recorded by wrapping `vl_jax.data.files.FileSource.__getitem__`), both must end with the same
-verdicts, and the outputs must equal one process on 4 devices and on 1 device (this process,
-8 fake devices from conftest, the mesh cut to 4 / 1). Batches of 11 images over 24 samples:
-the last batch holds 2 images, both on process 0's shards, so process 1 runs that batch's
-generate calls with no image of its own. Process 1 must write nothing into the workdir: an
-audit hook (`sys.addaudithook`) records every Python-level file write it makes.
+Each process must decode only its own rows of every batch (the input pipeline's per-process
+schedule: process p reads rows [p * B/2, (p + 1) * B/2) of global batch k; recorded by wrapping
+`vl_jax.data.files.FileSource.__getitem__`), both must end with the same verdicts, and the
+outputs must equal one process on 8, 4 and 1 devices (this process, 8 fake devices from
+conftest, the mesh cut to 4 / 1). Batches of 16 images over 24 samples (16 on every mesh here,
+so the batches are the same in every run): the last batch holds 8 images, all in process 0's
+rows, so process 1 runs that batch's generate calls with no image of its own. Sample 9 (in
+process 1's rows) is unreadable in every run: it is skipped, and process 0 writes the reason it
+got from process 1 into skipped.tsv, equal to the single-process runs'. Process 1 must write
+nothing into the workdir: an audit hook (`sys.addaudithook`) records every Python-level file
+write it makes.
 """
 
 import json
@@ -26,14 +30,16 @@ from vdc_jax import cleanse
 from vl_jax import parallel
 
 REPO = Path(__file__).resolve().parents[1]
-BATCH = 11  # 24 samples -> batches of 11, 11, 2
+BATCH = 16  # 24 samples -> batches of 16 and 8 (round_batch keeps 16 on 2x2, 4, 8 and 1 devices)
+BAD = 9  # an unreadable image, decoded by process 1
+SAME_TEXT = ("scores.csv", "kept_ids.txt", "questions.json", "answers.jsonl", "skipped.tsv")
 
 _WORKER = (
     textwrap.dedent(
         """
     import json, os, sys
 
-    pid, port, root = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    pid, port, root, BAD = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
     workdir = os.path.join(root, "multi")
     """
     )
@@ -46,11 +52,14 @@ _WORKER = (
     import jax, ml_collections
     from vdc_jax import cleanse
     from vl_jax.data.files import FileSource
+    from vl_jax.images import ImageError
 
     decoded = []  # dataset positions whose image this process read
     get = FileSource.__getitem__
     def counting(self, i):
         decoded.append(int(i))
+        if int(i) == BAD:
+            raise ImageError(self.paths[i], f"unreadable (test), decoded by process {pid}")
         return get(self, i)
     FileSource.__getitem__ = counting
 
@@ -110,8 +119,19 @@ def _metrics(m: dict) -> dict:
 
 
 def _single(config, workdir: str, devices: int, monkeypatch):
+    from vl_jax.data.files import FileSource
+    from vl_jax.images import ImageError
+
     mesh = parallel.create_mesh(devices=jax.devices()[:devices])
     monkeypatch.setattr(parallel, "mesh_from_config", lambda cfg, devices=None: mesh)
+    get = FileSource.__getitem__
+
+    def bad(self, i):  # the workers' unreadable image, with the reason process 1 gives
+        if int(i) == BAD:
+            raise ImageError(self.paths[i], "unreadable (test), decoded by process 1")
+        return get(self, i)
+
+    monkeypatch.setattr(FileSource, "__getitem__", bad)
     return cleanse.clean(config, workdir)
 
 
@@ -119,7 +139,7 @@ def test_two_processes_equal_one(checkpoint, tmp_path, monkeypatch):
     root = tmp_path
     config = _config(checkpoint)
     (root / "config.json").write_text(config.to_json())
-    run_processes(_WORKER, [root], n=2, devices=2, timeout=240)
+    run_processes(_WORKER, [root, BAD], n=2, devices=2, timeout=240)
     res = [json.loads((root / f"result_{pid}.json").read_text()) for pid in (0, 1)]
     assert "process=0/2" in res[0]["describe"] and "global=4" in res[0]["describe"]
     assert res[1]["writes"] == [], f"process 1 wrote shared files: {res[1]['writes']}"
@@ -130,20 +150,23 @@ def test_two_processes_equal_one(checkpoint, tmp_path, monkeypatch):
     d0, d1 = set(res[0]["decoded"]), set(res[1]["decoded"])
     assert len(res[0]["decoded"]) == len(d0) and len(res[1]["decoded"]) == len(d1)
     assert not d0 & d1 and d0 | d1 == set(range(24)) and d1, (sorted(d0), sorted(d1))
-    # Batches 11, 11, 2 over 4 shards (3, 3, 3, 2 and 1, 1, 0, 0 images): process 0 holds
-    # shards 0-1, so it decodes 6 + 6 + 2 and process 1 5 + 5 + 0.
-    assert sorted(d1) == [*range(6, 11), *range(17, 22)]
+    # Batches of 16 rows, 8 per process: batch 0 gives process 0 samples 0-7 and process 1
+    # samples 8-15; batch 1 (samples 16-23, then 8 padding rows) is all process 0's.
+    assert sorted(d1) == list(range(8, 16))
 
     multi = root / "multi"
     answers = (multi / "answers.jsonl").read_text()
-    assert len(answers.splitlines()) == 24 * 6
+    assert len(answers.splitlines()) == 23 * 6  # all but the unreadable sample's
+    assert res[0]["metrics"]["counts"]["skipped"] == 1 and len(res[0]["flagged"]) == 23
+    skipped = (multi / "skipped.tsv").read_text().splitlines()
+    assert len(skipped) == 2 and skipped[1].endswith("unreadable (test), decoded by process 1")
     for devices in (8, 4, 1):  # 1 vs 8 devices: the same verdicts (determinism)
         workdir = root / f"single{devices}"
         m, table = _single(config, str(workdir), devices, monkeypatch)
         assert table.flagged.tolist() == res[0]["flagged"], devices
         _same(_metrics(res[0]["metrics"]), _metrics(m), f"metrics ({devices} devices)")
         _same(_metrics(json.loads((multi / "metrics.json").read_text())), _metrics(m))
-        for name in ("scores.csv", "kept_ids.txt", "questions.json", "answers.jsonl"):
+        for name in SAME_TEXT:
             assert (multi / name).read_text() == (workdir / name).read_text(), (name, devices)
         assert (multi / "label_issues.npy").read_bytes() == (
             workdir / "label_issues.npy"

@@ -1,5 +1,6 @@
 """The VDC driver end to end (vdc_jax.cleanse, report, inputs, main): runlocal in-process, a
-killed-and-resumed run equal to an uninterrupted one, CSV / image-folder inputs, clear errors.
+killed-and-resumed run equal to an uninterrupted one, CSV / image-folder inputs, bad images
+skipped and recorded (skipped.tsv, metrics.json), clear errors.
 
 All runs share one tiny random LLaVA checkpoint (vl_jax.models.tiny.write_llava, once per
 module), loaded once for the in-process runs; its answers mean nothing, so the tests check
@@ -77,7 +78,7 @@ def test_runlocal_end_to_end(reference):
     w = Path(workdir)
     for name in ["scores.csv", "metrics.json", "kept_ids.txt", "label_issues.npy", "cleaned.csv",
                  "scores_hist.png", "roc.png", "manifest.tsv", "questions.json", "answers.jsonl",
-                 "run_config.json"]:  # fmt: skip
+                 "run_config.json", "skipped.tsv"]:  # fmt: skip
         assert (w / name).exists(), name  # kept_ids.txt may be empty: all flagged
     rows = list(csv.DictReader(open(w / "scores.csv")))
     assert len(rows) == 24 and [int(r["index"]) for r in rows] == list(range(24))
@@ -96,6 +97,7 @@ def test_runlocal_end_to_end(reference):
     assert set(saved["overall"]) >= {"tpr", "fpr", "precision", "f1", "auroc"}
     assert set(saved["per_kind"]) == {"badnets"} and len(saved["per_class"]) == 3
     assert saved["counts"] == m["counts"] and saved["counts"]["dirty"] == 4
+    assert saved["counts"]["skipped"] == 0 and (w / "skipped.tsv").read_text() == "id\treason\n"
 
 
 def test_kill_and_resume_equals_uninterrupted(reference, checkpoint, mllm, tmp_path):
@@ -168,6 +170,51 @@ def test_csv_and_folder_inputs(checkpoint, mllm, tmp_path):
     assert "is_dirty" not in header  # no ground truth without injected dirt
     qs = json.loads((tmp_path / "run" / "questions.json").read_text())
     assert qs["classes"]["circle"][0] == "Is there a circle in the image?"  # templates
+
+
+def test_bad_images_are_skipped_and_recorded(checkpoint, mllm, tmp_path):
+    """The one bad-image policy end to end: a CSV listing 6 good images, a truncated PNG and a
+    missing file runs to the end; the 2 bad ones are not asked, not scored (neither kept nor
+    flagged), listed in skipped.tsv (id, reason) and counted in metrics.json; a rerun tries
+    them again and writes the same outputs. An image folder with the truncated file: the same."""
+    write_shapes_folder(str(tmp_path / "imgs"), per_class=2)
+    good = FileSource.from_folder(str(tmp_path / "imgs"), labelled_only=True).ids()
+    png = (tmp_path / "imgs" / "circle" / "000.png").read_bytes()
+    (tmp_path / "imgs" / "circle" / "cut.png").write_bytes(png[: len(png) // 2])
+    listed = [[f"imgs/{i}", i.split("/")[0]] for i in good]
+    listed[2:2], listed[5:5] = [["imgs/circle/cut.png", "circle"]], [["imgs/nope.png", "square"]]
+    rows = [["path", "label"], *listed]  # the bad ones on lines 4 and 7
+    _write_csv(tmp_path / "data.csv", rows)
+    c = runlocal(checkpoint)
+    c.data.kind, c.data.path = "csv", str(tmp_path / "data.csv")
+    c.corrupt.attack = ""
+    c.vqg.llm, c.judge.kind = "", "none"
+    run = tmp_path / "run"
+    m = cleanse.clean(c, str(run), mllm=mllm)[0]
+    assert m["counts"]["dataset"] == 8 and m["counts"]["scored"] == 6
+    assert m["counts"]["skipped"] == 2 == json.loads((run / "metrics.json").read_text())[
+        "counts"]["skipped"]  # fmt: skip
+    lines = (run / "skipped.tsv").read_text().splitlines()
+    assert lines[0] == "id\treason" and [x.split("\t")[0] for x in lines[1:]] == [
+        "imgs/circle/cut.png", "imgs/nope.png"]  # fmt: skip
+    assert "truncated" in lines[1] and "data.csv, line 4" in lines[1]
+    assert "FileNotFoundError" in lines[2] and "data.csv, line 7" in lines[2]
+    scores = list(csv.DictReader(open(run / "scores.csv")))
+    assert [r["id"] for r in scores] == [f"imgs/{i}" for i in good]
+    assert {r["id"] for r in _answers(run).values()} == {f"imgs/{i}" for i in good}
+    mask = np.load(run / "label_issues.npy", allow_pickle=False)
+    assert mask.shape == (8,) and not mask[[2, 5]].any()
+    cleaned = [p for p, _ in list(csv.reader(open(run / "cleaned.csv")))[1:]]
+    assert not any(p.endswith(("cut.png", "nope.png")) for p in cleaned)
+    before = {n: (run / n).read_bytes() for n in ("scores.csv", "skipped.tsv", "answers.jsonl")}
+    assert cleanse.clean(c, str(run), mllm=mllm)[0]["counts"] == m["counts"]
+    assert {n: (run / n).read_bytes() for n in before} == before
+
+    c.data.kind, c.data.path = "folder", str(tmp_path / "imgs")
+    m = cleanse.clean(c, str(tmp_path / "folder_run"), mllm=mllm)[0]
+    assert m["counts"]["scored"] == 6 and m["counts"]["skipped"] == 1
+    lines = (tmp_path / "folder_run" / "skipped.tsv").read_text().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("circle/cut.png\t")
 
 
 def test_bad_inputs_name_file_and_line(tmp_path):

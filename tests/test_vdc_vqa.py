@@ -1,6 +1,8 @@
-"""VDC's VQA runner (vdc_jax.vqa): prompts as the LLaVA processor builds them, batched answers
-equal per-pair generation (also with the images laid out over a mesh's shards), and the
-resumable answers.jsonl (torn lines, no duplicates, answers read back from disk).
+"""VDC's VQA runner (vdc_jax.vqa): prompts as the LLaVA processor builds them, the pipeline
+transform equal to the processor's pixels, batched answers equal per-pair generation (also with
+the images coming through the input pipeline onto a mesh), the resumable answers.jsonl (torn
+lines, no duplicates, answers read back from disk), resumed runs that decode only unfinished
+batches, and bad images skipped and recorded.
 
 The model is a tiny random LLaVA (vl_jax.models.tiny.write_llava, the Hugging Face layout)
 loaded as the cleanser loads it (vdc_jax.models.load_mllm); its answers are meaningless, only their equality is
@@ -23,10 +25,12 @@ from vdc_jax.vqa import (
     AnswerStore,
     Item,
     answer_dataset,
-    slot_layout,
+    pairs_of,
 )
-from vl_jax.generate import bucket
+from vl_jax.images import ImageError
+from vl_jax.preprocess import ClipPreprocess, HFImageProcessor
 
+NAMES = ["circle", "square"]
 QUESTIONS = Questions(
     general=("Describe the image in detail.",),
     specific={c: [f"Is there a {c} in the image?", "Is it dark?"] for c in ("circle", "square")},
@@ -46,24 +50,35 @@ def tiny(tmp_path_factory):
     model, processor = llava.from_pretrained(path), llava.load_processor(path)
     mllm = MLLM(model, processor, path, tuple(stop_tokens(path, processor.tokenizer)))
     # Equal lengths: the per-pair check then compiles one request shape fewer (test time).
-    return VQA.from_mllm(mllm, yes_no_tokens=6, describe_tokens=6), processor, images
+    vqa = VQA.from_mllm(mllm, yes_no_tokens=6, describe_tokens=6)
+    return vqa, processor, images, data
 
 
 PAIRS = [("Describe the image in detail.", DESCRIBE), ("Is it dark?", YES_NO),
          ("Is there a circle in the image?", YES_NO)]  # fmt: skip
 
 
-def test_prompts_and_pixels_equal_the_processor(tiny):
+def test_prompts_and_transform_equal_the_processor(tiny):
     from PIL import Image
 
-    vqa, processor, images = tiny
+    vqa, processor, images, _ = tiny
     q = "Is there a circle in the image?"
     assert vqa.prompt(q) == FALLBACK_PROMPT.format(question=q)  # no chat template: LLaVA-1.5's
     want = processor(images=[Image.fromarray(images[0])], text=[vqa.prompt(q)], return_tensors="np")
     np.testing.assert_array_equal(vqa.prompt_ids(q), want["input_ids"][0])
-    np.testing.assert_array_equal(
-        vqa.pixels(images[:1]), want["pixel_values"].transpose(0, 2, 3, 1)
-    )
+    # The pipeline transform of a CLIP-processor checkpoint is the numpy ClipPreprocess (read
+    # from processor_config.json, transformers 5's layout), equal to the processor's pixels;
+    # the generic adapter (any fixed-size processor) is too.
+    assert isinstance(vqa.transform, ClipPreprocess) and vqa.transform.output_hw == (30, 30)
+    adapter = HFImageProcessor(processor.image_processor)
+    assert adapter.output_hw == (30, 30)
+    rng = np.random.default_rng(0)
+    odd = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in [(37, 61, 3), (90, 20, 3)]]
+    for image in [*images, *odd]:
+        px = processor.image_processor(images=[Image.fromarray(image)], return_tensors="np")
+        want = px["pixel_values"][0].transpose(1, 2, 0)
+        np.testing.assert_array_equal(vqa.transform(image), want)
+        np.testing.assert_array_equal(adapter(image), want)
     # With a chat template (as on the hub's llava-hf processors), the template builds the prompt.
     template = (
         "{% for m in messages %}USER: {% for c in m['content'] %}{% if c['type'] == 'image' %}"
@@ -77,9 +92,32 @@ def test_prompts_and_pixels_equal_the_processor(tiny):
         processor.chat_template = None
 
 
+def test_image_transform_falls_back_to_the_processor(tiny, tmp_path):
+    """Not a CLIP image processor (SigLIP here), or no processor settings: the processor itself
+    behind the generic adapter."""
+    from vdc_jax.models import image_transform
+
+    _, processor, _, _ = tiny
+    assert isinstance(image_transform(str(tmp_path), processor), HFImageProcessor)
+    (tmp_path / "preprocessor_config.json").write_text(
+        json.dumps({"image_processor_type": "SiglipImageProcessor", "size": {"height": 30}})
+    )
+    assert isinstance(image_transform(str(tmp_path), processor), HFImageProcessor)
+
+
+def test_a_processor_whose_size_varies_is_refused():
+    class Dynamic:  # Qwen-VL style: the output follows the input's size
+        def __call__(self, images, return_tensors):
+            h, w = np.asarray(images[0]).shape[:2]
+            return {"pixel_values": np.zeros((1, 3, h, w), np.float32)}
+
+    with pytest.raises(ValueError, match="output size varies"):
+        HFImageProcessor(Dynamic())
+
+
 def test_batched_answers_equal_per_pair_generation(tiny):
-    vqa, _, images = tiny
-    pixels = vqa.pixels(images)
+    vqa, _, images, _ = tiny
+    pixels = np.stack([vqa.transform(x) for x in images])
     pairs = [(i, q, kind) for i in range(3) for q, kind in PAIRS]
     batched = vqa.answer(pixels, pairs)  # 2 generate calls: one per answer kind
     one_by_one = [vqa.answer(pixels[i : i + 1], [(0, q, kind)])[0] for i, q, kind in pairs]
@@ -87,42 +125,27 @@ def test_batched_answers_equal_per_pair_generation(tiny):
     assert all(isinstance(a, str) for a in batched)
 
 
-def test_slot_layout_spreads_images_evenly_over_shards():
-    size, slot = slot_layout(11, 4)  # 3, 3, 3, 2 per shard
-    assert size == 12 and slot.tolist() == list(range(11))
-    size, slot = slot_layout(5, 4)  # 2, 1, 1, 1
-    assert size == 8 and slot.tolist() == [0, 1, 2, 4, 6]
-    size, slot = slot_layout(2, 4)  # the last batch of a run: shards 2 and 3 stay empty
-    assert size == 4 and slot.tolist() == [0, 1]
-    for shards in (1, 2, 3, 4, 8):
-        for n in range(1, 70):
-            size, slot = slot_layout(n, shards)
-            assert size % shards == 0 and bucket(size, multiple=shards) == size  # no re-padding
-            assert len(slot) == n and np.all(np.diff(slot) > 0) and slot[-1] < size
-            counts = np.bincount(slot // (size // shards), minlength=shards)
-            assert counts.max() - counts.min() <= 1 and np.all(np.diff(counts) <= 0), counts
-    with pytest.raises(ValueError):
-        slot_layout(0, 4)
-
-
-def test_images_laid_out_over_a_mesh_give_the_same_answers(tiny):
-    """load_pixels on a 4-shard mesh (3 images -> slots 0, 1, 2 of 4) answers as the compact
-    pixel array without a mesh does."""
+def test_pipeline_batches_on_a_mesh_give_the_same_answers(tiny, tmp_path):
+    """answer_dataset on a 4-shard mesh (3 samples, batch 3 rounded up to 4: one padding row),
+    the pixels a global jax.Array from the input pipeline, answers as the compact numpy pixel
+    array without a mesh does."""
     import jax
 
     from vl_jax.parallel import create_mesh
 
-    vqa, processor, images = tiny
+    vqa, processor, images, data = tiny
     mesh = create_mesh(devices=jax.devices()[:4])
-    sharded = VQA(vqa.model, processor, yes_no_tokens=6, describe_tokens=6, mesh=mesh)
-    loaded = []
-    pixels, slot = sharded.load_pixels(lambda i: loaded.append(i) or images[i], [2, 0, 1])
-    assert loaded == [2, 0, 1] and pixels.shape == (4, *sharded.pixel_shape())
-    assert slot.tolist() == [0, 1, 2] and not pixels[3].any()  # one process holds every row
-    np.testing.assert_array_equal(pixels[:3], vqa.pixels([images[2], images[0], images[1]]))
-    pairs = [(i, q, kind) for i in range(3) for q, kind in PAIRS]
-    want = vqa.answer(vqa.pixels([images[2], images[0], images[1]]), pairs)
-    assert sharded.answer(pixels, [(int(slot[i]), q, kind) for i, q, kind in pairs]) == want
+    sharded = VQA(vqa.model, processor, transform=vqa.transform, yes_no_tokens=6,
+                  describe_tokens=6, mesh=mesh)  # fmt: skip
+    items = [Item(i, data.ids()[i], 0) for i in (2, 0, 1)]
+    store = AnswerStore(tmp_path / "answers.jsonl", write=True)
+    steps = list(answer_dataset(sharded, items, data, QUESTIONS, NAMES, store, batch_size=3))
+    assert [(s.size, s.asked, s.skipped) for s in steps] == [(3, True, ())]
+    pixels = np.stack([vqa.transform(images[i]) for i in (2, 0, 1)])
+    pairs = [(r, q, kind) for r in range(3) for q, kind in pairs_of(items[r], QUESTIONS, NAMES)]
+    want = vqa.answer(pixels, pairs)
+    got = store.answers([(items[r].index, items[r].id, q) for r, q, _ in pairs])
+    assert got == want
 
 
 def _rec(i, q, answer="yes"):
@@ -172,39 +195,107 @@ def test_answer_store_without_records_reads_answers_back(tmp_path):
         lean.answers([(2, "s2", "a?")])
 
 
+class ArraySource:
+    """A RandomAccessSource of tiny images whose pixels all equal the sample's position (so a
+    fake engine can tell which image a row holds); records what it decodes. `bad`: positions
+    whose image cannot be read ({position: "raise"} -> ImageError, "float" -> an unusable array)."""
+
+    name, split, class_names = "arrays", None, NAMES
+
+    def __init__(self, n, bad=None):
+        self.n, self.bad, self.decoded = n, dict(bad or {}), []
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        self.decoded.append(int(i))
+        if self.bad.get(i) == "raise":
+            raise ImageError(f"/data/{i}.png", "truncated or corrupt: broken data stream")
+        image = np.full((2, 2, 3), i, np.float32 if self.bad.get(i) == "float" else np.uint8)
+        return {"image": image, "label": i % 2, "id": f"s{i}"}
+
+    def labels(self):
+        return np.arange(self.n) % 2
+
+    def ids(self):
+        return [f"s{i}" for i in range(self.n)]
+
+
+def fill(image):
+    """Pipeline transform of the fakes: [2, 2, 3] float32 holding the image's value."""
+    return np.full((2, 2, 3), image[0, 0, 0], np.float32)
+
+
 class FakeVQA:
-    """Records what it is asked; answers "<id-index>:<question>"."""
+    """Records what it is asked; answers "<image value>:<question>" (the value = the dataset
+    position of the image, see ArraySource). Reads the batch as the per-pair baseline does."""
 
-    def __init__(self):
-        self.calls = []
+    transform = staticmethod(fill)
 
-    def pixels(self, images):
-        return np.stack(images)
+    def __init__(self, mesh):
+        self.mesh, self.calls = mesh, []
 
     def answer(self, pixels, pairs):
+        pixels = np.asarray(pixels)
         self.calls.append([(int(pixels[i, 0, 0, 0]), q) for i, q, _ in pairs])
         return [f"{int(pixels[i, 0, 0, 0])}:{q}" for i, q, _ in pairs]
 
 
-def test_answer_dataset_resumes_in_the_same_batches(tmp_path):
+def test_answer_dataset_resumes_in_the_same_batches(tmp_path, mesh1):
     items = [Item(i, f"s{i}", i % 2) for i in range(5)]
-    load = lambda i: np.full((2, 2, 3), i, np.uint8)
-    names = ["circle", "square"]
-    full, fake = AnswerStore(tmp_path / "full.jsonl", write=True), FakeVQA()
-    steps = list(answer_dataset(fake, items, load, QUESTIONS, names, full, batch_size=2))
-    assert steps == [(2, True), (2, True), (1, True)] and len(full) == 15
+    full, fake, source = (
+        AnswerStore(tmp_path / "full.jsonl", write=True),
+        FakeVQA(mesh1),
+        ArraySource(5),
+    )
+    steps = list(answer_dataset(fake, items, source, QUESTIONS, NAMES, full, batch_size=2))
+    assert [(s.size, s.asked) for s in steps] == [(2, True), (2, True), (1, True)]
+    assert len(full) == 15 and not any(s.skipped for s in steps)
     assert [len(c) for c in fake.calls] == [6, 6, 3]  # 3 questions per sample, 2 per batch
+    assert sorted(source.decoded) == list(range(5))
 
-    # A run killed after batch 1 plus part of batch 2: only the rest is asked, batch 2 alone.
+    # A run killed after batch 1 plus part of batch 2: only the rest is asked, batch 2 alone,
+    # and batch 1's images are not decoded again.
     path = tmp_path / "part.jsonl"
     with open(path, "w") as f:
         for rec in list(full.records.values())[:8]:
             f.write(json.dumps(rec) + "\n")
-    part, fake2 = AnswerStore(path, write=True), FakeVQA()
-    steps = list(answer_dataset(fake2, items, load, QUESTIONS, names, part, batch_size=2))
-    assert steps == [(2, False), (2, True), (1, True)]
+    part, fake2, source2 = AnswerStore(path, write=True), FakeVQA(mesh1), ArraySource(5)
+    steps = list(answer_dataset(fake2, items, source2, QUESTIONS, NAMES, part, batch_size=2))
+    assert [(s.size, s.asked) for s in steps] == [(2, False), (2, True), (1, True)]
     assert fake2.calls == [fake.calls[1][2:], fake.calls[2]]
+    assert sorted(source2.decoded) == [2, 3, 4]
     assert part.records == full.records
     lines = path.read_text().splitlines()
     assert len(lines) == len({(json.loads(x)["id"], json.loads(x)["question"]) for x in lines})
     assert os.path.getsize(path) == os.path.getsize(tmp_path / "full.jsonl")
+
+    # Everything answered: nothing decoded, nothing asked.
+    source3, fake3 = ArraySource(5), FakeVQA(mesh1)
+    steps = list(answer_dataset(fake3, items, source3, QUESTIONS, NAMES, part, batch_size=2))
+    assert [(s.size, s.asked) for s in steps] == [(2, False), (2, False), (1, False)]
+    assert source3.decoded == [] and fake3.calls == []
+
+
+def test_bad_images_are_skipped_and_recorded(tmp_path, mesh_4x2):
+    """Samples 3 (unreadable) and 6 (an unusable array) of positions 1..7 (0 is not checked):
+    their pairs are not asked, the others are; each Step names them with its reason. The batch
+    of 3 is rounded up to 4 on a 4-shard mesh. A rerun tries the bad images again."""
+    source = ArraySource(8, bad={3: "raise", 6: "float"})
+    items = [Item(i, f"s{i}", i % 2) for i in range(1, 8)]
+    store, fake = AnswerStore(tmp_path / "answers.jsonl", write=True), FakeVQA(mesh_4x2)
+    steps = list(answer_dataset(fake, items, source, QUESTIONS, NAMES, store, batch_size=3))
+    assert [(s.size, s.asked) for s in steps] == [(4, True), (3, True)]  # items 1-4, 5-7
+    skipped = [s for step in steps for s in step.skipped]
+    assert [(s.index, s.id) for s in skipped] == [(3, "s3"), (6, "s6")]
+    assert "broken data stream" in skipped[0].reason and "float32" in skipped[1].reason
+    asked = {v for call in fake.calls for v, _ in call}
+    assert asked == {1, 2, 4, 5, 7} and len(store) == 5 * 3
+    assert ("s3", QUESTIONS.general[0]) not in store
+
+    source.decoded.clear()
+    again = list(answer_dataset(FakeVQA(mesh_4x2), items, source, QUESTIONS, NAMES, store,
+                                batch_size=3))  # fmt: skip
+    assert [s for step in again for s in step.skipped] == skipped
+    assert not any(step.asked for step in again) and sorted(source.decoded) == list(range(1, 8))

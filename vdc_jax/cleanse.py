@@ -36,10 +36,17 @@ Models: the MLLM is loaded once per run, straight into its shardings on the mesh
 `models.MLLM` object is given to VQG, VQA and the judge; pass `mllm=` to `clean` to reuse one
 across runs in a process.
 
+Images: VQA reads them through the input pipeline (`vl_jax.data.pipeline`) with the MLLM's own
+preprocessing (`models.MLLM.transform`), in batches of `vqa.batch_size` rounded up to what the
+mesh splits evenly (see vdc_jax.vqa). One bad-image policy: an image that cannot be read is
+skipped and recorded, never fatal — its questions are not asked, the sample is left out of
+scoring (neither kept nor flagged), and it is listed in `skipped.tsv` (id, reason) and counted
+in metrics.json (`counts.skipped`). A rerun tries those images again.
+
 Several processes (multi-host): every process runs this with the same config and workdir (a
 shared filesystem); the writer (`vl_jax.workdir.is_writer`, process 0) writes every file, the
 others wait at barriers (`written`) where they must read what it wrote, and each decodes only
-the images its devices hold (see vdc_jax.vqa).
+its own rows of every batch (the pipeline's per-process schedule; see vdc_jax.vqa).
 """
 
 from __future__ import annotations
@@ -160,17 +167,23 @@ def clean(
     done = sum(all((it.id, q) in store for q, _ in pairs_of(it, questions, names)) for it in items)
     if done:
         log.info("resuming: %d/%d samples already answered", done, len(items))
-    load_image = lambda i: source[i]["image"]
+    skipped = []  # unreadable images: not scored, listed in skipped.tsv
     with progress(total=len(items), initial=done, desc="VQA", unit="img") as bar:
-        for n, worked in answer_dataset(vqa, items, load_image, questions, names, store,
-                                        batch_size=config.vqa.batch_size):  # fmt: skip
-            if worked:
-                bar.update(n)
+        for step in answer_dataset(vqa, items, source, questions, names, store,
+                                   batch_size=config.vqa.batch_size):  # fmt: skip
+            skipped += step.skipped
+            if step.asked:
+                bar.update(step.size)
+    if skipped:
+        log.warning("%d unreadable images skipped (not scored): see skipped.tsv", len(skipped))
 
     # The other processes read answers.jsonl back for scoring: the writer's last append first.
     wd.written("vdc: answers.jsonl complete")
     judge = make_judge(config.judge, mllm, dtype, mesh)
-    table = scoring.score(items, store, questions, names, judge, config.threshold, len(ids))
+    left_out = {s.index for s in skipped}
+    scored = [it for it in items if it.index not in left_out]
+    table = scoring.score(scored, store, questions, names, judge, config.threshold, len(ids))
+    table.skipped = skipped
     if truth is not None:
         sel = table.index
         table.is_dirty, table.kinds = truth[0][sel], np.asarray(truth[1], str)[sel]
@@ -203,3 +216,6 @@ def _print_summary(m: dict, workdir: str) -> None:
     else:
         print(f"vdc: {m['counts']['flagged']} of {m['counts']['dataset']} samples flagged; "
               f"outputs in {workdir}", file=sys.stderr)  # fmt: skip
+    if m["counts"]["skipped"]:
+        print(f"vdc: {m['counts']['skipped']} unreadable image(s) skipped, not scored: see "
+              f"{os.path.join(workdir, 'skipped.tsv')}", file=sys.stderr)  # fmt: skip

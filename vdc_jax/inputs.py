@@ -3,6 +3,7 @@
     data = load_dataset(config.data, workdir)   # data.source: a RandomAccessSource
     data.source[i]                              # {"image": uint8 [H, W, 3], "label", "id"}
     data.class_names, data.paths                # paths: [N] str for files, None for TFDS
+    view = Subset(data.source, indices)         # the samples at `indices`, as a source
 
 Four kinds of dataset (``config.data.kind``):
 
@@ -17,14 +18,20 @@ Four kinds of dataset (``config.data.kind``):
   or unreadable image is skipped when it is read and listed in the run's ``skipped.tsv``;
 - ``synthetic``: a small generated image folder (coloured circles / squares / triangles on noise)
   written into the workdir (by the writer process), for runlocal.
+
+`Subset` is the source VQA reads: the (corrupted) dataset restricted to the samples it checks
+(those with a label), so that the input pipeline's batch ``k`` holds checked samples
+``k * B ... (k + 1) * B - 1`` and no batch is cut short by unlabelled ones.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import operator
 import os
 import tempfile
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -35,7 +42,7 @@ from vl_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SHAPES", "DataError", "Dataset", "load_dataset", "synthetic_folder",
+__all__ = ["SHAPES", "DataError", "Dataset", "Subset", "load_dataset", "synthetic_folder",
            "write_shapes_folder"]  # fmt: skip
 
 
@@ -48,6 +55,42 @@ class Dataset:
     class_names: list[str]
     paths: list[str] | None
     description: str
+
+
+class Subset:
+    """``source`` restricted to ``indices``, in that order: ``self[k] == source[indices[k]]``.
+
+    A :class:`vl_jax.data.protocol.RandomAccessSource` (ids, labels and class names of the
+    chosen samples, read without decoding); decoding happens in ``source[...]``, so a bad image
+    raises there as it would from ``source``.
+
+    Args:
+      source: a RandomAccessSource. indices: ``[M]`` positions in it.
+    """
+
+    def __init__(self, source: RandomAccessSource, indices: Sequence[int] | np.ndarray):
+        self.source = source
+        self.indices = np.asarray(indices, np.int64).reshape(-1)
+        if len(self.indices) and not (0 <= self.indices.min() and self.indices.max() < len(source)):
+            raise IndexError(f"indices outside [0, {len(source)})")
+        self.name, self.split = source.name, source.split
+        self.class_names = list(source.class_names)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k) -> dict:
+        return self.source[int(self.indices[operator.index(k)])]
+
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.source.labels())[self.indices]
+
+    def ids(self) -> list[str]:
+        ids = self.source.ids()
+        return [ids[i] for i in self.indices]
+
+    def __repr__(self) -> str:
+        return f"Subset({self.source!r}, {len(self)} of {len(self.source)})"
 
 
 # ---------------------------------------------------------------------------- loading

@@ -1,6 +1,7 @@
 """The cleanser's models as objects, each loaded once per run.
 
     mllm = load_mllm(config.model, workdir, mesh)      # MLLM: model + processor + path + stops
+    mllm.transform                                      # its image preprocessing (pipeline)
     ask = text_llm(config.vqg.llm, mllm, dtype, mesh, max_new_tokens=256)  # VQG (or None)
     judge = make_judge(config.judge, mllm, dtype, mesh)                     # VAE judge (or None)
 
@@ -9,6 +10,12 @@ The MLLM's parameters are read from the checkpoint straight into their shardings
 judge — nothing reloads it. A caller that runs the cleanser several times in one process
 (a notebook, tests) passes the same object to every run (`cleanse.clean(..., mllm=mllm)`), so
 the compiled generation functions are reused too.
+
+Images reach the MLLM through the project's one input pipeline (`vl_jax.data.pipeline`), with
+the checkpoint's own preprocessing as the transform (`image_transform`): `ClipPreprocess` (numpy,
+equal to transformers' PIL-backend CLIP processor) when the checkpoint's image processor is
+CLIP's, as on LLaVA-1.5; otherwise the processor itself behind `HFImageProcessor` (any fixed
+output size: BLIP, SigLIP, ...). See `vl_jax.preprocess` for dynamic-resolution processors.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import os
 from collections.abc import Callable, Sequence
 
@@ -26,6 +34,9 @@ from vdc_jax import answers as vae
 from vl_jax import parallel
 from vl_jax import workdir as wd
 from vl_jax.errors import ConfigError
+from vl_jax.preprocess import ClipPreprocess, HFImageProcessor, hf_image_processor_config
+
+log = logging.getLogger(__name__)
 
 TINY = "tiny-random"  # config.model.name: a random tiny LLaVA written into the workdir
 MLLM_LLM = "mllm"  # config.vqg.llm / judge.llm: the MLLM's own language model
@@ -48,6 +59,8 @@ class MLLM:
       processor: its transformers processor (tokenizer, chat template, image processor).
       path: the local checkpoint directory (a hub id resolved to its snapshot).
       stop_tokens: [K] token ids that end an answer (tokenizer EOS + generation_config's).
+      transform: (computed once) the checkpoint's image preprocessing as an input-pipeline
+        transform, uint8 [H, W, 3] -> float32 [h, w, 3] (`image_transform`).
     """
 
     model: object
@@ -58,6 +71,33 @@ class MLLM:
     @property
     def tokenizer(self):
         return self.processor.tokenizer
+
+    @functools.cached_property
+    def transform(self):
+        return image_transform(self.path, self.processor)
+
+
+# The image processors ClipPreprocess reproduces (transformers' slow, PIL and fast variants).
+CLIP_PROCESSORS = ("CLIPImageProcessor", "CLIPImageProcessorPil", "CLIPImageProcessorFast")
+
+
+def image_transform(path: str, processor):
+    """The pipeline transform of the checkpoint at `path` (uint8 [H, W, 3] -> float32 [h, w, 3]).
+
+    A CLIP image processor (LLaVA-1.5) -> `ClipPreprocess.from_hf_dir(path)`: numpy, equal to
+    transformers' PIL-backend processor value for value, and picklable. Anything else, or CLIP
+    settings ClipPreprocess cannot reproduce -> `HFImageProcessor(processor.image_processor)`,
+    the checkpoint's processor run per image (it must have a fixed output size)."""
+    try:
+        cfg, file = hf_image_processor_config(path)
+    except FileNotFoundError:
+        cfg, file = {}, path
+    if cfg.get("image_processor_type") in CLIP_PROCESSORS:
+        try:
+            return ClipPreprocess.from_hf_dir(file)
+        except ValueError as e:
+            log.info("%s: ClipPreprocess does not reproduce it (%s); using the processor", path, e)
+    return HFImageProcessor(processor.image_processor)
 
 
 def stop_tokens(path: str, tokenizer) -> list[int]:

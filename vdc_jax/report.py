@@ -5,10 +5,11 @@
 writes (atomically, via `vl_jax.fileio.atomic_open`; on the writer process only,
 `vl_jax.workdir.is_writer`):
 
-- ``scores.csv``: one row per sample in dataset order: ``index, id, label, class, score,
+- ``scores.csv``: one row per scored sample in dataset order: ``index, id, label, class, score,
   flagged, consistent, total`` and, when the ground truth is known (injected dirt),
   ``is_dirty, dirt_kind`` (``""`` for clean samples);
-- ``metrics.json``: counts, the threshold, the config summary and — with ground truth — TPR,
+- ``metrics.json``: counts (``skipped``: samples left out because their image could not be
+  read), the threshold, the config summary and — with ground truth — TPR,
   FPR, precision, F1 (at the threshold) and AUROC (threshold-free; "dirtiness" = 1 - score):
   overall, per dirt kind (that kind's samples against all clean samples) and per class (the
   samples that carry the class's label, after corruption);
@@ -17,6 +18,10 @@ writes (atomically, via `vl_jax.fileio.atomic_open`; on the writer process only,
   where a sample is flagged — cleanlab's ``find_label_issues`` mask;
 - ``cleaned.csv``: ``path,label`` of the kept samples when they are files (absolute paths,
   class names), else ``id,label``;
+- ``skipped.tsv``: ``id<TAB>reason`` (with a header) of every sample whose image could not
+  be read (missing, truncated, not an image): it is not scored, so it is neither kept nor
+  flagged (False in ``label_issues.npy``, absent from ``cleaned.csv``). Written on every run,
+  header only when nothing was skipped, so a stale list never outlives its run;
 - ``scores_hist.png`` (score histograms, clean vs each dirt kind, or all samples without ground
   truth) and ``roc.png`` (overall and per kind; with ground truth only).
 """
@@ -34,6 +39,7 @@ from vdc_jax.scoring import Table
 
 __all__ = ["Table", "write_report"]
 from vl_jax import metrics, plots
+from vl_jax.data.pipeline import write_skipped
 from vl_jax.fileio import atomic_open
 from vl_jax.runlog import write_json
 from vl_jax.workdir import is_writer
@@ -52,6 +58,7 @@ def write_report(
 ) -> dict:
     """Writes every output listed in the module docstring; returns the metrics dict."""
     m = compute_metrics(t)
+    m["counts"]["skipped"] = len(t.skipped)
     m["threshold"] = float(threshold)
     m["rule"] = "dirty iff score < threshold"
     m["config"] = dict(config_summary or {})
@@ -69,6 +76,7 @@ def write_report(
     with atomic_open(path("scores.csv"), "w", encoding="utf-8", newline="") as f:
         f.write(_csv_text(header, rows))
     write_json(path("metrics.json"), m)
+    write_skipped(path("skipped.tsv"), t.skipped)
 
     kept = ~t.flagged
     with atomic_open(path("kept_ids.txt"), "w", encoding="utf-8") as f:

@@ -9,6 +9,10 @@ descriptions without a keyword hit); the score is consistent / total, and the sa
 dirty when ``score < threshold`` (`vdc_jax.detection.flag_dirty`). The answers are read back
 from ``answers.jsonl`` a block of samples at a time, so scoring memory does not grow with the
 dataset.
+
+Samples whose image could not be read (VQA skipped them: `vdc_jax.vqa.Step.skipped`) are not
+scored: the caller leaves them out of `items` and records them in `Table.skipped`, so they are
+neither kept nor flagged and ``skipped.tsv`` lists them (`vdc_jax.report`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import numpy as np
 from vdc_jax import answers as vae
 from vdc_jax.detection import flag_dirty
 from vdc_jax.vqa import DESCRIBE, AnswerStore, Item, pairs_of
+from vl_jax.data.pipeline import Skipped
 
 __all__ = ["SCORE_BLOCK", "Table", "score"]
 
@@ -29,8 +34,10 @@ SCORE_BLOCK = 4096  # samples scored (answers read back, judge called) per step
 
 @dataclasses.dataclass
 class Table:
-    """Per-sample results, all [M] in dataset order (M <= N: samples without a label are not
-    scored); `n` is the dataset length N for the label-issue mask."""
+    """Per-sample results, all [M] in dataset order (M <= N: samples without a label, and those
+    whose image could not be read, are not scored); `n` is the dataset length N for the
+    label-issue mask; `skipped` lists the unreadable samples (index = dataset position, id,
+    reason) in dataset order."""
 
     index: np.ndarray  # int [M] dataset position
     ids: list[str]
@@ -44,6 +51,7 @@ class Table:
     is_dirty: np.ndarray | None = None  # bool [M], when known
     kinds: np.ndarray | None = None  # str [M], "" = clean, when known
     paths: list[str] | None = None  # [M] image files, when known
+    skipped: list[Skipped] = dataclasses.field(default_factory=list)  # left out: unreadable
 
 
 def score(

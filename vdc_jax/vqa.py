@@ -1,27 +1,41 @@
 """VQA — the MLLM answers every (image, question) pair of a dataset (VDC, Zhu et al. 2024, §3.2).
 
-    vqa = VQA.from_mllm(vdc_jax.models.load_mllm(config.model, workdir, mesh), mesh=mesh)
+    mllm = vdc_jax.models.load_mllm(config.model, workdir, mesh)
+    vqa = VQA.from_mllm(mllm, mesh=mesh)                       # transform: mllm.transform
     store = AnswerStore("runs/dogs/answers.jsonl")            # reads what a killed run wrote
-    for _ in answer_dataset(vqa, items, load_image, questions, class_names, store,
-                            batch_size=16):                    # one step per batch of images
-        pass
+    for step in answer_dataset(vqa, items, source, questions, class_names, store,
+                               batch_size=16):                 # one step per batch of images
+        step.skipped                                           # samples whose image was bad
 
-Per batch of B images, every pending (image, question) pair is answered in ONE
-`vl_jax.generate.generate` call per answer kind: the B images are encoded once
-(`pixel_values [S, H, W, 3]`, S >= B slots, `image_index` = each row's slot) and each image's
-prompt prefix (chat header + its P image tokens) goes through the decoder once, shared by the
-image's questions. Description questions (`Questions.general`) get `describe_tokens` new
-tokens, yes/no questions `yes_no_tokens` (short: only the leading verdict is read, see
-`answers.parse_yes_no`).
+Images come through the project's one input pipeline (`vl_jax.data.pipeline.make_pipeline`,
+`train=False`) with the checkpoint's own preprocessing as the transform (`VQA.transform`, from
+`vdc_jax.models.MLLM.transform`): global batch k holds samples ``items[k*B : (k+1)*B]`` (the
+source seen through `vdc_jax.inputs.Subset`), each process decodes only its own rows of it
+(the pipeline's per-process schedule), and the batch's ``image`` — a global `jax.Array`
+``float32 [B, h, w, 3]`` sharded over the mesh's ``data`` axis — is ``pixel_values`` for
+`vl_jax.generate.generate`. This module only decides which rows share an image: every pending
+(image, question) pair of the batch becomes a generate row whose ``image_index`` is its image's
+row of the batch. All pairs go in ONE generate call per answer kind: the B images are encoded
+once and each image's prompt prefix (chat header + its P image tokens) goes through the decoder
+once, shared by the image's questions. Description questions (`Questions.general`) get
+`describe_tokens` new tokens, yes/no questions `yes_no_tokens` (short: only the leading verdict
+is read, see `answers.parse_yes_no`).
 
-Several processes (multi-host): the batch's images are spread evenly over the mesh's `data`
-shards (`slot_layout`), and each process decodes and preprocesses only the images whose slots
-its own devices hold (`VQA.load_pixels`); the other slots of its host array stay zero and are
-never read, since `generate` builds the global pixel array with `make_array_from_callback`,
-which reads each process's own shards only. No pixels cross processes. The prompts (token
-ids, small) are built identically on every process; the generate call is one global sharded
+Batch size: the pipeline needs each process's share of a batch to split over its ``data``
+shards, so ``batch_size`` is rounded up to the next size that does (`pipeline.round_batch`:
+16 stays 16 on 8 devices; 11 becomes 12 on 4 devices, 16 on 8). The answers do not depend on
+it (greedy decoding, rows independent).
+
+Bad images: an image that cannot be read (missing, truncated, not an image) is skipped, never
+fatal and never silent: the pipeline masks its row, its pairs are not asked, and the batch's
+`Step.skipped` names it (dataset position, id, reason — the reason gathered from the process
+that decoded it), so the cleanser leaves it out of scoring and lists it in ``skipped.tsv``.
+
+Several processes (multi-host): the prompts (token ids, small) are built identically on every
+process from the batch's global ``mask`` and ``index``; the generate call is one global sharded
 computation whose new tokens come back to every process (`parallel.fetch`), so every process
-holds every answer and the same `AnswerStore`, but only the writer (`vl_jax.workdir.is_writer`) writes it.
+holds every answer and the same `AnswerStore`, but only the writer (`vl_jax.workdir.is_writer`)
+writes it. No pixels cross processes.
 
 Answers are appended to `answers.jsonl` after each batch, one JSON object per pair —
 ``{"index", "id", "label", "class", "question", "kind", "answer"}`` — then flushed and
@@ -30,9 +44,11 @@ fsync'd, so a killed run loses at most the batch in flight (`vl_jax.faults` poin
 died mid-line) or an undecodable one is dropped and the file truncated to the last good line;
 pairs already answered are skipped, so nothing is asked twice and nothing is duplicated.
 Batches are cut from the dataset order, not from the pending work, so a resumed run asks the
-remaining pairs in the same batches as an uninterrupted run would. Only the writer process
-(`vl_jax.workdir.is_writer`) writes; every process reads the same file, which must be on a shared
-filesystem for multi-host runs.
+remaining pairs in the same batches as an uninterrupted run would; the pipeline runs only the
+batches that still have pending pairs (``make_pipeline(steps=...)``), so the images of finished
+batches are not decoded again. A skipped sample has pending pairs, so a rerun tries its batch
+again (a repaired file is then answered). Only the writer process writes; every process reads
+the same file, which must be on a shared filesystem for multi-host runs.
 """
 
 from __future__ import annotations
@@ -42,13 +58,18 @@ import json
 import logging
 import os
 from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
+import jax
 import numpy as np
 
+from vdc_jax.inputs import Subset
 from vl_jax import faults, parallel
 from vl_jax import workdir as wd
-from vl_jax.generate import bucket, generate
+from vl_jax.data import pipeline
+from vl_jax.data.pipeline import Skipped
+from vl_jax.generate import generate
 
 log = logging.getLogger(__name__)
 
@@ -58,38 +79,20 @@ DESCRIBE, YES_NO = "describe", "yes_no"
 FALLBACK_PROMPT = "USER: <image>\n{question} ASSISTANT:"
 
 
-def slot_layout(n: int, shards: int) -> tuple[int, np.ndarray]:
-    """Where a batch's `n` images go in the pixel array given to `generate`, for a mesh whose
-    `data` axis has `shards` positions.
-
-    Returns (S, slot int64 [n]): the array has S = shards x R rows (row block s lives on data
-    shard s); the images are split over the shards in order and balanced (the first n % shards
-    shards get one more), image k at row `slot[k]`; the other rows are empty (zeros). S is a
-    fixed point of generate's batch bucketing (`bucket(S, multiple=shards) == S`), so generate
-    pads nothing and the row blocks stay where this layout puts them.
-    """
-    if n < 1 or shards < 1:
-        raise ValueError(f"slot_layout needs n >= 1 and shards >= 1, got {n}, {shards}")
-    per = -(-n // shards)
-    while bucket(per * shards, multiple=shards) != per * shards:
-        per = bucket(per * shards, multiple=shards) // shards
-    base, extra = divmod(n, shards)
-    counts = base + (np.arange(shards) < extra)
-    slot = np.concatenate([s * per + np.arange(c) for s, c in enumerate(counts)])
-    return per * shards, slot.astype(np.int64)
-
-
 class VQA:
     """Asks a LLaVA model (`vl_jax.models.llava.LLaVA`) questions about images, in batches.
 
     Args:
       model: the NNX LLaVA; processor: its transformers `LlavaProcessor` (`llava.load_processor`):
-        the tokenizer, the chat template and the image processor are taken from it.
+        the tokenizer and the chat template are taken from it.
+      transform: the image preprocessing the input pipeline applies, uint8 [H, W, 3] -> float32
+        [h, w, 3] (`vdc_jax.models.MLLM.transform`); default the processor's image processor
+        itself (`vl_jax.preprocess.HFImageProcessor`).
       yes_no_tokens / describe_tokens: max new tokens per answer kind (greedy unless `num_beams`).
       eos_token_id: stop token(s); default the tokenizer's (`vdc_jax.models.stop_tokens` adds
         the checkpoint's generation_config ones, e.g. Qwen's "<|im_end|>").
-      mesh: optional `parallel.create_mesh()` mesh (rows and images are sharded over `data`;
-        with several processes each decodes only its devices' images, see `load_pixels`).
+      mesh: optional `parallel.create_mesh()` mesh (images and rows are sharded over `data`;
+        `answer_dataset` uses one device without it).
     """
 
     def __init__(
@@ -97,6 +100,7 @@ class VQA:
         model,
         processor,
         *,
+        transform=None,
         yes_no_tokens: int = 8,
         describe_tokens: int = 64,
         num_beams: int = 1,
@@ -105,6 +109,11 @@ class VQA:
         mesh=None,
     ):
         self.model, self.processor, self.mesh = model, processor, mesh
+        if transform is None:
+            from vl_jax.preprocess import HFImageProcessor
+
+            transform = HFImageProcessor(processor.image_processor)
+        self.transform = transform
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.max_new = {YES_NO: int(yes_no_tokens), DESCRIBE: int(describe_tokens)}
         self.num_beams, self.repetition_penalty = int(num_beams), float(repetition_penalty)
@@ -117,16 +126,15 @@ class VQA:
             pad if pad is not None else (np.atleast_1d(eos)[0] if eos is not None else 0)
         )
         self._ids: dict[str, np.ndarray] = {}  # question -> prompt ids (questions repeat a lot)
-        self._pixel_shape: tuple[int, ...] | None = None
 
     @classmethod
     def from_mllm(cls, mllm, **kwargs) -> VQA:
-        """The engine of a loaded `vdc_jax.models.MLLM` (its model, processor and stop tokens);
-        `kwargs` as for the constructor."""
-        return cls(mllm.model, mllm.processor, eos_token_id=list(mllm.stop_tokens) or None,
-                   **kwargs)  # fmt: skip
+        """The engine of a loaded `vdc_jax.models.MLLM` (its model, processor, image transform
+        and stop tokens); `kwargs` as for the constructor."""
+        return cls(mllm.model, mllm.processor, transform=mllm.transform,
+                   eos_token_id=list(mllm.stop_tokens) or None, **kwargs)  # fmt: skip
 
-    # ---------------------------------------------------------------- prompts and pixels
+    # ---------------------------------------------------------------- prompts
     def prompt(self, question: str) -> str:
         """The chat prompt for one question, with one `<image>` placeholder (not expanded)."""
         for owner in (self.processor, self.tokenizer):
@@ -161,57 +169,15 @@ class VQA:
             self._ids[question] = ids
         return ids
 
-    def pixels(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """float32 [N, H, W, 3]: uint8 [h, w, 3] images through the processor's image processor
-        (resize, crop, normalise as the checkpoint expects), NCHW -> NHWC."""
-        from PIL import Image
-
-        pil = [Image.fromarray(np.asarray(x, np.uint8)) for x in images]
-        px = self.processor.image_processor(images=pil, return_tensors="np")["pixel_values"]
-        return np.ascontiguousarray(np.asarray(px, np.float32).transpose(0, 2, 3, 1))
-
-    def pixel_shape(self) -> tuple[int, ...]:
-        """(H, W, 3) of `pixels`' rows: the image processor's output size (resize + crop give
-        every image the same), found once on a blank image. A process that holds none of a
-        batch's images still needs it to build its (all zero) part of the pixel array."""
-        if self._pixel_shape is None:
-            self._pixel_shape = self.pixels([np.zeros((8, 8, 3), np.uint8)]).shape[1:]
-        return self._pixel_shape
-
-    def load_pixels(
-        self, load_image: Callable[[int], np.ndarray], indices: Sequence[int]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The pixel array of one batch: (float32 [S, H, W, 3], slot int64 [n]) for the n
-        samples `indices` (dataset positions), sample k at row `slot[k]` (`slot_layout` over
-        the mesh's data shards).
-
-        Only the rows this process's devices hold are filled: `load_image(index) -> uint8
-        [h, w, 3]` (the decode) and the image processor run for those samples only; the other
-        rows stay zero — generate reads them from the processes that hold them."""
-        shards = 1 if self.mesh is None else self.mesh.shape[parallel.DATA]
-        size, slot = slot_layout(len(indices), shards)
-        if self.mesh is None:
-            held = np.ones(size, bool)
-        else:
-            held = parallel.addressable_rows(size, self.mesh)
-        mine = np.flatnonzero(held[slot])
-        if len(mine):
-            local = self.pixels([load_image(indices[k]) for k in mine])
-            self._pixel_shape = local.shape[1:]
-        else:
-            local = np.zeros((0, *self.pixel_shape()), np.float32)
-        out = np.zeros((size, *local.shape[1:]), np.float32)
-        out[slot[mine]] = local
-        return out, slot
-
     # ---------------------------------------------------------------- answering
-    def answer(self, pixels: np.ndarray, pairs: Sequence[tuple[int, str, str]]) -> list[str]:
+    def answer(self, pixels, pairs: Sequence[tuple[int, str, str]]) -> list[str]:
         """Answers `pairs` = [(row of `pixels`, question, kind)], in order.
 
-        `pixels`: float32 [S, H, W, 3] (`pixels` or `load_pixels`); it goes to generate whole,
-        so that each row stays on the devices `load_pixels` laid it out for (rows no pair uses
-        are encoded too: at most the empty slots of a batch). One generate call per kind
-        present. Returns one stripped string per pair."""
+        `pixels`: float32 [S, h, w, 3], preprocessed by `transform` — the input pipeline's
+        batch (a global `jax.Array` sharded over `data`) or a numpy array. It goes to generate
+        whole, each image encoded once however many pairs use it (rows no pair uses — padding,
+        bad images, answered samples — are encoded too: at most one batch's worth). One
+        generate call per kind present. Returns one stripped string per pair."""
         out = [""] * len(pairs)
         for kind in (DESCRIBE, YES_NO):
             rows = [r for r, p in enumerate(pairs) if p[2] == kind]
@@ -397,57 +363,105 @@ def pairs_of(item: Item, questions, class_names: Sequence[str]) -> list[tuple[st
     ]
 
 
+class Step(NamedTuple):
+    """What `answer_dataset` did with one batch.
+
+    Attributes:
+      size: samples in the batch.
+      asked: whether any pair was asked (False: all answered already, or only bad images).
+      skipped: the batch's samples with pending pairs whose image could not be read (index =
+        dataset position, id = the sample's id, reason), in batch order.
+    """
+
+    size: int
+    asked: bool
+    skipped: tuple[Skipped, ...] = ()
+
+
 def answer_dataset(
     vqa: VQA,
     items: Sequence[Item],
-    load_image: Callable[[int], np.ndarray],
+    source,
     questions,
     class_names: Sequence[str],
     store: AnswerStore,
     *,
     batch_size: int = 16,
-) -> Iterator[tuple[int, bool]]:
-    """Answers every pending pair of `items`, batch by batch; yields (images in the batch,
-    whether anything was asked) per batch.
+    workers: int | None = None,
+) -> Iterator[Step]:
+    """Answers every pending pair of `items`, batch by batch; yields a `Step` per batch.
 
-    `load_image(index) -> uint8 [H, W, 3]` reads a sample's (possibly triggered) image; it is
-    only called for samples with pending pairs and, with a `VQA` on a mesh spanning several
-    processes, only by the process whose devices get that image (`VQA.load_pixels`). Other
-    engines (tests' fakes, the benchmark's per-pair baseline) get every image through their
-    `pixels(images)`. Batches are `items[k * batch_size : ...]`, so their composition does not
-    depend on what was already answered. Every process must call this with the same arguments:
-    the batches' generate calls are collectives.
+    `source`: the dataset `items` index into (`items[k].index` is a position in it; a
+    `RandomAccessSource` whose `[i]["image"]` is the possibly triggered image). The input
+    pipeline reads `Subset(source, [item.index ...])` with `vqa.transform` on `vqa.mesh`;
+    batch k holds `items[k * B : (k + 1) * B]`, B = `pipeline.round_batch(batch_size, mesh)`,
+    so its composition does not depend on what was already answered, and only batches with
+    pending pairs are decoded. `workers`: the pipeline's decoding threads (default one per core).
+
+    The engine is anything with `mesh`, `transform` and `answer(pixels, pairs)` (`VQA`; tests'
+    fakes; the benchmark's per-pair baseline, which reads `np.asarray(pixels)`). Every process
+    must call this with the same arguments: the batches' generate calls are collectives.
     """
-    for start in range(0, len(items), batch_size):
-        batch = items[start : start + batch_size]
-        todo = [
-            (item, q, kind)
-            for item in batch
-            for q, kind in pairs_of(item, questions, class_names)
-            if (item.id, q) not in store
-        ]
-        if todo:
-            order = list(dict.fromkeys(t[0].index for t in todo))  # images with pending pairs
-            if hasattr(vqa, "load_pixels"):
-                pixels, slots = vqa.load_pixels(load_image, order)
-            else:
-                pixels = vqa.pixels([load_image(index) for index in order])
-                slots = np.arange(len(order))
-            slot = dict(zip(order, slots.tolist()))
-            answers = vqa.answer(pixels, [(slot[it.index], q, kind) for it, q, kind in todo])
-            store.append(
-                [
-                    {
-                        "index": it.index,
-                        "id": it.id,
-                        "label": it.label,
-                        "class": class_names[it.label],
-                        "question": q,
-                        "kind": kind,
-                        "answer": a,
-                    }
-                    for (it, q, kind), a in zip(todo, answers, strict=True)
-                ]
-            )
-            faults.point("vdc.answers")  # kill-and-resume tests: the batch is on disk
-        yield len(batch), bool(todo)
+    mesh = vqa.mesh
+    if mesh is None:
+        mesh = parallel.create_mesh(devices=jax.devices()[:1])
+    b = pipeline.round_batch(batch_size, mesh)
+    if b != batch_size:
+        log.info("VQA batch of %d rounded up to %d (an equal share per data shard)", batch_size, b)
+    batches = [items[k : k + b] for k in range(0, len(items), b)]
+    pending = lambda item: [
+        (q, kind) for q, kind in pairs_of(item, questions, class_names) if (item.id, q) not in store
+    ]
+    steps = [k for k, batch in enumerate(batches) if any(pending(item) for item in batch)]
+    todo = set(steps)
+    view = Subset(source, [item.index for item in items])
+    with pipeline.make_pipeline(view, batch_size=b, mesh=mesh, transform=vqa.transform,
+                                train=False, steps=steps, workers=workers) as it:  # fmt: skip
+        for k, batch in enumerate(batches):
+            if k in todo:  # the pipeline's next batch is batch k
+                yield _answer_batch(vqa, it, k * b, batch, pending, class_names, store)
+            else:  # answered in an earlier run: nothing decoded
+                yield Step(len(batch), False)
+
+
+def _answer_batch(vqa, it, start: int, batch, pending, class_names, store) -> Step:
+    """One batch of `answer_dataset`: the pipeline's next batch -> answers appended."""
+    images = next(it)
+    ok, index = parallel.fetch((images["mask"], images["index"]))  # global [B], every process
+    if not np.array_equal(index[: len(batch)], np.arange(start, start + len(batch))):
+        raise RuntimeError(f"pipeline batch at {start} holds rows {index[: len(batch)]}")
+    todo = [(r, item, q, kind) for r, item in enumerate(batch) if ok[r]
+            for q, kind in pending(item)]  # fmt: skip
+    skipped = ()
+    bad = [r for r, item in enumerate(batch) if not ok[r] and pending(item)]
+    if bad:  # the pipeline has logged each one
+        reasons = _gather_reasons(it, index[bad])
+        skipped = tuple(Skipped(batch[r].index, batch[r].id, w) for r, w in zip(bad, reasons))
+    if todo:
+        answers = vqa.answer(images["image"], [(r, q, kind) for r, _, q, kind in todo])
+        store.append(
+            [
+                {
+                    "index": item.index,
+                    "id": item.id,
+                    "label": item.label,
+                    "class": class_names[item.label],
+                    "question": q,
+                    "kind": kind,
+                    "answer": a,
+                }
+                for (_, item, q, kind), a in zip(todo, answers, strict=True)
+            ]
+        )
+        faults.point("vdc.answers")  # kill-and-resume tests: the batch is on disk
+    return Step(len(batch), bool(todo), skipped)
+
+
+def _gather_reasons(it, rows: np.ndarray) -> list[str]:
+    """Why each bad row (pipeline index `rows`) failed. Only the process that decoded a row
+    knows; each process offers the reasons it has ("" elsewhere) and all gather them. Every
+    process calls this for the same rows: the bad rows come from the global mask."""
+    mine = {s.index: s.reason for s in it.skipped}
+    offered = pipeline.gather_strings([mine.get(int(i), "") for i in rows])
+    per_process = np.asarray(offered, dtype=object).reshape(-1, len(rows))
+    return [next((w for w in per_process[:, j] if w), "unreadable") for j in range(len(rows))]

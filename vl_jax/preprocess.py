@@ -1,4 +1,22 @@
-"""CLIP image preprocessing in numpy/PIL, channels-last: ``uint8 [H, W, 3] -> float32 [h, w, 3]``.
+"""Image preprocessing as input-pipeline transforms: ``uint8 [H, W, 3] -> float32 [h, w, 3]``.
+
+Every transform here maps one decoded image to a fixed-size, channels-last float array and
+says its size (``output_hw``), which is what ``vl_jax.data.pipeline.make_pipeline`` needs to
+build ``[B, h, w, 3]`` batches:
+
+- :class:`ClipPreprocess` — CLIP's preprocessing in numpy/PIL (below); the transform of CLIP
+  checkpoints and of LLaVA checkpoints whose image processor is CLIP's;
+- :class:`HFImageProcessor` — any transformers image processor with a fixed output size (BLIP,
+  SigLIP, ...) wrapped as a transform: the processor itself runs on each image.
+
+Dynamic resolution (Qwen-VL style: the output size, hence the number of image tokens, varies
+per image) does not fit one ``[B, h, w, 3]`` batch, and is not built. It would plug in as a
+transform that resizes an image to one of a few fixed buckets (e.g. three aspect ratios at one
+pixel budget, sides multiples of the patch size): the consumer groups its items by bucket
+(chosen from the image header, before decoding) and runs one pipeline per bucket with that
+bucket's fixed-size transform, so every batch keeps one shape and each bucket compiles once.
+
+CLIP preprocessing, channels-last:
 
 :class:`ClipPreprocess` reproduces transformers' PIL-backend CLIP image processor
 (``CLIPImageProcessorPil``; ``transformers/image_processing_backends.py::PilBackend``
@@ -38,7 +56,9 @@ __all__ = [
     "OPENAI_CLIP_MEAN",
     "OPENAI_CLIP_STD",
     "ClipPreprocess",
+    "HFImageProcessor",
     "center_crop",
+    "hf_image_processor_config",
     "shortest_edge_size",
 ]
 
@@ -178,19 +198,15 @@ class ClipPreprocess:
 
     @classmethod
     def from_hf_dir(cls, path: str | os.PathLike) -> ClipPreprocess:
-        """Build from a HF ``preprocessor_config.json`` (a model directory or the file itself).
+        """Build from a HF ``preprocessor_config.json`` (a model directory or the file itself;
+        see :func:`hf_image_processor_config` for directories saved by newer transformers).
 
         Keys missing from the file take ``CLIPImageProcessor``'s defaults. Options we
         cannot reproduce (``do_resize``/``do_rescale``/``do_normalize`` false, another
         ``rescale_factor``, ``longest_edge`` sizes, padding, unknown keys) raise
         ValueError naming the key and the file.
         """
-        path = os.fspath(path)
-        file = os.path.join(path, "preprocessor_config.json") if os.path.isdir(path) else path
-        with open(file, encoding="utf-8") as f:
-            cfg = json.load(f)
-        if not isinstance(cfg, dict):
-            raise ValueError(f"{file}: expected a JSON object, got {type(cfg).__name__}")
+        cfg, file = hf_image_processor_config(path)
         return cls(**_parse_hf_config(cfg, file))
 
     @classmethod
@@ -209,6 +225,73 @@ class ClipPreprocess:
         (exact resize, no crop). ``source`` only labels error messages.
         """
         return cls(**_parse_open_clip_config(cfg, image_size, source))
+
+
+def hf_image_processor_config(path: str | os.PathLike) -> tuple[dict[str, Any], str]:
+    """``(image processor settings, the file they came from)`` of a HF checkpoint.
+
+    ``path``: a JSON file, or a directory holding ``preprocessor_config.json`` or — as
+    transformers >= 5 saves a multimodal processor — ``processor_config.json`` with the
+    settings under ``"image_processor"``. FileNotFoundError when the directory has neither.
+    """
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        file, nested = path, os.path.basename(path) == "processor_config.json"
+    elif os.path.exists(os.path.join(path, "preprocessor_config.json")):
+        file, nested = os.path.join(path, "preprocessor_config.json"), False
+    elif os.path.exists(os.path.join(path, "processor_config.json")):
+        file, nested = os.path.join(path, "processor_config.json"), True
+    else:
+        raise FileNotFoundError(f"{path}: no preprocessor_config.json or processor_config.json")
+    with open(file, encoding="utf-8") as f:
+        cfg = json.load(f)
+    if nested and isinstance(cfg, dict):
+        cfg = cfg.get("image_processor")
+    if not isinstance(cfg, dict):
+        what = "an image_processor object" if nested else "a JSON object"
+        raise ValueError(f"{file}: expected {what}, got {type(cfg).__name__}")
+    return cfg, file
+
+
+class HFImageProcessor:
+    """A transformers image processor with a fixed output size as a pipeline transform:
+    ``uint8 [H, W, 3] -> float32 [h, w, 3]`` (the processor's NCHW output made channels-last).
+
+    For checkpoints whose preprocessing :class:`ClipPreprocess` does not reproduce (BLIP,
+    SigLIP, ...): the processor runs on every image, so the values are the checkpoint's own
+    by construction. The output size is measured on two blank images of different aspect
+    ratios; a processor whose size depends on the image (dynamic resolution, see the module
+    docstring) is refused with a ValueError. Thread-safe as far as the processor is (the
+    pipeline calls it from several threads); picklable when the processor is.
+
+    Attributes:
+      processor: e.g. ``AutoProcessor.from_pretrained(path).image_processor``.
+      output_hw: ``(h, w)`` of every output.
+    """
+
+    def __init__(self, processor):
+        self.processor = processor
+        sizes = {self(np.zeros(shape, np.uint8)).shape for shape in ((64, 48, 3), (40, 96, 3))}
+        if len(sizes) != 1:
+            raise ValueError(
+                f"{type(processor).__name__}: output size varies with the image ({sorted(sizes)});"
+                " the input pipeline needs one size (see vl_jax.preprocess on dynamic resolution)"
+            )
+        self.output_hw: tuple[int, int] = sizes.pop()[:2]
+
+    def __call__(self, image: np.ndarray | Image.Image) -> np.ndarray:
+        pil = Image.fromarray(_as_rgb_uint8(image))  # RGB, so no processor converts modes
+        px = np.asarray(self.processor(images=[pil], return_tensors="np")["pixel_values"])
+        if px.ndim != 4 or px.shape[0] != 1 or 3 not in (px.shape[1], px.shape[3]):
+            raise ValueError(
+                f"{type(self.processor).__name__} gave pixel_values {px.shape}; expected one "
+                "[1, 3, h, w] or [1, h, w, 3] image"
+            )
+        px = px[0].transpose(1, 2, 0) if px.shape[1] == 3 else px[0]  # NCHW -> HWC
+        return np.ascontiguousarray(px, dtype=np.float32)
+
+    def __repr__(self) -> str:
+        return f"HFImageProcessor({type(self.processor).__name__}, output_hw={self.output_hw})"
 
 
 def _as_rgb_uint8(image: np.ndarray | Image.Image) -> np.ndarray:

@@ -6,6 +6,10 @@
     save_state(workdir / "data", step, it)  # or restore_state(workdir / "data", fresh_it)
     write_skipped(out + ".skipped.tsv", it.skipped)
 
+    # Evaluation that resumes: only the batches still to do, each built as in a full run.
+    b = round_batch(64, mesh)                       # 64, rounded up to what the mesh splits
+    it = make_pipeline(source, batch_size=b, mesh=mesh, transform=t, train=False, steps=[3, 5])
+
 ``source`` is a :class:`vl_jax.data.protocol.RandomAccessSource` (``vl_jax.data.get_source(...)``,
 :class:`vl_jax.data.files.FileSource`, a wrapped source such as VDC's corrupted one) or, in
 tests and scripts, any ``len``-able, indexable list of example dicts. An example's ``image`` is a
@@ -35,6 +39,11 @@ Stages (each small and separately testable):
 4. :class:`DeviceIterator` — host batch -> global ``jax.Array`` s
    (``parallel.host_local_to_global``), records skipped examples, and checkpoints (grain
    iterator state + skipped list) via Orbax.
+
+Running only some eval batches (``steps=``): a consumer that keeps its results per batch (VDC's
+``answers.jsonl``) resumes by asking for the steps it still needs. A batch's rows depend only on
+its step number (``Schedule.rows``), so step ``k`` holds the same examples whether or not the
+steps before it ran, and the images of the steps left out are never read.
 
 Threads vs processes (measured with ``benchmarks/input_pipeline.py``'s 500x375 JPEGs, CLIP
 224 preprocessing, 2-core machine): with the machine quiet, 2 threads gave ~525-550 img/s
@@ -69,8 +78,10 @@ __all__ = [
     "DeviceIterator",
     "Schedule",
     "Skipped",
+    "gather_strings",
     "make_pipeline",
     "restore_state",
+    "round_batch",
     "save_state",
     "write_skipped",
 ]
@@ -276,22 +287,36 @@ class DeviceIterator(grain.DatasetIterator):
 
     ``mask`` is False for padding (``index`` -1) and for bad examples (``index`` >= 0, listed in
     :attr:`skipped`). With ``with_ids`` the dict also holds ``"id"``: numpy str ``[b]``, this
-    process's rows only (host-local, not on device). A grain ``DatasetIterator``, so
-    ``grain.checkpoint.CheckpointSave/Restore`` (Orbax) and ``get_state``/``set_state`` work;
-    the state includes the skipped list.
+    process's rows only (host-local, not on device; :func:`gather_strings` gives all of them).
+    A grain ``DatasetIterator``, so ``grain.checkpoint.CheckpointSave/Restore`` (Orbax) and
+    ``get_state``/``set_state`` work; the state includes the skipped list.
+
+    Attributes:
+      steps: ``[num_steps]`` the schedule step of each batch, in the order they come (a
+        ``range`` unless ``make_pipeline(steps=...)`` chose some); None when training forever.
     """
 
-    def __init__(self, dataset: grain.IterDataset, mesh, schedule: Schedule, with_ids: bool):
+    def __init__(
+        self,
+        dataset: grain.IterDataset,
+        mesh,
+        schedule: Schedule,
+        with_ids: bool,
+        steps: Sequence[int] | None = None,
+    ):
         self._host = iter(dataset)
         super().__init__(self._host)
         self.mesh, self.schedule, self.with_ids = mesh, schedule, with_ids
+        if steps is None and schedule.num_steps is not None:
+            steps = range(schedule.num_steps)  # a range: no list as long as a training run
+        self.steps = steps
         self.step = 0  # batches returned so far
         self._skipped: dict[int, Skipped] = {}  # by index: a bad example counts once per run
 
     @property
     def num_steps(self) -> int | None:
-        """Total steps of the run (same on every process); None when training forever."""
-        return self.schedule.num_steps
+        """Batches this iterator yields (same on every process); None when training forever."""
+        return None if self.steps is None else len(self.steps)
 
     @property
     def skipped(self) -> list[Skipped]:
@@ -345,6 +370,7 @@ def make_pipeline(
     with_ids: bool = False,
     process_index: int | None = None,
     process_count: int | None = None,
+    steps: Sequence[int] | None = None,
 ) -> DeviceIterator:
     """Grain pipeline from ``source`` to global batches on ``mesh``.
 
@@ -366,12 +392,19 @@ def make_pipeline(
       with_ids: add the host-local ``"id"`` rows (see :class:`DeviceIterator`).
       process_index, process_count: override ``jax.process_index()/process_count()``
         (tests simulate several hosts with them).
+      steps: evaluation only: run just these steps (batch numbers in ``[0, ceil(N / B))``), in
+        the order given; each is the batch a full run makes at that step, and the examples of
+        the other steps are never read (resuming a per-batch result, see the module
+        docstring). Every process must pass the same steps. None: all steps.
 
     Returns:
       A :class:`DeviceIterator` of ``num_steps`` batches.
     """
     if not train and num_epochs not in (None, 1):
         raise ValueError("evaluation covers the source exactly once; num_epochs must be None")
+    if steps is not None and train:
+        # A training run resumes from its iterator state (save_state / restore_state).
+        raise ValueError("steps= selects evaluation batches; train=True resumes with restore_state")
     schedule = Schedule(
         size=len(source),
         global_batch=batch_size,
@@ -387,10 +420,19 @@ def make_pipeline(
             f"local batch {schedule.local_batch} (batch_size {batch_size} / "
             f"{schedule.process_count} processes) does not split over {shards} data shards"
         )
+    if steps is not None:
+        steps = [int(k) for k in steps]
+        bad = [k for k in steps if not 0 <= k < schedule.num_steps]
+        if bad:
+            raise ValueError(f"steps {bad} not in [0, {schedule.num_steps}) for {len(source)} "
+                             f"examples in batches of {batch_size}")  # fmt: skip
     workers = default_workers() if workers is None else workers
     load = _LoadBatch(source, transform, schedule, _output_shape(transform))
-    steps = schedule.num_steps
-    ds = grain.MapDataset.range(steps if steps is not None else 2**62).map(load)
+    if steps is not None:
+        ds = grain.MapDataset.source(steps).map(load)  # element k = schedule step steps[k]
+    else:
+        total = schedule.num_steps
+        ds = grain.MapDataset.range(total if total is not None else 2**62).map(load)
     read = grain.ReadOptions(num_threads=workers, prefetch_buffer_size=max(prefetch, workers))
     ds = ds.to_iter_dataset(read)
     if processes > 0:
@@ -403,7 +445,40 @@ def make_pipeline(
         ds = ds.mp_prefetch(
             grain.MultiprocessingOptions(num_workers=processes, per_worker_buffer_size=prefetch)
         )
-    return DeviceIterator(ds, mesh, schedule, with_ids)
+    return DeviceIterator(ds, mesh, schedule, with_ids, steps)
+
+
+def round_batch(batch_size: int, mesh, process_count: int | None = None) -> int:
+    """The smallest global batch >= ``batch_size`` that :func:`make_pipeline` accepts on
+    ``mesh``: an equal share per process, each a multiple of the process's ``data`` shards
+    (``parallel.local_data_shards``; every process holds as many). E.g. 11 on 4 devices -> 12,
+    11 on 2 processes x 2 devices -> 12, 11 on 8 devices -> 16, 11 on 1 device -> 11."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n_proc = jax.process_count() if process_count is None else process_count
+    shards = parallel.local_data_shards(mesh)
+    per_process = -(-batch_size // n_proc)  # ceil, then up to a multiple of the local shards
+    return -(-per_process // shards) * shards * n_proc
+
+
+def gather_strings(local: Sequence[str]) -> list[str]:
+    """Every process's ``local`` strings, concatenated in process order, on every process.
+
+    For host-local row data such as the ``"id"`` rows of a batch, or the reasons of the bad
+    rows a process decoded. A collective: every process must call it, each with the same
+    number of strings. One process: ``list(local)``.
+    """
+    if jax.process_count() == 1:
+        return [str(x) for x in local]
+    from jax.experimental import multihost_utils
+
+    raw = [str(x).encode() for x in local]
+    longest = multihost_utils.process_allgather(np.int32(max(map(len, raw), default=0)))
+    buf = np.zeros((len(raw), max(int(np.max(longest)), 1)), np.uint8)
+    for j, r in enumerate(raw):
+        buf[j, : len(r)] = np.frombuffer(r, np.uint8)
+    rows = multihost_utils.process_allgather(buf, tiled=True)  # [P * n, width], process order
+    return [bytes(r).rstrip(b"\0").decode() for r in rows]
 
 
 # --------------------------------------------------------------------------- checkpoints
