@@ -83,15 +83,12 @@ def encode_source(
       (features [n, E] float32, source indices [n], ids [n], labels [n] int32,
        skipped [(id, reason)]) for the n readable examples, in source order.
     """
-    from vl_jax.data.pipeline import make_pipeline
+    from vl_jax.data.pipeline import gather_strings, make_pipeline, round_batch
 
-    n_proc, shards = jax.process_count(), parallel.local_data_shards(mesh)
-    per_process = -(-batch_size // n_proc)  # ceil, then up to a multiple of the local shards
-    per_process = -(-per_process // shards) * shards
     feats, rows, ids, labels, bad = [], [], [], [], []
     with make_pipeline(
         source,
-        batch_size=per_process * n_proc,
+        batch_size=round_batch(batch_size, mesh),
         mesh=mesh,
         transform=preprocess,
         train=False,
@@ -104,7 +101,7 @@ def encode_source(
             f, ok, index, label = parallel.fetch(
                 (encoder(batch["image"]), batch["mask"], batch["index"], batch["label"])
             )
-            row_ids = _gather_ids(batch["id"])
+            row_ids = gather_strings(batch["id"])
             faults.point("encode.batch")
             feats.append(f[ok])
             rows.append(index[ok])
@@ -194,21 +191,6 @@ def encode_dataset(
         model, source, out, class_names=source.class_names, ignored=[],
         batch_size=batch_size, dtype=dtype, workers=workers, mesh=mesh, progress=progress,
     )  # fmt: skip
-
-
-def _gather_ids(local: np.ndarray) -> list[str]:
-    """This process's row ids (str [b]) -> the ids of all rows of the global batch, in order."""
-    if jax.process_count() == 1:
-        return [str(x) for x in local]
-    from jax.experimental import multihost_utils
-
-    raw = [str(x).encode() for x in local]
-    longest = multihost_utils.process_allgather(np.int32(max(map(len, raw), default=0)))
-    buf = np.zeros((len(raw), max(int(np.max(longest)), 1)), np.uint8)
-    for j, r in enumerate(raw):
-        buf[j, : len(r)] = np.frombuffer(r, np.uint8)
-    rows = multihost_utils.process_allgather(buf, tiled=True)  # [B, width], process order
-    return [bytes(r).rstrip(b"\0").decode() for r in rows]
 
 
 def write_npz(out: str, r: EncodeResult) -> None:
