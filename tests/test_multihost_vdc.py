@@ -135,6 +135,7 @@ def _single(config, workdir: str, devices: int, monkeypatch):
     return cleanse.clean(config, workdir)
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(checkpoint, tmp_path, monkeypatch):
     root = tmp_path
     config = _config(checkpoint)

@@ -100,6 +100,7 @@ def test_runlocal_end_to_end(reference):
     assert saved["counts"]["skipped"] == 0 and (w / "skipped.tsv").read_text() == "id\treason\n"
 
 
+@pytest.mark.slow
 def test_kill_and_resume_equals_uninterrupted(reference, checkpoint, mllm, tmp_path):
     """A run SIGKILLed (fault point ``vdc.answers``) after a batch of answers drawn by a seeded
     generator (``KILL_SEED``), plus a torn half line as a kill mid-write leaves; a second run
@@ -271,6 +272,7 @@ def test_configs_and_args():
             config_of(name, arg)
 
 
+@pytest.mark.slow
 def test_cli_dataset_not_prepared_is_a_clear_error(tmp_path):
     cmd = [sys.executable, "-m", "vdc_jax.main", f"--config={REPO}/configs/vdc/cifar10.py",
            f"--workdir={tmp_path / 'w'}", f"--config.data.data_dir={tmp_path / 'tfds'}"]  # fmt: skip

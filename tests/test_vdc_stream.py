@@ -18,6 +18,7 @@ def test_pool_order_puts_every_class_in_every_batch():
     assert len(set(order)) == len(order)
 
 
+@pytest.mark.slow
 def test_vdc_stream_tiny_end_to_end():
     assert run.load()["vdc_stream"] is vdc_stream.vdc_stream
     n = 160  # 10 batches of 16: one per tenth of the run
