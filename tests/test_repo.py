@@ -118,3 +118,22 @@ def test_library_holds_no_test_fixtures_and_reads_configs():
             continue
         bad[str(f.relative_to(ROOT))] = hit
     assert not bad, bad
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-m", "mcla_jax.main", "--config=configs/mcla/mcla.py:imagenet_cats"],
+        ["-m", "vdc_jax.main", "--config=configs/vdc/runlocal.py", "--config.vqa.batch_size=abc"],
+        ["main.py", "--config=configs/smoke.py", "--config.encode.batchsize=4"],
+    ],
+    ids=["bad-config-arg", "bad-override-value", "mistyped-override"],
+)
+def test_command_line_errors_are_one_line_and_exit_2(args, tmp_path):
+    """The one exit policy covers flag parsing too: a config file that rejects its argument or
+    a bad override is one `error:` line, not absl's report with a traceback."""
+    r = subprocess.run([sys.executable, *args, f"--workdir={tmp_path}"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert "Traceback" not in r.stderr

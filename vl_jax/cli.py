@@ -14,6 +14,7 @@ TPU pod or SLURM cluster.
 from __future__ import annotations
 
 import logging
+import re
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -57,3 +58,19 @@ def run(fn, config, workdir: str):
     """``fn(config, workdir)`` under the one exit policy (``vl_jax.errors``): a user error is
     one ``error: ...`` line on stderr and exit status 2; a bug keeps its traceback."""
     return errors.exit_on_user_error(fn, config, workdir)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """``app.run(main, flags_parser=cli.parse_flags)``: absl's flag parsing under the one exit
+    policy. A bad flag, a mistyped config override, or a config file whose ``get_config``
+    rejects its argument (a ``ConfigError``) is one ``error: ...`` line and exit status 2
+    instead of absl's multi-line report with the config file's traceback."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as exc:
+        # ml_collections folds the config file's traceback into its message: its last line
+        # is the exception that ended get_config, e.g. "vl_jax.errors.ConfigError: <what>".
+        lines = [ln.strip() for ln in str(exc).replace("\\n", "\n").splitlines() if ln.strip()]
+        last = lines[-1] if lines else type(exc).__name__
+        own = re.match(r"^vl_jax\.errors\.\w+: (.*)$", last)
+        errors.fail(own.group(1) if own else f"bad command line: {' '.join(lines) or last}")
