@@ -85,11 +85,11 @@ def test_main_prints_where_outputs_are(tmp_path):
     cfg = tmp_path / "suite.py"
     cfg.write_text(
         "import ml_collections\n"
-        "from configs.mcla.kmeans import get_config\n"
+        "import configs.mcla\n"
         "def get_config():\n"
         "    c = ml_collections.ConfigDict()\n"
         "    c.job = 'suite'\n"
-        "    k = get_config('runlocal')\n"
+        "    k = configs.mcla.get('kmeans', 'runlocal')\n"
         "    k.data.limit = 200\n"
         "    c.parts = {'a': k}\n"
         "    return c\n"

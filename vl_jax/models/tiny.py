@@ -14,8 +14,6 @@ here needs PyTorch.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
 import jax
 import numpy as np
@@ -90,22 +88,18 @@ def save_clip(model, path: str) -> str:
 def write_clip(path: str, seed: int = 0, **overrides) -> str:
     """Writes the tiny CLIP (:func:`clip_config` with ``overrides``) to ``path`` once: into a
     temporary folder renamed into place, so a killed write leaves no half checkpoint. An
-    existing complete checkpoint is kept. Returns ``path``."""
+    existing complete checkpoint is kept. Returns ``path``.
+
+    Weights come from ``clip.init`` (the model's own initialisers), as runlocal always used,
+    not :func:`random_clip`: runlocal MCLA builds its semantic space from this model's text
+    embeddings, and with the N(0, 0.02) fill that space came out empty."""
+    from vl_jax.models import clip
+
     return write_folder_once(
         path,
         "model.safetensors",
-        lambda tmp: save_clip(random_clip(clip_config(**overrides), seed), tmp),
+        lambda tmp: save_clip(clip.init(clip_config(**overrides), seed=seed), tmp),
     )
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.")
-    try:
-        save_clip(random_clip(clip_config(**overrides), seed), tmp)
-        shutil.rmtree(path, ignore_errors=True)  # a half-written one (no weights)
-        os.rename(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
 
 
 # ----------------------------------------------------------------------------- tiny LLaVA
@@ -247,14 +241,3 @@ def write_llava(path: str, seed: int = 0, vocab_size: int | None = None, **overr
         save_llava(random_llava(hf_config, seed), hf_config, tmp, vocab_size)
 
     return write_folder_once(path, "config.json", write)
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.")
-    try:
-        hf_config = llava_config(vocab_size=vocab_size, **overrides)
-        save_llava(random_llava(hf_config, seed), hf_config, tmp, vocab_size)
-        shutil.rmtree(path, ignore_errors=True)  # a half-written one (no config.json)
-        os.rename(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
