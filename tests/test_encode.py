@@ -203,6 +203,7 @@ print("DONE", pid, flush=True)
 """
 
 
+@pytest.mark.slow
 def test_two_processes(setup, tmp_path, mesh8):
     """Multi-host: each process decodes its share of every batch, process 0 writes the file."""
     ckpt, images, bad, _ = setup
