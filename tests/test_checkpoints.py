@@ -109,6 +109,7 @@ def test_extra_key_is_named(tmp_path, hf_dir):
         clip.from_pretrained(str(dst))
 
 
+@pytest.mark.slow
 def test_position_ids_buffers_are_tolerated(tmp_path, hf_dir):
     spec, ref, src = hf_dir
     key = "text_model.embeddings.position_ids"  # older HF checkpoints carry this buffer
@@ -134,6 +135,7 @@ def test_config_that_does_not_match_weights(tmp_path, hf_dir):
 # ---- checkpoint layouts ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sharded_checkpoint_with_index(tmp_path, hf_dir):
     spec, ref, _ = hf_dir
     ref.save_pretrained(tmp_path, max_shard_size="20KB")
@@ -252,6 +254,7 @@ def open_clip_reference(sd, cfg, pixels, ids):
     return img, txt
 
 
+@pytest.mark.slow
 def test_open_clip_round_trip_and_reference(tmp_path):
     ref = make_hf_clip(OPEN_CLIP_SPEC, seed=5)
     ref.save_pretrained(tmp_path / "hf")
@@ -302,6 +305,7 @@ def test_open_clip_round_trip_and_reference(tmp_path):
         (lambda c: c["model_cfg"]["text_cfg"].update(pool_type="last"), "pool_type"),
     ],
 )
+@pytest.mark.slow
 def test_unsupported_open_clip_configs_are_refused(tmp_path, edit, match):
     model = clip.init(
         clip.CLIPConfig(

@@ -57,6 +57,7 @@ def test_pooling_mode_follows_hf_config(hf_checkpoint):
     assert text.pooling == ("argmax" if spec["text"]["eos_token_id"] == 2 else "eos")
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_is_close_to_fp32(hf_checkpoint):
     spec, ref, path = hf_checkpoint
     ours = clip.from_pretrained(path, dtype=jnp.bfloat16)

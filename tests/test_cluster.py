@@ -72,6 +72,7 @@ def kmeans8(blobs, mesh8):
     return kmeans(blobs[0], 6, n_init=10, seed=3, mesh=mesh8)
 
 
+@pytest.mark.slow
 def test_kmeans_inertia_matches_sklearn(blobs, kmeans8):
     centres, labels, inertia = kmeans8
     assert centres.shape == (6, 16) and labels.shape == (1001,) and labels.dtype == np.int32
@@ -85,6 +86,7 @@ def test_kmeans_inertia_matches_sklearn(blobs, kmeans8):
     assert (d2[np.arange(len(x)), labels] <= d2.min(1) + 1e-3).all()
 
 
+@pytest.mark.slow
 def test_kmeans_identical_on_1_and_8_devices(blobs, kmeans8, mesh1):
     centres, labels, inertia = kmeans(blobs[0], 6, n_init=10, seed=3, mesh=mesh1)
     np.testing.assert_array_equal(labels, kmeans8[1])
@@ -92,6 +94,7 @@ def test_kmeans_identical_on_1_and_8_devices(blobs, kmeans8, mesh1):
     assert inertia == kmeans8[2]
 
 
+@pytest.mark.slow
 def test_kmeans_recovers_separated_blobs_and_is_deterministic(mesh8):
     x, y = make_blobs(n_samples=1001, centers=6, n_features=16, cluster_std=0.5, random_state=2)
     out = kmeans(x, 6, n_init=10, seed=0, mesh=mesh8)
@@ -101,6 +104,7 @@ def test_kmeans_recovers_separated_blobs_and_is_deterministic(mesh8):
     np.testing.assert_array_equal(again[0], out[0])
 
 
+@pytest.mark.slow
 def test_spherical_kmeans_clusters_directions(mesh8):
     # 6 random directions in 16-d; rows = direction * random positive scale + small noise,
     # so the classes differ in direction only (Euclidean k-means would split by scale).
@@ -117,6 +121,7 @@ def test_spherical_kmeans_clusters_directions(mesh8):
     assert inertia == pytest.approx(2 * (1 - cos[np.arange(len(x)), labels]).sum(), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_kmeans_more_clusters_than_distinct_points(mesh8):
     # 4 distinct points, k = 12 (more than the 8 rows per device): seeding repeats points and
     # Lloyd steps meet empty clusters, which are re-seeded; all stays finite, inertia 0.

@@ -82,6 +82,7 @@ def test_select_neurons_is_trojannn_weight_rule(tiny):
 
 
 @pytest.mark.parametrize("layer", [-1, "embedding"])
+@pytest.mark.slow
 def test_optimised_trigger_excites_selected_neurons(tiny, layer):
     r = corrupt.generate_trigger(tiny, layer=layer, seed=1, **FAST)
     assert r.trigger.shape == (16, 16, 3) and r.trigger.dtype == np.uint8

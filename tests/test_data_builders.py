@@ -343,6 +343,7 @@ def easy_vqa_dir(tmp_path_factory):
     return data
 
 
+@pytest.mark.slow
 def test_easy_vqa_shapes(easy_vqa_dir):
     train = get_source("easy_vqa_shapes", "train", data_dir=easy_vqa_dir, prepare=False)
     test = get_source("easy_vqa_shapes", "test", data_dir=easy_vqa_dir, prepare=False)

@@ -219,6 +219,7 @@ def test_transform_is_clip_preprocess_for_arrays_bytes_and_paths(mesh8, tmp_path
         np.testing.assert_array_equal(b["image"][:4], want)
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_batches(mesh8):
     source = _arrays(16)
     kw = dict(batch_size=8, mesh=mesh8, transform=PRE, train=True, seed=2, num_epochs=1)

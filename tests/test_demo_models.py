@@ -55,6 +55,7 @@ def test_recorded_full_test_split_numbers_meet_the_bounds():
     assert v["answer_accuracy"] >= 0.95
 
 
+@pytest.mark.slow
 def test_clip_zero_shot(test_subset):
     assert clip.load_config(CLIP_DIR)[2] == "clip"  # a HF CLIPModel directory
     got = train_clip.evaluate_dir(CLIP_DIR, test_subset)
@@ -62,6 +63,7 @@ def test_clip_zero_shot(test_subset):
     assert got["color_accuracy"] >= 0.95, got
 
 
+@pytest.mark.slow
 def test_vlm_answers(test_subset):
     processor = llava.load_processor(VLM_DIR)  # the processor path of real checkpoints works
     assert processor.tokenizer.convert_tokens_to_ids(easy_vqa.IMAGE) is not None

@@ -56,6 +56,7 @@ def _run(data, method: str, mesh, seed: int = 7):
 
 
 @pytest.mark.parametrize("method", ["mcla", "sic", "tac"])
+@pytest.mark.slow
 def test_same_seed_same_run_and_device_count_independent(data, method, mesh8, mesh1):
     a1, h1, m1 = _run(data, method, mesh8)
     a2, h2, m2 = _run(data, method, mesh8)

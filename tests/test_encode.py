@@ -88,6 +88,7 @@ def _direct_features(model: clip.CLIP, ckpt: str, paths: list[str]) -> np.ndarra
     return np.stack(out)
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(setup, tmp_path, capsys):
     ckpt, images, bad, model = setup
     out_dir = tmp_path / "out"
@@ -145,6 +146,7 @@ def test_cli_end_to_end(setup, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("batch_size", [8, 5])
+@pytest.mark.slow
 def test_sharded_equals_single_device(setup, tmp_path, mesh8, mesh1, mesh_4x2, batch_size):
     ckpt, images, bad, _ = setup
     results = {

@@ -113,6 +113,7 @@ def test_beam_search_equals_hf(llama, kw):
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.slow
 def test_batch_equals_one_by_one_and_stops_at_eos(llama):
     hf, ours = llama
     ids, mask = prompts([4, 12, 7, 1], seed=2)
@@ -142,6 +143,7 @@ def test_batch_equals_one_by_one_and_stops_at_eos(llama):
     )
 
 
+@pytest.mark.slow
 def test_sampling_is_seeded(llama):
     _, ours = llama
     ids, mask = prompts([5, 8, 3, 11], seed=3)
@@ -170,6 +172,7 @@ def test_no_recompilation_within_a_bucket(llama):
     assert g.run._cache_size() == warm == 1
 
 
+@pytest.mark.slow
 def test_sharded_over_8_devices_equals_unsharded(llama, mesh8):
     _, ours = llama
     ids, mask = prompts([5, 11, 2], seed=4)
@@ -220,6 +223,7 @@ def test_llava_greedy_equals_hf(tiny_llava):
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.slow
 def test_llava_image_sharing_equals_separate_runs(tiny_llava):
     _, ours, pixels, p = tiny_llava
     ids, mask = prompts([3, 7, 5, 6, 2, 8], seed=7, image_tokens=p)  # 2 images x 3 questions
@@ -294,6 +298,7 @@ def test_generate_text_with_chat_template(llama):
     assert all(isinstance(s, str) and s for s in got)
 
 
+@pytest.mark.slow
 def test_shared_image_prefix_equals_separate_runs_and_hf(tiny_llava):
     """VDC's layout: one "<bos> <image> ..." prefix per image, a different question per row. The
     engine prefills each image's prefix once and copies its KV cache to the image's rows."""

@@ -86,6 +86,7 @@ def test_runlocal_every_method_writes_its_outputs(method, shared, tmp_path):
         assert os.listdir(tmp_path / "tensorboard")
 
 
+@pytest.mark.slow
 def test_seeds_give_mean_and_std(shared, tmp_path):
     summary = experiment.run(_config("kmeans", shared, seeds="0,1,2"), str(tmp_path))
     accs = [r["acc"] for r in summary["per_seed"]]
@@ -189,6 +190,7 @@ def test_clip_is_loaded_once_onto_the_mesh_and_not_at_all_when_cached(
     assert loads == []  # every stage cached: the weights are never read
 
 
+@pytest.mark.slow
 def test_features_of_other_settings_are_recomputed(shared, tmp_path):
     """The fingerprint rule for derived results: a features file made with another limit is
     not reused, it is encoded again (and the fingerprint beside it updated)."""

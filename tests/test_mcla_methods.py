@@ -116,6 +116,7 @@ def _blobs(seed=0, n=512, k=4, e=32):
 
 
 @pytest.mark.parametrize("method", ["sic", "tac"])
+@pytest.mark.slow
 def test_sic_and_tac_train_on_8_devices_like_1(method, mesh1, mesh8):
     from vl_jax.cluster import knn
     from vl_jax.metrics import clustering_metrics
@@ -162,6 +163,7 @@ def test_prepare_uses_the_train_mean():
         methods.prepare(a, "whiten")
 
 
+@pytest.mark.slow
 def test_centre_init_starts_at_the_nearest_centre(mesh1):
     x, t, _, _ = _blobs(n=256)
     from vl_jax.cluster import kmeans

@@ -64,6 +64,7 @@ def run8(data, mesh8):
     return idx, assign, history
 
 
+@pytest.mark.slow
 def test_recovers_clusters_and_beats_kmeans(data, run8, mesh8):
     x, _, y, bad = data
     _, assign, history = run8
@@ -118,6 +119,7 @@ def test_bad_inputs(data, mesh1):
         T.train(x, idx, t[:-1], config=get_config(), mesh=mesh1)
 
 
+@pytest.mark.slow
 def test_sharded_step_sees_the_global_batch(data, mesh8):
     # The batch statistics (entropy balance, prototypes, cluster contrast) must be global means:
     # one step with the batch split over 8 devices equals the same step on one device.

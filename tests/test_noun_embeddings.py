@@ -79,6 +79,7 @@ class _Counter:
         monkeypatch.setattr(ne, "make_noun_encoder", make)
 
 
+@pytest.mark.slow
 def test_equals_encode_text_per_prompt(ckpt, nouns, per_prompt, mesh8, monkeypatch):
     counter = _Counter(monkeypatch)
     emb, out = ne.embed_nouns(
@@ -92,6 +93,7 @@ def test_equals_encode_text_per_prompt(ckpt, nouns, per_prompt, mesh8, monkeypat
     assert counter.encoder.func._cache_size() == 1  # padded last batch: no recompilation
 
 
+@pytest.mark.slow
 def test_single_prompt_raw_mean_and_templates(ckpt, nouns, per_prompt, mesh8):
     few = nouns[:20]
     single, _ = ne.embed_nouns(ckpt, few, "single", cache=False, mesh=mesh8, progress=False)
@@ -147,6 +149,7 @@ def test_cache_hit_and_key(ckpt, nouns, mesh8, tmp_path, monkeypatch):
     assert len({key, k_other, k_new}) == 3
 
 
+@pytest.mark.slow
 def test_resume_after_kill(ckpt, nouns, mesh8, tmp_path, monkeypatch):
     kw = dict(prompts="tac", batch_size=64, mesh=mesh8, progress=False)
     full, _ = ne.embed_nouns(ckpt, nouns, cache=False, **kw)

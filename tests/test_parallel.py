@@ -184,6 +184,7 @@ def test_initialize_distributed_noop(monkeypatch):
     assert not jax.distributed.is_initialized()
 
 
+@pytest.mark.slow
 def test_initialize_distributed_auto_without_cluster():
     # Subprocess: if auto-detection did find a cluster it must not touch this process.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_", "PMI"))}

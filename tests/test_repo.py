@@ -76,6 +76,7 @@ def test_model_registry():
         vl_jax.models.get_model_module("nope")
 
 
+@pytest.mark.slow
 def test_main_rejects_unknown_config_keys(tmp_path):
     """lock_config: a mistyped override fails instead of being silently ignored."""
     r = subprocess.run(

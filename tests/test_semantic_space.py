@@ -208,6 +208,7 @@ def test_mcla_matches_numpy_transcription(world):
     np.testing.assert_allclose(space.scores, score, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_methods_recover_true_nouns_from_kmeans(world):
     """End to end: centres from k-means of the images, not given."""
     img, emb, true = world["img"], world["emb"], set(world["true"].tolist())
@@ -294,6 +295,7 @@ def test_bad_inputs(world):
         ss.sic_space(np.full((4, E), np.nan), world["emb"], n_clusters=2)
 
 
+@pytest.mark.slow
 def test_candidates_mask_restricts_every_space():
     rng = np.random.default_rng(5)
     img = rng.normal(size=(60, 8)).astype(np.float32)
@@ -387,6 +389,7 @@ def test_margin_rule_keeps_the_nouns_that_tell_clusters_apart():
     np.testing.assert_array_equal(np.sort(marg.columns["centre"]), [0, 1, 2])
 
 
+@pytest.mark.slow
 def test_experiment_passes_space_rule(world, monkeypatch, tmp_path):
     from mcla_jax import experiment, noun_embeddings, wordnet
 

@@ -69,6 +69,7 @@ def batches(tokenizer):
     return train_clip.CaptionBatches(easy_vqa.synthetic_split(), tokenizer, 8, 16, seed=0)
 
 
+@pytest.mark.slow
 def test_loss_decreases_and_resume_equals_uninterrupted(trainer1, batches, tmp_path):
     trainer, fresh = trainer1
     restart(trainer, fresh)
@@ -98,6 +99,7 @@ def test_loss_decreases_and_resume_equals_uninterrupted(trainer1, batches, tmp_p
     assert trainer.step == 3
 
 
+@pytest.mark.slow
 def test_eight_devices_equal_one(tokenizer, trainer1, batches, mesh8):
     """One step with the batch split over 8 devices equals the 1-device step."""
     got = {}
@@ -114,6 +116,7 @@ def test_eight_devices_equal_one(tokenizer, trainer1, batches, mesh8):
     )
 
 
+@pytest.mark.slow
 def test_zero_shot_and_export_round_trip(tokenizer, trainer1, tmp_path):
     """export -> clip.from_pretrained gives the same zero-shot numbers as the in-memory model."""
     data = easy_vqa.synthetic_split()

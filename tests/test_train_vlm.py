@@ -61,6 +61,7 @@ def trainer1(setup, mesh1):
     return trainer, fresh, stats, batches
 
 
+@pytest.mark.slow
 def test_examples_are_masked_to_the_answer(setup, trainer1):
     _, tok, _ = setup
     trainer, _, _, batches = trainer1
@@ -74,6 +75,7 @@ def test_examples_are_masked_to_the_answer(setup, trainer1):
         assert ids[w > 0][-1] == tok.eos_token_id
 
 
+@pytest.mark.slow
 def test_loss_decreases_frozen_tower_and_resume(trainer1, tmp_path):
     trainer, fresh, _, batches = trainer1
     restart(trainer, fresh)
@@ -95,6 +97,7 @@ def test_loss_decreases_frozen_tower_and_resume(trainer1, tmp_path):
     close(params_of(resumed), params_of(full), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_eight_devices_equal_one(setup, trainer1, mesh8):
     """One step with the batch split over 8 devices equals the 1-device step."""
     c, tok, _ = setup
@@ -108,6 +111,7 @@ def test_eight_devices_equal_one(setup, trainer1, mesh8):
     close(got["one"][0], got["eight"][0], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_export_loads_through_from_pretrained_and_processor(setup, trainer1, mesh1, tmp_path):
     c, tok, data = setup
     trainer, _, (mean, std), _ = trainer1

@@ -73,6 +73,7 @@ def _answers(workdir) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_runlocal_end_to_end(reference):
     workdir, m = reference
     w = Path(workdir)
@@ -173,6 +174,7 @@ def test_csv_and_folder_inputs(checkpoint, mllm, tmp_path):
     assert qs["classes"]["circle"][0] == "Is there a circle in the image?"  # templates
 
 
+@pytest.mark.slow
 def test_bad_images_are_skipped_and_recorded(checkpoint, mllm, tmp_path):
     """The one bad-image policy end to end: a CSV listing 6 good images, a truncated PNG and a
     missing file runs to the end; the 2 bad ones are not asked, not scored (neither kept nor

@@ -115,6 +115,7 @@ def test_a_processor_whose_size_varies_is_refused():
         HFImageProcessor(Dynamic())
 
 
+@pytest.mark.slow
 def test_batched_answers_equal_per_pair_generation(tiny):
     vqa, _, images, _ = tiny
     pixels = np.stack([vqa.transform(x) for x in images])
@@ -125,6 +126,7 @@ def test_batched_answers_equal_per_pair_generation(tiny):
     assert all(isinstance(a, str) for a in batched)
 
 
+@pytest.mark.slow
 def test_pipeline_batches_on_a_mesh_give_the_same_answers(tiny, tmp_path):
     """answer_dataset on a 4-shard mesh (3 samples, batch 3 rounded up to 4: one padding row),
     the pixels a global jax.Array from the input pipeline, answers as the compact numpy pixel
