@@ -120,7 +120,7 @@ def load_features(config, workdir: str, split: str, clip: ClipCheckpoint, mesh) 
         manual_dir=config.data.manual_dir or None, batch_size=int(config.data.encode_batch),
         mesh=mesh,
     )  # fmt: skip
-    stage.save(lambda _: None)  # encode_dataset wrote the .npz (writer only); now its fingerprint
+    stage.record()  # encode_dataset wrote the .npz (writer only); its fingerprint goes after it
     # Every process has the result; only the writer wrote the file (do not read it back here).
     return Features(r.features, r.labels, np.asarray(r.paths, str), list(r.class_names))
 

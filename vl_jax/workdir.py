@@ -124,7 +124,8 @@ class Stage:
 
     ``load(read)`` returns ``read(path)`` when both files exist and the stored fingerprint
     equals this one, else None (absent, torn, or made with other settings: recompute).
-    ``save(write)`` calls ``write(path)`` on the writer, then records the fingerprint."""
+    ``save(write)`` calls ``write(path)`` on the writer, then records the fingerprint;
+    ``record()`` records it for a result its producer wrote itself."""
 
     def __init__(self, path: str | os.PathLike, fp: Mapping):
         self.path = os.fspath(path)
@@ -138,7 +139,12 @@ class Stage:
     def save(self, write: Callable[[str], None]) -> None:
         if is_writer():
             write(self.path)
-            write_json(self.path + ".json", self.fingerprint)
+        self.record()
+
+    def record(self) -> None:
+        """Records the fingerprint of a result already at ``path`` (written by the stage's own
+        code, e.g. ``vl_jax.encode``); the writer only."""
+        write_json(self.path + ".json", self.fingerprint)
 
 
 def require_same(path: str | os.PathLike, fp: Mapping, *, what: str = "results") -> None:
