@@ -42,7 +42,11 @@ def parse_arg(arg: str | None, **fields) -> ml_collections.ConfigDict:
             continue
         owners = [k for k, v in fields.items() if isinstance(v, tuple) and word in v]
         if len(owners) != 1:
-            known = {k: list(v) for k, v in fields.items() if isinstance(v, tuple)}
+            known = {  # a None first choice means "unset" and is not a word
+                k: [c for c in v if c is not None]
+                for k, v in fields.items()
+                if isinstance(v, tuple)
+            }
             flags = [k for k, v in fields.items() if isinstance(v, bool)]
             why = "is ambiguous" if owners else "is not known"
             raise ConfigError(

@@ -50,6 +50,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
+from vl_jax.errors import NotFoundError
 from vl_jax.images import pil_to_rgb
 
 __all__ = [
@@ -232,7 +233,8 @@ def hf_image_processor_config(path: str | os.PathLike) -> tuple[dict[str, Any], 
 
     ``path``: a JSON file, or a directory holding ``preprocessor_config.json`` or — as
     transformers >= 5 saves a multimodal processor — ``processor_config.json`` with the
-    settings under ``"image_processor"``. FileNotFoundError when the directory has neither.
+    settings under ``"image_processor"``. NotFoundError (a FileNotFoundError and a user error)
+    when the directory has neither.
     """
     path = os.fspath(path)
     if not os.path.isdir(path):
@@ -242,7 +244,7 @@ def hf_image_processor_config(path: str | os.PathLike) -> tuple[dict[str, Any], 
     elif os.path.exists(os.path.join(path, "processor_config.json")):
         file, nested = os.path.join(path, "processor_config.json"), True
     else:
-        raise FileNotFoundError(f"{path}: no preprocessor_config.json or processor_config.json")
+        raise NotFoundError(f"{path}: no preprocessor_config.json or processor_config.json")
     with open(file, encoding="utf-8") as f:
         cfg = json.load(f)
     if nested and isinstance(cfg, dict):

@@ -1,6 +1,6 @@
 """A checkpoint loaded once per run, onto the mesh, with what its users need beside the weights.
 
-    ck = load_clip("openai/clip-vit-base-patch32", mesh=mesh, dtype="bfloat16")
+    ck = ClipCheckpoint("openai/clip-vit-base-patch32", mesh=mesh, dtype="bfloat16")
     encode_dataset(ck, ...); embed_nouns(ck, ...); zeroshot(ck, ...)   # no reloading
 
 A run loads each model once and passes the object to every stage that needs it (image
@@ -62,22 +62,19 @@ class ClipCheckpoint:
         return f"ClipCheckpoint({self.path!r}, dtype={self.dtype})"
 
 
-def load_clip(path_or_id: str, *, mesh=None, dtype: str = "float32") -> ClipCheckpoint:
-    """The :class:`ClipCheckpoint` of a directory or hub id (weights loaded on first use)."""
-    return ClipCheckpoint(path_or_id, mesh=mesh, dtype=dtype)
-
-
 def as_clip(model: ClipCheckpoint | str, *, mesh=None, dtype: str = "float32") -> ClipCheckpoint:
     """``model`` itself, or the checkpoint at a path / hub id."""
     if isinstance(model, ClipCheckpoint):
         return model
-    return load_clip(model, mesh=mesh, dtype=dtype)
+    return ClipCheckpoint(model, mesh=mesh, dtype=dtype)
 
 
 def preprocess_for(path: str, cfg: clip.CLIPConfig) -> ClipPreprocess:
     """The image preprocessing a checkpoint directory declares (HF preprocessor_config.json or
-    OpenCLIP preprocess_cfg), defaulting to OpenAI CLIP's at the model's image size."""
-    if os.path.exists(os.path.join(path, "preprocessor_config.json")):
+    processor_config.json, or OpenCLIP preprocess_cfg), defaulting to OpenAI CLIP's at the model's image size."""
+    # transformers >= 5 may keep the image settings in processor_config.json instead
+    if any(os.path.exists(os.path.join(path, f))
+           for f in ("preprocessor_config.json", "processor_config.json")):  # fmt: skip
         return ClipPreprocess.from_hf_dir(path)
     oc = os.path.join(path, "open_clip_config.json")
     if os.path.exists(oc):
