@@ -5,6 +5,7 @@ import importlib
 
 _MODELS = {
     "clip": "vl_jax.models.clip",
+    "instructblip": "vl_jax.models.instructblip",
     "llava": "vl_jax.models.llava",
     "llm": "vl_jax.models.llm",
 }
