@@ -77,7 +77,10 @@ _NO_WORDS |= {"nothing", "neither", "nobody", "nowhere", "wrong"}
 _NEGATION = _NO_WORDS - {"incorrect", "false", "negative", "wrong"} | {"nor", "cannot"}
 # "The answer is yes", "Answer: no", "ASSISTANT: yes": a prefix to drop before reading the verdict.
 _PREFIX = re.compile(
-    r"^(?:(?:assistant|answer|a|response)\s*:\s*|(?:the|my)\s+answer\s+is\s*:?\s*)+", re.I
+    r"^(?:(?:assistant|answer|a|response)\s*:\s*"
+    r"|(?:the|my)\s+answer(?:\s+to\s+(?:your|the|this)\s+question)?\s+is\s*:?\s*"
+    r"|(?:i\s+would|i'd|i\s+can|i)\s+(?:say|confirm|answer)(?:\s+that)?\s*:?\s*)+",
+    re.I,
 )
 
 
@@ -206,7 +209,7 @@ def _starts_with(text: str, phrase: str) -> bool:
     return text.startswith(phrase) and not text[len(phrase) : len(phrase) + 1].isalnum()
 
 
-def parse_yes_no(answer: str) -> Verdict:
+def parse_yes_no(answer: str, question: str | None = None) -> Verdict:
     """The verdict of a yes/no answer, read from its start — never a substring test.
 
     A substring test (the official code's ``"yes" in answer``) counts "The dog's eyes are brown"
@@ -220,7 +223,14 @@ def parse_yes_no(answer: str) -> Verdict:
        The leading verdict wins over the rest ("Yes, but the ears are not visible" -> yes);
     4. no leading verdict: a negation in the first clause ("There is no dog", "It is not a
        dog", "The image doesn't show a dog") -> no; "It is a dog, not a cat" is not a no;
-    5. otherwise -> unknown ("The image shows a cat" does not say whether a dog is there).
+    5. a verdict that opens a later clause or sentence ("Looking at the image, yes, ...", "The
+       image shows a beach. No, there is no dog.") -> that verdict; a hedge there -> unknown;
+    6. with the ``question``: a declarative answer that states the question's content words
+       (:func:`question_terms`: "Is there a dog in the image?" -> dog) in one sentence -> yes
+       ("There is a dog in the image.", "The animal is a golden retriever."), or no when a
+       negation precedes one of them in its clause ("The animal is a cat, not a dog.");
+       a hedge word in that sentence ("There might be a dog") -> unknown;
+    7. otherwise -> unknown ("The image shows a cat" does not say whether a dog is there).
     """
     t = _normalise(answer)
     words = _words(t)
@@ -247,7 +257,86 @@ def parse_yes_no(answer: str) -> Verdict:
     neg = [w for w in sentence if w in _NEGATION]
     if neg:
         return Verdict(NO, f"negated statement ({neg[0]!r})")
+    later = _later_verdict(t)
+    if later is not None:
+        return later
+    if question:
+        stated = _declarative(t, question_terms(question))
+        if stated is not None:
+            return stated
     return Verdict(UNKNOWN, "no leading yes/no and no negation")
+
+
+# A verdict that opens a later clause: the strong words only ("It is a dog, not a cat" must not
+# read as "no"), and "no" only alone or before a new clause's subject ("No, there is no dog").
+_LATE_YES = {"yes", "yeah", "yep", "yup"}
+_LATE_NO = {"no", "nope"}
+_SUBJECTS = {"there", "it", "this", "that", "the", "i", "we", "they", "he", "she", "its"}
+_CLAUSES = re.compile(r"[.,!?;:\n]+|\s+-\s+|\bbut\b")
+# Words of a question that do not name what it asks about ("Is there a dog in the image?").
+_QUESTION_WORDS = frozenset(
+    "is are was were do does did can could has have had will would should shall may might must "
+    "there image picture photo photograph object main kind type sort visible shown show shows "
+    "contain contains depicted depict see seen appear appears present animal thing item "
+    "subject you your".split()
+)
+_HEDGE_WORDS = {"maybe", "perhaps", "possibly", "probably", "might", "unclear", "uncertain"}
+_HEDGE_WORDS |= {"whether", "unsure"}
+
+
+def question_terms(question: str) -> list[frozenset[str]]:
+    """The content words a yes/no question asks about, as lemma-candidate sets: tokens minus
+    question and image words. "Does the dog have long drooping ears?" -> dog, long, drooping,
+    ears; "Is there a dog in the image?" -> dog."""
+    return [lemma_candidates(w) for w in tokens(question) if w not in _QUESTION_WORDS]
+
+
+def _later_verdict(t: str) -> Verdict | None:
+    """Rule 5: the first clause after the first that opens with a verdict (or a hedge)."""
+    for clause in _CLAUSES.split(t)[1:]:
+        c = _PREFIX.sub("", clause.strip())
+        words = _words(c)
+        if not words:
+            continue
+        for h in _HEDGE:
+            if _starts_with(c, h):
+                return Verdict(UNKNOWN, f"hedged: {h!r} after a leading clause")
+        for phrases, value in ((_NO_PHRASES, NO), (_YES_PHRASES, YES)):
+            for p in phrases:
+                if _starts_with(c, p):
+                    return Verdict(value, f"{p!r} after a leading clause")
+        first = words[0]
+        if first in _LATE_YES and not (len(words) > 1 and words[1] == "not"):
+            return Verdict(YES, f"{first!r} after a leading clause")
+        if first in _LATE_NO and (len(words) == 1 or words[1] in _SUBJECTS):
+            return Verdict(NO, f"{first!r} after a leading clause")
+    return None
+
+
+def _declarative(t: str, terms: list[frozenset[str]]) -> Verdict | None:
+    """Rule 6: the first sentence that holds every term of the question decides."""
+    if not terms:
+        return None
+    for sentence in re.split(r"[.!?\n]+", t):
+        clauses = [_words(c) for c in _CLAUSES.split(sentence)]
+        where = []  # (clause, word position) of each term's first occurrence
+        for term in terms:
+            hit = next(((k, i) for k, ws in enumerate(clauses) for i, w in enumerate(ws)
+                        if lemma_candidates(w) & term), None)  # fmt: skip
+            if hit is None:
+                break
+            where.append(hit)
+        else:
+            words = [w for ws in clauses for w in ws]
+            hedge = next((w for w in words if w in _HEDGE_WORDS), None)
+            if hedge:
+                return Verdict(UNKNOWN, f"hedged statement ({hedge!r})")
+            for k, i in where:
+                neg = next((w for w in clauses[k][:i] if w in _NEGATION), None)
+                if neg:
+                    return Verdict(NO, f"statement negates the question's terms ({neg!r})")
+            return Verdict(YES, "statement of the question's terms")
+    return None
 
 
 def keyword_match(description: str, names: Sequence[str], any_token: bool = False) -> str | None:
@@ -285,21 +374,32 @@ JUDGE_PROMPT = (
 )
 
 
-def llm_judge(ask: Callable[[list[str]], list[str]], batch_size: int = 64) -> Judge:
-    """A judge that asks a text LLM ``ask(prompts) -> replies`` in chunks of ``batch_size``."""
+def judge_prompt(description: str, label: str) -> str:
+    """Our judge prompt (``JUDGE_PROMPT``) for one description and class name."""
+    return JUDGE_PROMPT.format(description=description.strip(), label=label)
+
+
+def llm_judge(
+    ask: Callable[[list[str]], list[str]],
+    batch_size: int = 64,
+    *,
+    prompt: Callable[[str, str], str] = judge_prompt,
+    parse: Callable[[str], Verdict] = parse_yes_no,
+) -> Judge:
+    """A judge that asks a text LLM ``ask(prompts) -> replies`` in chunks of ``batch_size``.
+
+    ``prompt(description, label)`` writes each prompt and ``parse(reply)`` reads each verdict:
+    ours by default; `vdc_jax.protocol.OFFICIAL` passes the official code's."""
 
     def judge(descriptions: Sequence[str], labels: Sequence[str]) -> list[Verdict]:
-        prompts = [
-            JUDGE_PROMPT.format(description=d.strip(), label=c)
-            for d, c in zip(descriptions, labels)
-        ]
+        prompts = [prompt(d, c) for d, c in zip(descriptions, labels)]
         out = []
         for i in range(0, len(prompts), batch_size):
             chunk = prompts[i : i + batch_size]
             replies = ask(chunk)
             if len(replies) != len(chunk):
                 raise ValueError(f"judge returned {len(replies)} replies for {len(chunk)} prompts")
-            out += [Verdict(v.value, f"judge: {v.reason}") for v in map(parse_yes_no, replies)]
+            out += [Verdict(v.value, f"judge: {v.reason}") for v in map(parse, replies)]
         return out
 
     return judge
@@ -333,22 +433,27 @@ def embedding_judge(
 
 @dataclasses.dataclass
 class Sample:
-    """One sample's MLLM answers. ``names``: the label's names (see ``label_names``)."""
+    """One sample's MLLM answers. ``names``: the label's names (see ``label_names``);
+    ``questions``: the yes/no questions, parallel to ``yes_no`` (optional: our rules read a
+    declarative answer against its question's content words)."""
 
     id: str
     label: str
     descriptions: list[str]  # answers to the general questions
     yes_no: list[str]  # answers to the label-specific questions (expected "yes")
     names: tuple[str, ...] = ()
+    questions: Sequence[str] = ()
 
 
 @dataclasses.dataclass
 class Result:
-    """Per-answer decisions (``how``: why) and the score of one sample."""
+    """Per-answer decisions (``how``: why) and the score of one sample. ``dropped``: empty
+    answers left out of the score (the official protocol's rule; ours counts them)."""
 
     id: str
     consistent: list[bool]
     how: list[str]
+    dropped: int = 0
 
     @property
     def score(self) -> float:
@@ -356,25 +461,38 @@ class Result:
 
 
 def score_samples(
-    samples: Sequence[Sample], judge: Judge | None = None, any_token: bool = False
+    samples: Sequence[Sample], judge: Judge | None = None, any_token: bool = False, rules=None
 ) -> list[Result]:
     """Judge every answer; undecided descriptions go to ``judge`` in ONE batched call.
 
+    ``rules``: the rule set (`vdc_jax.protocol.Rules`; default ours, `protocol.OURS`);
+    ``any_token=True`` with our rules swaps in the official any-token description rule only.
     Without a judge an undecided description counts as inconsistent, as does a yes/no answer
     that parses to "unknown" (the MLLM did not confirm the label).
     """
-    results, pending = [], []  # pending: (result, answer index, description, label)
+    if rules is None:
+        from vdc_jax.protocol import OURS  # the rule sets build on this module
+
+        rules = OURS
+    results, pending = [], []  # pending: (result, answer index, description, judge label)
     for s in samples:
-        names = s.names or label_names(s.label)
+        names = s.names or rules.names(s.label)
         r = Result(s.id, [], [])
         for d in s.descriptions:
-            hit = keyword_match(d, names, any_token=any_token)
+            if rules.drop_empty and not d.strip():
+                r.dropped += 1
+                continue
+            hit = rules.describe(d, names, any_token)
             r.consistent.append(hit is not None)
             r.how.append(f"keyword {hit!r}" if hit else "no keyword")
             if hit is None and judge is not None:
-                pending.append((r, len(r.consistent) - 1, d, s.label))
-        for a in s.yes_no:
-            v = parse_yes_no(a)
+                pending.append((r, len(r.consistent) - 1, d, rules.judge_label(s.label, names)))
+        questions = list(s.questions) or [None] * len(s.yes_no)
+        for a, q in zip(s.yes_no, questions, strict=True):
+            if rules.drop_empty and not a.strip():
+                r.dropped += 1
+                continue
+            v = rules.yes_no(a, q)
             r.consistent.append(v.value == YES)
             r.how.append(f"{v.value}: {v.reason}")
         results.append(r)
