@@ -3,6 +3,7 @@ benchmarks and tests.
 
     path = tiny.write_clip(dir)                    # complete Hugging Face CLIP directory
     path = tiny.write_llava(dir)                   # LLaVA-1.5-style, with its processor
+    path = tiny.write_instructblip(dir)            # InstructBLIP-Vicuna-style, with its processor
     cfg = tiny.clip_config(image_size=32)          # the same model family, other sizes
 
 They exist to exercise the real code paths (a checkpoint written in Hugging Face's layout and
@@ -60,7 +61,13 @@ def random_clip(cfg: CLIPConfig, seed: int = 0):
     compilation (``clip.init`` compiles ~40 small programs, seconds on a busy CPU)."""
     from vl_jax.models import clip
 
-    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: clip.CLIP(cfg, rngs=nnx.Rngs(0))))
+    return _numpy_filled(lambda: clip.CLIP(cfg, rngs=nnx.Rngs(0)), seed)
+
+
+def _numpy_filled(make, seed: int):
+    """``make()``'s model with N(0, 0.02) parameters (LayerNorm / RMSNorm scales around 1),
+    drawn by numpy into the abstract state: nothing is compiled."""
+    graphdef, abstract = nnx.split(nnx.eval_shape(make))
     rng = np.random.default_rng(seed)
 
     def fill(path, x):
@@ -163,28 +170,19 @@ def random_llava(hf_config, seed: int = 0):
     from vl_jax.models import llava
 
     cfg = llava.LLaVAConfig.from_hf(hf_config)
-    make = lambda: llava.LLaVA(cfg, dtype=jnp.float32, rngs=nnx.Rngs(0))
-    graphdef, abstract = nnx.split(nnx.eval_shape(make))
-    rng = np.random.default_rng(seed)
-
-    def fill(path, x):
-        scale = "scale" in jax.tree_util.keystr(path)
-        return (rng.normal(0, 0.02, x.shape) + scale).astype(x.dtype)
-
-    return nnx.merge(graphdef, jax.tree.map_with_path(fill, abstract))
+    return _numpy_filled(lambda: llava.LLaVA(cfg, dtype=jnp.float32, rngs=nnx.Rngs(0)), seed)
 
 
-def _llava_processor(hf_config, vocab_size: int | None):
-    """The word-level tokenizer (BOS added like Llama's, left padding) and a LlavaProcessor
-    with the CLIP image processor of the tower's size; built with `tokenizers` + transformers
-    (no torch)."""
+def _word_tokenizer(vocab_size: int | None, image_token_id: int):
+    """The tiny decoders' word-level tokenizer (BOS added like Llama's, left padding), with
+    ``<image>`` as a special token of id ``image_token_id``; `tokenizers` + transformers only."""
     import tokenizers
     import transformers
     from tokenizers import models, pre_tokenizers, processors
 
     vocab = _llava_vocab(vocab_size)
     tok = tokenizers.Tokenizer(
-        models.WordLevel(vocab | {"<image>": hf_config.image_token_index}, unk_token="<unk>")
+        models.WordLevel(vocab | {"<image>": image_token_id}, unk_token="<unk>")
     )
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
@@ -197,6 +195,15 @@ def _llava_processor(hf_config, vocab_size: int | None):
         bos_token="<s>", padding_side="left",
     )  # fmt: skip
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    return tokenizer
+
+
+def _llava_processor(hf_config, vocab_size: int | None):
+    """A LlavaProcessor: :func:`_word_tokenizer` and the CLIP image processor of the tower's
+    size (no torch)."""
+    import transformers
+
+    tokenizer = _word_tokenizer(vocab_size, hf_config.image_token_index)
     v = hf_config.vision_config
     return transformers.LlavaProcessor(
         image_processor=transformers.CLIPImageProcessorPil(
@@ -239,5 +246,142 @@ def write_llava(path: str, seed: int = 0, vocab_size: int | None = None, **overr
     def write(tmp: str) -> None:
         hf_config = llava_config(vocab_size=vocab_size, **overrides)
         save_llava(random_llava(hf_config, seed), hf_config, tmp, vocab_size)
+
+    return write_folder_once(path, "config.json", write)
+
+
+# ----------------------------------------------------------------------------- tiny InstructBLIP
+# The Q-Former's word-level BERT vocabulary: BERT's specials (ids as bert-base-uncased orders
+# them: [PAD] = 0) and the tiny decoder's words, lowercased as the uncased tokenizer sees them.
+_BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def _qformer_vocab() -> dict[str, int]:
+    words = dict.fromkeys(w.lower() for w in LLAVA_WORDS)
+    return {w: i for i, w in enumerate([*_BERT_SPECIALS, *words])}
+
+
+def instructblip_config(
+    image_size: int = 32,
+    patch_size: int = 8,
+    num_query_tokens: int = 4,
+    vision: dict | None = None,
+    qformer: dict | None = None,
+    text: dict | None = None,
+    vocab_size: int | None = None,
+):
+    """The tiny InstructBLIP-Vicuna ``transformers.InstructBlipConfig`` (no weights, no torch).
+
+    Vision tower 2 layers width 32 (32 px images in 8 px patches: 17 image tokens), Q-Former 2
+    layers width 32 with ``num_query_tokens`` queries (cross-attention in layer 0), Llama decoder
+    2 layers width 32 with 2 KV heads over :data:`LLAVA_WORDS`; the last id is ``<image>``.
+    ``vision`` / ``qformer`` / ``text`` override the parts' transformers config fields."""
+    import transformers
+
+    vocab = _llava_vocab(vocab_size)
+    image_id = len(vocab)
+    config = transformers.InstructBlipConfig(
+        vision_config={
+            **dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                   num_attention_heads=4),
+            **(vision or {}), "image_size": image_size, "patch_size": patch_size,
+        },
+        qformer_config={
+            **dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                   num_attention_heads=4, max_position_embeddings=64,
+                   cross_attention_frequency=2),
+            **(qformer or {}), "vocab_size": len(_qformer_vocab()), "pad_token_id": 0,
+        },
+        text_config={
+            **dict(model_type="llama", hidden_size=32, intermediate_size=64,
+                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+            **(text or {}), "vocab_size": image_id + 1, "bos_token_id": vocab["<s>"],
+            "eos_token_id": vocab["</s>"], "pad_token_id": vocab["<pad>"],
+        },
+        num_query_tokens=num_query_tokens,
+        image_token_index=image_id,
+    )  # fmt: skip
+    config.architectures = ["InstructBlipForConditionalGeneration"]
+    return config
+
+
+def random_instructblip(hf_config, seed: int = 0):
+    """Our InstructBLIP of a ``transformers.InstructBlipConfig`` with N(0, 0.02) weights (norm
+    scales around 1), filled from numpy (no XLA compilation)."""
+    import jax.numpy as jnp
+
+    from vl_jax.models import instructblip
+
+    cfg = instructblip.InstructBLIPConfig.from_hf(hf_config)
+    make = lambda: instructblip.InstructBLIP(cfg, dtype=jnp.float32, rngs=nnx.Rngs(0))
+    return _numpy_filled(make, seed)
+
+
+def _qformer_tokenizer():
+    """An uncased word-level BERT-style tokenizer: ``[CLS] words [SEP]``, right padding."""
+    import tokenizers
+    import transformers
+    from tokenizers import models, normalizers, pre_tokenizers, processors
+
+    vocab = _qformer_vocab()
+    tok = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+        sep_token="[SEP]", mask_token="[MASK]", padding_side="right",
+    )  # fmt: skip
+
+
+def _instructblip_processor(hf_config, vocab_size: int | None):
+    """An InstructBlipProcessor: the BLIP image processor (bicubic resize to the tower's size,
+    CLIP mean/std, no crop), :func:`_word_tokenizer` and :func:`_qformer_tokenizer`."""
+    import transformers
+
+    size = hf_config.vision_config.image_size
+    return transformers.InstructBlipProcessor(
+        image_processor=transformers.BlipImageProcessorPil(size={"height": size, "width": size}),
+        tokenizer=_word_tokenizer(vocab_size, hf_config.image_token_index),
+        qformer_tokenizer=_qformer_tokenizer(),
+        num_query_tokens=hf_config.num_query_tokens,
+    )
+
+
+def save_instructblip(model, hf_config, path: str, vocab_size: int | None = None) -> str:
+    """A Hugging Face InstructBLIP directory for ``model``: model.safetensors in the hub's key
+    layout, config.json, generation_config.json, tokenizer, ``qformer_tokenizer/`` and the
+    image processor / processor configs."""
+    import transformers
+
+    from vl_jax.checkpoints import save_safetensors
+    from vl_jax.checkpoints.mapping import export_state
+    from vl_jax.models import instructblip
+
+    os.makedirs(path, exist_ok=True)
+    tensors = export_state(nnx.state(model, nnx.Param), instructblip.hf_rules(model.config))
+    save_safetensors(tensors, os.path.join(path, "model.safetensors"), {"format": "pt"})
+    _instructblip_processor(hf_config, vocab_size).save_pretrained(path)
+    t = hf_config.text_config
+    transformers.GenerationConfig(
+        bos_token_id=t.bos_token_id, eos_token_id=t.eos_token_id, pad_token_id=t.pad_token_id
+    ).save_pretrained(path)
+    hf_config.save_pretrained(path)  # last: config.json marks a complete checkpoint
+    return path
+
+
+def write_instructblip(path: str, seed: int = 0, vocab_size: int | None = None, **overrides) -> str:
+    """Writes the tiny random InstructBLIP-Vicuna (:func:`instructblip_config` with
+    ``vocab_size`` and ``overrides``) with its processor to ``path`` once (a temporary folder
+    renamed into place; an existing complete one is kept). Deterministic in ``seed``; no torch.
+    Loads in our :func:`vl_jax.models.instructblip.from_pretrained` and in transformers'
+    ``InstructBlipForConditionalGeneration`` / ``InstructBlipProcessor``. Returns ``path``."""
+
+    def write(tmp: str) -> None:
+        hf_config = instructblip_config(vocab_size=vocab_size, **overrides)
+        save_instructblip(random_instructblip(hf_config, seed), hf_config, tmp, vocab_size)
 
     return write_folder_once(path, "config.json", write)
