@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from vdc_jax import corrupt
 from vdc_jax.corrupt import CorruptedSource, CorruptionSpec
@@ -48,10 +49,92 @@ def _img(h=32, w=32, seed=0):
 # ------------------------------------------------------------------ triggers
 
 
+def _bb_white_square(image_size=32, square_size=3):
+    """BackdoorBench's resource/badnet/generate_white_square.py (defaults: 32, 3, 0, 0)."""
+    black = np.zeros((image_size, image_size, 3), dtype=np.uint8)
+    black[image_size - square_size :, image_size - square_size :, :] = 255
+    return black
+
+
+def _bb_grid(image_size=32, square_size=3):
+    """BackdoorBench's resource/badnet/generate_grid.py: dark cells are 1 so that they paste."""
+    black = np.zeros((image_size, image_size, 3), dtype=np.uint8)
+    for i in range(square_size):
+        for j in range(square_size):
+            v = 255 if (i + j) % 2 == 0 else 1
+            black[image_size - square_size + i, image_size - square_size + j, :] = v
+    return black
+
+
+def _bb_badnets(img, trigger_32):
+    """BackdoorBench's BadNets: torchvision Resize (PIL bilinear) of the trigger image to the
+    image size, then AddMaskPatchTrigger and npClipAndToUint8."""
+    h, w = img.shape[:2]
+    t = np.array(Image.fromarray(trigger_32).resize((w, h), Image.Resampling.BILINEAR))
+    return np.clip(img * (t == 0) + t * (t > 0), 0, 255).astype(np.uint8)
+
+
+def _bilinear_resize_float(a, h, w):
+    """An independent float bilinear resize (triangle filter at pixel centres, edge taps
+    renormalised as PIL does; upsampling only): [H0, W0, C] -> float64 [h, w, C]."""
+
+    def weights(n_out, n_in):
+        center = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+        taps = np.arange(n_in)
+        m = np.maximum(0.0, 1.0 - np.abs(taps[None, :] - center[:, None]))
+        return m / m.sum(1, keepdims=True)
+
+    return np.einsum(
+        "hy,yxc,wx->hwc", weights(h, a.shape[0]), a.astype(np.float64), weights(w, a.shape[1])
+    )
+
+
+def test_badnets_default_is_backdoorbench_white_square():
+    np.testing.assert_array_equal(corrupt.badnets_trigger(), _bb_white_square())
+    np.testing.assert_array_equal(corrupt.badnets_trigger("checkerboard"), _bb_grid())
+    attack = corrupt.BadNets()
+    assert (attack.pattern, attack.trigger_size) == ("white", 32)
+    # 32 px: exactly the white 3x3 square in the bottom-right corner, nothing else
+    x = _img(32, 32)
+    y = attack(x)
+    expected = x.copy()
+    expected[29:, 29:] = 255
+    np.testing.assert_array_equal(y, expected)
+    np.testing.assert_array_equal(corrupt.badnets(x), expected)
+    # other sizes: BackdoorBench's resize-and-paste, bit for bit (PIL is its resize library)
+    for h, w in [(224, 224), (40, 25), (8, 8), (64, 64)]:
+        x = _img(h, w, seed=h + w)
+        np.testing.assert_array_equal(attack(x), _bb_badnets(x, _bb_white_square()))
+    big = _img(224, 224, seed=3)
+    y = attack(big)
+    changed = (y != big).any(-1)
+    # soft-edged: the 3/32 square (21 px at 224) becomes a white 18-px core with a 6-px
+    # bilinear ramp that straddles its edge; everything else is the image
+    assert (y[206:, 206:] == 255).all()
+    assert not changed[:200].any() and not changed[:, :200].any() and changed[200:, 200:].all()
+    ramp = y[200:206, 220, 0].astype(int)
+    assert (np.diff(ramp) > 0).all() and 0 < ramp[0] and ramp[-1] < 255
+    # the resize is bilinear: an independent float implementation agrees within 1 grey level
+    # (PIL computes in 8-bit fixed point); it also fixes which pixels are pasted
+    t = np.asarray(
+        Image.fromarray(_bb_white_square()).resize((224, 224), Image.Resampling.BILINEAR)
+    )
+    ref = _bilinear_resize_float(_bb_white_square(), 224, 224)
+    assert np.abs(t - ref).max() <= 1
+    np.testing.assert_array_equal(changed | (t[..., 0] == 0), True)
+    # BackdoorBench's grid trigger and a user trigger image go through the same rule
+    grid = corrupt.BadNets(pattern="checkerboard")
+    np.testing.assert_array_equal(grid(big), _bb_badnets(big, _bb_grid()))
+    own = np.zeros((16, 16, 3), np.uint8)
+    own[:4, :4] = (255, 0, 9)
+    np.testing.assert_array_equal(corrupt.BadNets(trigger=own)(big), _bb_badnets(big, own))
+
+
 @pytest.mark.parametrize("h, w", [(32, 32), (224, 224), (40, 25)])
-def test_badnets_patch_location_and_values(h, w):
+def test_badnets_patch_option_location_and_values(h, w):
     x = _img(h, w)
-    y = corrupt.badnets(x)
+    y = corrupt.badnets_patch(x)
+    np.testing.assert_array_equal(corrupt.BadNets(pattern="checkerboard", trigger_size=None)(x), y)
     p = corrupt.badnets_patch_side(h, w)
     assert p == max(1, round(3 / 32 * min(h, w)))
     r, c = np.indices((p, p))
@@ -61,19 +144,34 @@ def test_badnets_patch_location_and_values(h, w):
     mask[h - p :, w - p :] = True
     np.testing.assert_array_equal(y[~mask], x[~mask])  # nothing outside the patch changes
     assert y.dtype == np.uint8 and y.shape == x.shape
-    z = corrupt.badnets(x, pattern="white", corner="top_left", margin=2)
+    z = corrupt.badnets_patch(x, pattern="white", corner="top_left", margin=2)
     assert (z[2 : 2 + p, 2 : 2 + p] == 255).all() and (z[:2] == x[:2]).all()
+    with pytest.raises(ValueError, match="pattern"):
+        corrupt.BadNets(pattern="stripes", trigger_size=None)
 
 
-def test_blended_is_exact_convex_combination():
+def _bb_blended(img, pattern, alpha):
+    """BackdoorBench's Blended: the pattern through ToPILImage / Resize / ToTensor * 255
+    (float32), blendedImageAttack, npClipAndToUint8."""
+    h, w = img.shape[:2]
+    t = np.array(Image.fromarray(pattern).resize((w, h), Image.Resampling.BILINEAR))
+    target = (t.astype(np.float32) / np.float32(255)) * 255  # ToTensor's division, then * 255
+    return np.clip((1 - alpha) * img + alpha * target, 0, 255).astype(np.uint8)
+
+
+def test_blended_matches_backdoorbench_and_is_a_convex_combination():
     x, p = _img(seed=1), _img(seed=2)
-    for alpha in (0.1, 0.2):
+    for alpha in (0.1, 0.2, 0.3):
         y = corrupt.blended(x, p, alpha)
-        expected = np.rint((1 - alpha) * x.astype(np.float64) + alpha * p.astype(np.float64))
-        np.testing.assert_array_equal(y, expected.astype(np.uint8))
+        np.testing.assert_array_equal(y, _bb_blended(x, p, alpha))  # truncation, as upstream
+        exact = (1 - alpha) * x.astype(np.float64) + alpha * p.astype(np.float64)
+        assert np.abs(y - exact).max() < 1.0 + 1e-9 and (y <= exact + 1e-9).all()
+        near = corrupt.blended(x, p, alpha, rounding="nearest")
+        assert np.abs(near - exact).max() <= 0.5 + 1e-9
     np.testing.assert_array_equal(corrupt.blended(x, p, 0.0), x)
-    # a pattern of another size is resized; result keeps the image's shape
-    assert corrupt.blended(_img(10, 14), p, 0.2).shape == (10, 14, 3)
+    # a pattern of another size is resized bilinearly, as upstream
+    x2 = _img(10, 14, seed=5)
+    np.testing.assert_array_equal(corrupt.blended(x2, p, 0.2), _bb_blended(x2, p, 0.2))
     a, b = corrupt.noise_pattern(3), corrupt.noise_pattern(3)
     np.testing.assert_array_equal(a, b)
     assert a.shape == (224, 224, 3) and not np.array_equal(a, corrupt.noise_pattern(4))
@@ -81,13 +179,31 @@ def test_blended_is_exact_convex_combination():
     attack, small = corrupt.Blended(seed=3), _img(32, 32, seed=4)
     nearest = a[np.arange(32) * 7][:, np.arange(32) * 7]
     np.testing.assert_array_equal(attack(small), corrupt.blended(small, nearest, 0.2))
+    with pytest.raises(ValueError, match="rounding"):
+        corrupt.blended(x, p, 0.2, rounding="up")
 
 
-def test_sig_adds_horizontal_sinusoid():
+def _bb_sig(img, delta=40, f=6):
+    """BackdoorBench's sigTriggerAttack.sigTrigger followed by npClipAndToUint8."""
+    img = np.float32(img)
+    pattern = np.zeros_like(img)
+    m = pattern.shape[1]
+    for i in range(int(img.shape[0])):
+        for j in range(int(img.shape[1])):
+            pattern[i, j] = delta * np.sin(2 * np.pi * j * f / m)
+    img = np.uint32(img) + pattern
+    return np.clip(np.uint8(np.clip(img, 0, 255)), 0, 255).astype(np.uint8)
+
+
+def test_sig_matches_backdoorbench_defaults_and_formula():
+    assert (corrupt.Sig().delta, corrupt.Sig().freq) == (40.0, 6.0)
+    for h, w in [(32, 32), (20, 45), (224, 224)]:
+        x = _img(h, w, seed=w)
+        np.testing.assert_array_equal(corrupt.Sig()(x), _bb_sig(x))
+        np.testing.assert_array_equal(corrupt.sig(x, 20, 3), _bb_sig(x, 20, 3))
     x = np.full((16, 30, 3), 128, np.uint8)
-    y = corrupt.sig(x, delta=20, freq=6)
-    j = np.arange(30)
-    v = 20 * np.sin(2 * np.pi * j * 6 / 30)
+    v = 20 * np.sin(2 * np.pi * np.arange(30) * 6 / 30)
+    y = corrupt.sig(x, delta=20, freq=6, rounding="nearest")
     np.testing.assert_array_equal(y, np.broadcast_to(np.rint(128 + v)[None, :, None], x.shape))
     assert (y == y[:1]).all()  # identical rows: a horizontal signal
     # clipping at the range ends
@@ -215,7 +331,7 @@ def test_attack_instances_and_kwargs():
     fixed = corrupt.Blended(alpha=0.2, pattern=np.zeros((4, 4, 3), np.uint8))
     cs2 = CorruptedSource(src, CorruptionSpec(fixed, poison_per_class=2), 0)
     assert cs2.attack is fixed
-    np.testing.assert_array_equal(fixed(x), np.rint(0.8 * x).astype(np.uint8))
+    np.testing.assert_array_equal(fixed(x), (0.8 * x.astype(np.float64)).astype(np.uint8))
     with pytest.raises(ValueError, match="exactly one"):
         CorruptionSpec(attack="sig")
     with pytest.raises(ValueError, match="unknown attack"):
@@ -259,7 +375,9 @@ def test_clean_spec_is_identity():
 
 
 def test_wanet_matches_official_torch_formulation():
-    """Parity with WaNet's code: bicubic upsample + clamp + grid_sample(align_corners=True)."""
+    """Parity with WaNet's code, which BackdoorBench runs unchanged: bicubic upsample of the
+    grid, ``clamp((identity + s * noise / H) * grid_rescale, -1, 1)``, grid_sample(align_corners
+    =True), here with BackdoorBench's defaults k 4, s 0.5, grid_rescale 1."""
     import torch  # the test extra installs it: this reference must run in CI
 
     f = torch.nn.functional

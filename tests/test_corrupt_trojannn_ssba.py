@@ -9,8 +9,8 @@ from vdc_jax.corrupt import CorruptedSource, CorruptionSpec
 from vl_jax.models import clip
 from vl_jax.models import tiny as tiny_models
 
-# 32x32 input, 8x8 patches; size_frac 0.5 makes the mask 16x16 = 4 of the 16 patches.
-FAST = dict(size_frac=0.5, num_neurons=2, steps=60, lr=8.0)
+# 32x32 input, 8x8 patches; size_frac 0.5 makes the square mask 16x16 = 4 of the 16 patches.
+FAST = dict(mask="square", stamp="replace", size_frac=0.5, num_neurons=2, steps=60, lr=8.0)
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +96,23 @@ def test_optimised_trigger_excites_selected_neurons(tiny, layer):
     np.testing.assert_allclose(again, r.activation_final, rtol=1e-5)
 
 
+@pytest.mark.slow
+def test_optimised_apple_trigger_for_additive_stamping(tiny):
+    """The default mask and stamping: the apple's pixels, optimised on a black canvas."""
+    fast = {**FAST, "mask": "apple", "stamp": "add"}
+    r = corrupt.generate_trigger(tiny, seed=1, **fast)
+    m = corrupt.apple_mask(32, 32)
+    rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+    inside = m[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    assert r.trigger.shape == (*inside.shape, 3) and (r.trigger[~inside] == 0).all()
+    rand = np.random.default_rng(7).integers(0, 256, (32, *inside.shape, 3), dtype=np.uint8)
+    kw = dict(mask="apple", background="black")
+    rand_act = corrupt.neuron_activations(tiny, rand, r.neurons, **kw).mean(1)
+    assert r.activation_final - rand_act.mean() > 8 * rand_act.std()
+    again = corrupt.neuron_activations(tiny, r.trigger[None], r.neurons, **kw).mean()
+    np.testing.assert_allclose(again, r.activation_final, rtol=1e-5)
+
+
 def test_trojannn_cache_determinism_and_checkpoint_path(tiny, tmp_path):
     cache = tmp_path / "cache"
     a = corrupt.TrojanNN(model=tiny, cache_dir=str(cache), seed=3, **FAST)
@@ -133,18 +150,70 @@ def test_trojannn_given_trigger_stamped_only_in_mask(tmp_path, suffix):
         Image.fromarray(trig).save(path)
     else:
         np.save(path, trig)
-    attack = corrupt.TrojanNN(trigger=str(path))
+    attack = corrupt.TrojanNN(trigger=str(path), mask="square", stamp="replace")
     np.testing.assert_array_equal(attack.trigger, trig)
     for h, w in [(32, 32), (40, 25), (224, 224)]:
         x = np.random.default_rng(h).integers(0, 256, (h, w, 3), dtype=np.uint8)
         y = attack(x)
         mask, p = _mask(h, w, attack.size_frac)
+        np.testing.assert_array_equal(corrupt.trojan_mask(h, w, "square"), mask)
         np.testing.assert_array_equal(y[~mask], x[~mask])  # outside the mask: untouched
         resized = np.asarray(Image.fromarray(trig).resize((p, p), Image.Resampling.BILINEAR))
         np.testing.assert_array_equal(y[mask].reshape(p, p, 3), resized)
-    half = corrupt.trojannn(x, trig, alpha=0.5)
+    half = corrupt.trojannn(x, trig, "square", "replace", alpha=0.5)
     expected = np.rint(0.5 * x[mask].astype(float) + 0.5 * resized.reshape(-1, 3))
     np.testing.assert_array_equal(half[mask], expected)
+
+
+def test_apple_mask_geometry():
+    m = corrupt.apple_mask(224, 224)
+    rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+    # 7 % of the area, lower right and off-centre: BackdoorBench's apple4.png's place and size
+    assert abs(m.mean() - 0.07) < 0.002
+    assert (rows[0], rows[-1], cols[0], cols[-1]) == (120, 202, 128, 193)
+    np.testing.assert_array_equal(corrupt.trojan_mask(224, 224), m)  # the default mask
+    for h, w in [(32, 32), (40, 25), (500, 375)]:
+        small = corrupt.apple_mask(h, w)
+        assert abs(small.mean() - 0.07) < 0.015  # scales with the image
+    given = np.zeros((8, 8), np.uint8)
+    given[2:4, 5:7] = 200
+    np.testing.assert_array_equal(
+        corrupt.trojan_mask(16, 16, given), np.kron(given > 0, np.ones((2, 2), bool))
+    )
+    with pytest.raises(ValueError, match="mask must be"):
+        corrupt.trojan_mask(16, 16, "circle")
+
+
+def _bb_trojan(img, full_trigger):
+    """BackdoorBench's TrojanTrigger.add_trigger: the full-size trigger image (0 outside the
+    mask) added, cast to uint8 (sums above 255 wrap around there), then clipped."""
+    with np.errstate(invalid="ignore"):
+        return np.clip((full_trigger + img.astype(float)).astype("uint8"), 0, 255)
+
+
+def test_trojannn_default_is_additive_apple_like_backdoorbench():
+    m = corrupt.apple_mask(224, 224)
+    rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    rng = np.random.default_rng(0)
+    full = np.where(m[..., None], rng.integers(0, 200, (224, 224, 3)), 0).astype(np.uint8)
+    attack = corrupt.TrojanNN(trigger=full[box])
+    assert (attack.mask, attack.stamp) == ("apple", "add")
+    x = rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    y = attack(x)
+    np.testing.assert_array_equal(y[~m], x[~m])
+    total = x.astype(int) + full
+    fits = total <= 255  # where the sum fits in uint8, BackdoorBench's pixels exactly
+    np.testing.assert_array_equal(y[fits], _bb_trojan(x, full)[fits])
+    assert (y[~fits] == 255).all() and (~fits).any()  # ours saturates where upstream wraps
+    for h, w in [(32, 32), (40, 25)]:  # other sizes: stamped inside the mask only
+        x = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        inside = corrupt.apple_mask(h, w)
+        y = attack(x)
+        np.testing.assert_array_equal(y[~inside], x[~inside])
+        assert (y[inside] >= x[inside]).all()
+    with pytest.raises(ValueError, match="stamp"):
+        corrupt.TrojanNN(trigger=full[box], stamp="blend")
 
 
 def test_trojannn_through_corrupted_source(tiny, tmp_path):
@@ -168,7 +237,7 @@ def test_trojannn_through_corrupted_source(tiny, tmp_path):
         ex, ref = cs[i], src[i]
         if i in rows:
             assert rows[i]["kind"] == "trojannn" and rows[i]["new_label"] == ex["label"] == 1
-            mask, _ = _mask(*ref["image"].shape[:2], FAST["size_frac"])
+            mask = corrupt.trojan_mask(*ref["image"].shape[:2], "square", FAST["size_frac"])
             np.testing.assert_array_equal(ex["image"][~mask], ref["image"][~mask])
             assert not np.array_equal(ex["image"][mask], ref["image"][mask])
         else:

@@ -5,22 +5,30 @@ Each function takes the image plus every parameter explicitly (seeded randomness
 is deterministic and can run lazily in a data loader. The :class:`Attack` dataclasses bundle the
 parameters (and the seeded pattern / grid) for :class:`vdc_jax.corrupt.CorruptedSource`.
 
-Defaults follow the backdoor papers / BackdoorBench settings that VDC (Zhu et al., ICLR 2024)
-evaluates against (all-to-one: the poisoned sample is relabelled to the target class):
+Defaults are BackdoorBench's (the benchmark library whose attacks VDC, Zhu et al. ICLR 2024,
+evaluates against; all-to-one: a poisoned sample is relabelled to the target class); the table
+in docs/vdc_corrupt.md lists each default beside BackdoorBench's and the options:
 
-* BadNets (Gu et al., 2017): a 3x3 black/white checkerboard in the bottom-right corner of a
-  32x32 CIFAR image; here the side scales with the image (``size_frac = 3/32``, so 21 px at 224).
-* Blended (Chen et al., 2017): ``(1 - alpha) x + alpha p`` with a fixed pattern ``p`` (a
-  seeded uniform-noise image by default; the paper also uses a Hello-Kitty photo), alpha 0.2.
-* SIG (Barni et al., 2019): ``x + delta sin(2 pi j f / W)`` along the columns, delta 20, f 6.
+* BadNets (Gu et al., 2017): BackdoorBench's trigger image -- a white 3x3 square in the
+  bottom-right corner of a black 32x32 image -- resized bilinearly (PIL) to the image and pasted
+  wherever it is non-zero (soft-edged above 32 px). A crisp checkerboard patch whose side scales
+  with the image is an option (``trigger_size=None``).
+* Blended (Chen et al., 2017): ``(1 - alpha) x + alpha p``, alpha 0.2, with a fixed pattern ``p``
+  (a seeded uniform-noise image by default: BackdoorBench's Hello-Kitty photo is not ours to ship).
+* SIG (Barni et al., 2019): ``x + delta sin(2 pi j f / W)`` along the columns, delta 40, f 6.
 * WaNet (Nguyen & Tran, 2021): a smooth warp from a seeded ``k x k`` field (k 4, s 0.5,
   grid_rescale 1) upsampled bicubically and applied with bilinear sampling.
+
+BackdoorBench turns its float results into uint8 with ``np.clip(v, 0, 255).astype(np.uint8)``,
+which truncates; Blended and SIG do the same by default (``rounding="truncate"``; ``"nearest"``
+rounds instead), so their pixels equal BackdoorBench's (tested).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+import os
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
@@ -32,8 +40,12 @@ __all__ = [
     "Sig",
     "WaNet",
     "badnets",
+    "badnets_patch",
     "badnets_patch_side",
+    "badnets_trigger",
     "blended",
+    "corner_box",
+    "load_trigger",
     "noise_pattern",
     "sig",
     "sig_signal",
@@ -41,6 +53,8 @@ __all__ = [
     "wanet_displacement",
     "wanet_noise_grid",
 ]
+
+ROUNDINGS = ("truncate", "nearest")
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
@@ -50,35 +64,120 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def _to_uint8(x: np.ndarray) -> np.ndarray:
-    """Round half to even (np.rint) and clip: the float -> uint8 step shared by all triggers."""
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+def _to_uint8(x: np.ndarray, rounding: str = "nearest") -> np.ndarray:
+    """The float -> uint8 step shared by all triggers: ``"nearest"`` rounds half to even
+    (np.rint) then clips; ``"truncate"`` clips then truncates, as BackdoorBench does
+    (``np.clip(x, 0, 255).astype(np.uint8)``; after the clip this is the floor)."""
+    if rounding == "nearest":
+        x = np.rint(x)
+    elif rounding != "truncate":
+        raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def _resize(image: np.ndarray, height: int, width: int, resample=Image.Resampling.BILINEAR):
+    """uint8 [h, w, C] -> [height, width, C] with PIL (what torchvision's ``Resize`` runs on a
+    PIL image, as BackdoorBench uses it); the input itself when the size already matches."""
+    if image.shape[:2] == (height, width):
+        return image
+    return np.asarray(Image.fromarray(image).resize((width, height), resample))
+
+
+def load_trigger(trigger: str | os.PathLike | np.ndarray) -> np.ndarray:
+    """A user-given trigger image: a ``.npy`` file (no pickle), an image file (PNG, ...;
+    converted to RGB) or an array. Returns uint8 [h, w, 3]."""
+    if isinstance(trigger, np.ndarray):
+        return _check_image(trigger)
+    path = os.fspath(trigger)
+    if path.endswith(".npy"):
+        return _check_image(np.load(path, allow_pickle=False))
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def corner_box(height: int, width: int, p: int, corner: str, margin: int) -> tuple[int, int]:
+    """``(top, left)`` of a ``p x p`` square in ``corner`` (``"bottom_right"`` |
+    ``"bottom_left"`` | ``"top_right"`` | ``"top_left"``), ``margin`` pixels from the borders
+    (reduced so that the square stays inside the image)."""
+    vert, _, horiz = corner.partition("_")
+    if vert not in ("top", "bottom") or horiz not in ("left", "right"):
+        raise ValueError(f"unknown corner {corner!r}")
+    m = max(0, min(margin, height - p, width - p))
+    return (m if vert == "top" else height - p - m), (m if horiz == "left" else width - p - m)
 
 
 # --------------------------------------------------------------------------- BadNets
 
 
 def badnets_patch_side(height: int, width: int, size_frac: float = 3 / 32) -> int:
-    """Side in pixels of the BadNets patch: ``max(1, round(size_frac * min(H, W)))``."""
+    """Side in pixels of a square patch: ``max(1, round(size_frac * min(H, W)))``."""
     return max(1, min(height, width, round(size_frac * min(height, width))))
 
 
-def badnets(
+def _badnets_pattern(pattern: str, p: int, dark: int) -> np.ndarray:
+    """uint8 [p, p]: all 255 (``"white"``) or a checkerboard, pixel ``(r, c)`` 255 if ``r + c``
+    is even (white corners) else ``dark``."""
+    if pattern == "white":
+        return np.full((p, p), 255, np.uint8)
+    if pattern == "checkerboard":
+        r, c = np.indices((p, p))
+        return np.where((r + c) % 2 == 0, 255, dark).astype(np.uint8)
+    raise ValueError(f"unknown BadNets pattern {pattern!r}")
+
+
+def badnets_trigger(
+    pattern: str = "white",
+    size: int = 32,
+    size_frac: float = 3 / 32,
+    corner: str = "bottom_right",
+    margin: int = 0,
+) -> np.ndarray:
+    """BackdoorBench's BadNets trigger image: uint8 [size, size, 3], black except a
+    ``p x p`` pattern (``p = badnets_patch_side(size, size, size_frac)``: 3 at the defaults) in
+    ``corner``. The checkerboard's dark cells are 1, not 0, because only non-zero trigger pixels
+    are pasted (BackdoorBench's ``trigger_image_grid.png`` does the same)."""
+    p = badnets_patch_side(size, size, size_frac)
+    top, left = corner_box(size, size, p, corner, margin)
+    out = np.zeros((size, size, 3), np.uint8)
+    out[top : top + p, left : left + p] = _badnets_pattern(pattern, p, dark=1)[..., None]
+    return out
+
+
+def badnets(image: np.ndarray, trigger: np.ndarray | None = None) -> np.ndarray:
+    """BadNets as BackdoorBench applies it (``AddMaskPatchTrigger``).
+
+    Args:
+      image: uint8 [H, W, 3].
+      trigger: uint8 [h, w, 3] trigger image, black where the image is kept; default
+        :func:`badnets_trigger` (a white 3x3 square at the bottom-right of 32x32). Resized to
+        ``(H, W)`` with PIL bilinear (torchvision ``Resize``'s default on a PIL image), so the
+        square covers the same fraction of any image, with soft edges above 32 px.
+
+    Returns:
+      uint8 [H, W, 3] = ``image * (t == 0) + t * (t > 0)`` per pixel and channel, ``t`` the
+      resized trigger: every non-zero trigger value replaces the image's, the rest is unchanged.
+    """
+    image = _check_image(image)
+    trigger = badnets_trigger() if trigger is None else _check_image(trigger)
+    t = _resize(trigger, *image.shape[:2])
+    return np.where(t > 0, t, image)
+
+
+def badnets_patch(
     image: np.ndarray,
     size_frac: float = 3 / 32,
     pattern: str = "checkerboard",
     corner: str = "bottom_right",
     margin: int = 0,
 ) -> np.ndarray:
-    """Stamp a square patch in a corner (BadNets, Gu et al. 2017).
+    """A crisp square patch drawn at the image's own resolution (an option; not BackdoorBench's).
 
     Args:
       image: uint8 [H, W, 3].
-      size_frac: patch side relative to ``min(H, W)``; 3/32 gives the usual 3x3 on CIFAR.
+      size_frac: patch side relative to ``min(H, W)``; 3/32 gives 3x3 on CIFAR, 21x21 at 224.
       pattern: ``"checkerboard"`` (pixel ``(r, c)`` of the patch is 255 if ``r + c`` is even,
         else 0, in all channels; corners are white) or ``"white"`` (all 255).
-      corner: ``"bottom_right"`` | ``"bottom_left"`` | ``"top_right"`` | ``"top_left"``.
-      margin: pixels between the patch and the image border.
+      corner, margin: see :func:`corner_box`.
 
     Returns:
       uint8 [H, W, 3]: a copy with the ``p x p`` patch written (see :func:`badnets_patch_side`);
@@ -87,19 +186,8 @@ def badnets(
     image = _check_image(image)
     h, w = image.shape[:2]
     p = badnets_patch_side(h, w, size_frac)
-    if pattern == "checkerboard":
-        r, c = np.indices((p, p))
-        patch = np.where((r + c) % 2 == 0, 255, 0).astype(np.uint8)
-    elif pattern == "white":
-        patch = np.full((p, p), 255, np.uint8)
-    else:
-        raise ValueError(f"unknown BadNets pattern {pattern!r}")
-    m = max(0, min(margin, h - p, w - p))
-    vert, _, horiz = corner.partition("_")
-    if vert not in ("top", "bottom") or horiz not in ("left", "right"):
-        raise ValueError(f"unknown corner {corner!r}")
-    top = m if vert == "top" else h - p - m
-    left = m if horiz == "left" else w - p - m
+    patch = _badnets_pattern(pattern, p, dark=0)
+    top, left = corner_box(h, w, p, corner, margin)
     out = image.copy()
     out[top : top + p, left : left + p] = patch[..., None]
     return out
@@ -114,49 +202,56 @@ def noise_pattern(seed: int, size: tuple[int, int] = (224, 224)) -> np.ndarray:
     return rng.integers(0, 256, (*size, 3), dtype=np.uint8)
 
 
-def blended(image: np.ndarray, pattern: np.ndarray, alpha: float = 0.2) -> np.ndarray:
+def blended(
+    image: np.ndarray, pattern: np.ndarray, alpha: float = 0.2, rounding: str = "truncate"
+) -> np.ndarray:
     """Blend a pattern into the image (Blended, Chen et al. 2017).
 
     Args:
       image: uint8 [H, W, 3].
       pattern: uint8 [h, w, 3]; resized to ``(H, W)`` with PIL bilinear when the size differs
-        (the same pattern then serves a dataset of varying image sizes).
+        (as BackdoorBench resizes its pattern; the same pattern then serves images of any size).
       alpha: blend weight of the pattern (0.2 in the paper and BackdoorBench).
+      rounding: ``"truncate"`` (BackdoorBench) or ``"nearest"``; see :func:`_to_uint8`.
 
     Returns:
-      uint8 [H, W, 3] = ``rint((1 - alpha) * image + alpha * pattern)``, computed in float64.
+      uint8 [H, W, 3] from ``(1 - alpha) * image + alpha * pattern``. The pattern term is
+      computed in float32 and the sum in float64, BackdoorBench's precisions (its pattern is a
+      float32 array), so that truncation gives BackdoorBench's pixels exactly.
     """
     image = _check_image(image)
-    pattern = _check_image(pattern)
-    h, w = image.shape[:2]
-    if pattern.shape[:2] != (h, w):
-        pattern = np.asarray(Image.fromarray(pattern).resize((w, h), Image.Resampling.BILINEAR))
-    return _to_uint8((1.0 - alpha) * image.astype(np.float64) + alpha * pattern)
+    pattern = _resize(_check_image(pattern), *image.shape[:2])
+    term = (np.float32(alpha) * pattern.astype(np.float32)).astype(np.float64)
+    return _to_uint8((1.0 - alpha) * image.astype(np.float64) + term, rounding)
 
 
 # --------------------------------------------------------------------------- SIG
 
 
-def sig_signal(width: int, delta: float = 20.0, freq: float = 6.0) -> np.ndarray:
+def sig_signal(width: int, delta: float = 40.0, freq: float = 6.0) -> np.ndarray:
     """The SIG signal per column: float64 [W], ``delta * sin(2 pi j freq / W)``."""
     j = np.arange(width, dtype=np.float64)
     return delta * np.sin(2.0 * np.pi * j * freq / width)
 
 
-def sig(image: np.ndarray, delta: float = 20.0, freq: float = 6.0) -> np.ndarray:
+def sig(
+    image: np.ndarray, delta: float = 40.0, freq: float = 6.0, rounding: str = "truncate"
+) -> np.ndarray:
     """Add a horizontal sinusoid (SIG, Barni et al. 2019).
 
     Args:
       image: uint8 [H, W, 3].
-      delta: amplitude in pixel values (20 for CIFAR in the paper / BackdoorBench).
+      delta: amplitude in pixel values (40: BackdoorBench's default; the SIG paper trains with
+        20 and tests with 30 or more).
       freq: number of periods across the image width (6).
+      rounding: ``"truncate"`` (BackdoorBench) or ``"nearest"``; see :func:`_to_uint8`.
 
     Returns:
-      uint8 [H, W, 3] = ``clip(rint(image + sig_signal(W)[None, :, None]), 0, 255)``; the
+      uint8 [H, W, 3] from ``image + sig_signal(W)[None, :, None]``, clipped to 0..255; the
       signal is the same for every row and channel.
     """
     image = _check_image(image)
-    return _to_uint8(image + sig_signal(image.shape[1], delta, freq)[None, :, None])
+    return _to_uint8(image + sig_signal(image.shape[1], delta, freq)[None, :, None], rounding)
 
 
 # --------------------------------------------------------------------------- WaNet
@@ -265,37 +360,65 @@ class Attack:
         raise NotImplementedError
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class BadNets(Attack):
-    """:func:`badnets` with bound parameters."""
+    """BadNets with bound parameters.
+
+    By default BackdoorBench's: :func:`badnets` with :func:`badnets_trigger` (``pattern``,
+    ``size_frac``, ``corner`` and ``margin`` drawn on a ``trigger_size`` = 32 px black image) or
+    with ``trigger`` (an image path or uint8 array, BackdoorBench's ``patch_mask_path``).
+    ``trigger_size=None`` draws a crisp patch at each image's own resolution instead
+    (:func:`badnets_patch`); ``BadNets(pattern="checkerboard", trigger_size=None)`` is the
+    checkerboard this package used before it followed BackdoorBench.
+    """
 
     kind: ClassVar[str] = "badnets"
+    pattern: str = "white"
+    trigger_size: int | None = 32
     size_frac: float = 3 / 32
-    pattern: str = "checkerboard"
     corner: str = "bottom_right"
     margin: int = 0
+    trigger: Any = None
+
+    def __post_init__(self):
+        if self.trigger is not None:
+            if self.trigger_size is None:
+                raise ValueError("a BadNets trigger image is resized: leave trigger_size set")
+            object.__setattr__(self, "trigger", load_trigger(self.trigger))
+        elif self.trigger_size is not None:
+            trig = badnets_trigger(
+                self.pattern, self.trigger_size, self.size_frac, self.corner, self.margin
+            )
+            object.__setattr__(self, "trigger", trig)
+        else:
+            _badnets_pattern(self.pattern, 1, 0)  # a bad pattern name fails here, not per image
 
     def __call__(self, image):
-        return badnets(image, self.size_frac, self.pattern, self.corner, self.margin)
+        if self.trigger is None:
+            return badnets_patch(image, self.size_frac, self.pattern, self.corner, self.margin)
+        return badnets(image, self.trigger)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Blended(Attack):
-    """:func:`blended` with a fixed pattern: ``pattern`` if given (resized bilinearly to each
-    image), else ``noise_pattern(seed, pattern_size)`` resized with *nearest* neighbour, which
+    """:func:`blended` with a fixed pattern: ``pattern`` if given (an image path or uint8 array,
+    resized bilinearly to each image, as BackdoorBench does with its Hello-Kitty image), else ``noise_pattern(seed, pattern_size)`` resized with *nearest* neighbour, which
     keeps it i.i.d. pixel noise at every size (bilinear downsampling would average it to grey
     and weaken the trigger on small images)."""
 
     kind: ClassVar[str] = "blended"
     alpha: float = 0.2
-    pattern: np.ndarray | None = None
+    pattern: Any = None
     seed: int = 0
     pattern_size: tuple[int, int] = (224, 224)
+    rounding: str = "truncate"
 
     def __post_init__(self):
         object.__setattr__(self, "_noise", self.pattern is None)
         if self.pattern is None:
             object.__setattr__(self, "pattern", noise_pattern(self.seed, self.pattern_size))
+        else:
+            object.__setattr__(self, "pattern", load_trigger(self.pattern))
 
     def __call__(self, image):
         pattern = self.pattern
@@ -304,7 +427,7 @@ class Blended(Attack):
             rows = np.arange(h) * pattern.shape[0] // h
             cols = np.arange(w) * pattern.shape[1] // w
             pattern = pattern[rows[:, None], cols[None, :]]
-        return blended(image, pattern, self.alpha)
+        return blended(image, pattern, self.alpha, self.rounding)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,11 +435,12 @@ class Sig(Attack):
     """:func:`sig` with bound parameters."""
 
     kind: ClassVar[str] = "sig"
-    delta: float = 20.0
+    delta: float = 40.0
     freq: float = 6.0
+    rounding: str = "truncate"
 
     def __call__(self, image):
-        return sig(image, self.delta, self.freq)
+        return sig(image, self.delta, self.freq, self.rounding)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
