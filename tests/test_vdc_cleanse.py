@@ -256,7 +256,7 @@ def test_configs_and_args():
         "train_800",
         "wanet",
     )
-    assert dog.corrupt.poison_per_class == 80 and dog.model.name == MLLMS["7b"]
+    assert dog.corrupt.poison_per_class == 80 and dog.model.name == MLLMS["instructblip"]
     assert config_of("imagenet_dog.py", "ssba,small").model.name == MLLMS["small"]
     assert config_of("cifar10.py", "sig").corrupt.poison_per_class == 500
     assert config_of("imagenet100.py", "trojannn").corrupt.poison_per_class == 50

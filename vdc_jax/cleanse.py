@@ -18,8 +18,10 @@ This module only orchestrates: it reads a config and never builds one (configs/v
     model.name / dtype / seed            the MLLM: hub id, directory, or "tiny-random"
     vqg.llm / n / questions_file / max_new_tokens
                                          questions ("" = templates, "mllm", or a text LLM id)
-    vqa.batch_size / yes_no_tokens / describe_tokens / num_beams / repetition_penalty
+    vqa.batch_size / yes_no_tokens / describe_tokens / min_new_tokens / num_beams /
+        repetition_penalty / length_penalty / prompt ("chat" | "raw")
     judge.kind / llm / max_new_tokens / batch_size / embed_model / embed_threshold
+    protocol                             "ours" | "official": the rule set (vdc_jax.protocol)
     threshold                            flag a sample when score < threshold
     mesh.data / mesh.model               the device mesh (vl_jax.parallel.mesh_from_config)
 
@@ -62,18 +64,22 @@ import numpy as np
 
 from vdc_jax import inputs, report, scoring
 from vdc_jax.models import MLLM, TINY, dtype_of, load_mllm, make_judge, text_llm
+from vdc_jax.protocol import OURS, Rules, get_rules
 from vdc_jax.questions import load_or_generate
 from vdc_jax.vqa import VQA, AnswerStore, Item, answer_dataset, pairs_of
 from vl_jax import parallel
 from vl_jax import workdir as wd
+from vl_jax.errors import ConfigError
 from vl_jax.runlog import progress
 
 log = logging.getLogger(__name__)
 
 
 def fingerprint(config) -> dict:
-    """The settings that decide the answers in `answers.jsonl` (see the module docstring)."""
+    """The settings that decide the answers in `answers.jsonl` (see the module docstring);
+    `protocol` is among them because it decides the general questions asked."""
     return wd.fingerprint(
+        protocol=config.get("protocol", OURS.name),
         data=config.data,
         corrupt=config.corrupt,
         model=config.model,
@@ -104,14 +110,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return clean(config, workdir)[0]
 
 
-def vqg(cfg, path: str, class_names, ask):
+def vqg(cfg, path: str, class_names, ask, general=None):
     """`load_or_generate` of the run's questions (`config.vqg`; cache at `path`).
 
     `load_or_generate` rewrites its cache when it generates, and on several processes every
     one of them must make the same VQG calls (a generate call on the mesh is a collective).
     The others therefore work on a private copy of the cache and never write the shared one;
     the writer only writes after those collectives, i.e. after the others have copied it."""
-    kw = dict(ask=ask, n=cfg.n, override=cfg.questions_file or None)
+    kw = dict(ask=ask, n=cfg.n, override=cfg.questions_file or None, general=general)
     if wd.is_writer():
         return load_or_generate(path, class_names, **kw)
     with tempfile.TemporaryDirectory(prefix="vdc_questions_") as tmp:
@@ -130,6 +136,7 @@ def clean(
     mesh). On several processes every one returns the same metrics and table; the writer
     writes."""
     wd.makedirs(workdir)
+    rules = get_rules(config.get("protocol", OURS.name))  # the one choice of rule set
     data = inputs.load_dataset(config.data, workdir)
     source, truth = data.source, None
     spec = corrupt_spec(config.corrupt)
@@ -148,7 +155,8 @@ def clean(
     if mllm is None:
         mllm = load_mllm(config.model, workdir, mesh)
     ask = text_llm(config.vqg.llm, mllm, dtype, mesh, config.vqg.max_new_tokens)
-    questions = vqg(config.vqg, os.path.join(workdir, "questions.json"), data.class_names, ask)
+    questions = vqg(config.vqg, os.path.join(workdir, "questions.json"), data.class_names, ask,
+                    general=rules.general_questions)  # fmt: skip
 
     ids, labels = source.ids(), np.asarray(source.labels(), np.int64)
     items = [Item(i, ids[i], int(labels[i])) for i in range(len(ids)) if labels[i] >= 0]
@@ -179,10 +187,11 @@ def clean(
 
     # The other processes read answers.jsonl back for scoring: the writer's last append first.
     wd.written("vdc: answers.jsonl complete")
-    judge = make_judge(config.judge, mllm, dtype, mesh)
+    judge = judge_of(config.judge, rules, mllm, dtype, mesh)
     left_out = {s.index for s in skipped}
     scored = [it for it in items if it.index not in left_out]
-    table = scoring.score(scored, store, questions, names, judge, config.threshold, len(ids))
+    table = scoring.score(scored, store, questions, names, judge, config.threshold, len(ids),
+                          rules=rules)  # fmt: skip
     table.skipped = skipped
     if truth is not None:
         sel = table.index
@@ -190,15 +199,28 @@ def clean(
     if data.paths is not None:
         table.paths = [data.paths[i] for i in table.index]
     summary = {
+        "protocol": rules.name,
         "dataset": data.description, "model": _model_name(config.model.name, mllm),
         "questions_per_class": config.vqg.n,
         "vqg_llm": config.vqg.llm or "templates", "judge": config.judge.kind,
         "corrupt": {k: v for k, v in config.corrupt.to_dict().items() if v not in ("", 0, {})},
         "classes": len(names), "answers": len(store),
     }  # fmt: skip
-    m = report.write_report(workdir, table, threshold=config.threshold, config_summary=summary)
+    m = report.write_report(workdir, table, threshold=config.threshold, config_summary=summary,
+                            rules=rules)  # fmt: skip
     _print_summary(m, workdir)
     return m, table
+
+
+def judge_of(cfg, rules: Rules, mllm: MLLM, dtype, mesh):
+    """The VAE judge of ``config.judge``; an LLM judge asks with the protocol's prompt and
+    reads its replies with the protocol's rule (`Rules.llm_judge`)."""
+    if cfg.kind != "llm":
+        return make_judge(cfg, mllm, dtype, mesh)
+    ask = text_llm(cfg.llm, mllm, dtype, mesh, cfg.max_new_tokens)
+    if ask is None:
+        raise ConfigError("config.judge.kind='llm' needs config.judge.llm")
+    return rules.llm_judge(ask, batch_size=cfg.batch_size)
 
 
 def _model_name(name: str, mllm: MLLM) -> str:

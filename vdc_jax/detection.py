@@ -19,6 +19,7 @@ import numpy as np
 from vl_jax import metrics
 
 if TYPE_CHECKING:
+    from vdc_jax.protocol import Rules
     from vdc_jax.scoring import Table
 
 __all__ = ["compute_metrics", "detection_block", "detection_metrics", "flag_dirty"]
@@ -60,8 +61,12 @@ def detection_block(score: np.ndarray, flagged: np.ndarray, dirty: np.ndarray) -
     return out
 
 
-def compute_metrics(t: Table) -> dict:
-    """The ``metrics.json`` body without the config summary (see the module docstring)."""
+def compute_metrics(t: Table, rules: Rules | None = None, threshold: float = 0.5) -> dict:
+    """The ``metrics.json`` body without the config summary (see the module docstring).
+
+    The detection blocks count `rules.detected(score, is_dirty, threshold)` — under the official
+    protocol a dirty sample at exactly the threshold is detected — while ``counts`` (flagged,
+    kept) are the outputs' flags, ``t.flagged`` (score < threshold under both protocols)."""
     out = {
         "counts": {
             "dataset": int(t.n),
@@ -74,16 +79,17 @@ def compute_metrics(t: Table) -> dict:
     if t.is_dirty is None:
         return out
     d = t.is_dirty
+    flags = t.flagged if rules is None else rules.detected(t.score, d, threshold)
     out["counts"]["dirty"] = int(d.sum())
-    out["overall"] = detection_block(t.score, t.flagged, d)
+    out["overall"] = detection_block(t.score, flags, d)
     clean = ~d
     out["per_kind"] = {}
     for kind in sorted(set(t.kinds[d].tolist())):
         sel = clean | (t.kinds == kind)
-        out["per_kind"][kind] = detection_block(t.score[sel], t.flagged[sel], d[sel])
+        out["per_kind"][kind] = detection_block(t.score[sel], flags[sel], d[sel])
     out["per_class"] = {}
     for c, name in enumerate(t.class_names):
         sel = t.labels == c
         if sel.any():
-            out["per_class"][name] = detection_block(t.score[sel], t.flagged[sel], d[sel])
+            out["per_class"][name] = detection_block(t.score[sel], flags[sel], d[sel])
     return out

@@ -189,9 +189,14 @@ def _reject_reason(q: str, key: str, banned: set[str], seen: set[str]) -> str | 
 
 
 def generate_questions(
-    class_names: Sequence[str], ask: Ask | None = None, n: int = 6, max_attempts: int = 3
+    class_names: Sequence[str],
+    ask: Ask | None = None,
+    n: int = 6,
+    max_attempts: int = 3,
+    general: Sequence[str] = GENERAL_QUESTIONS,
 ) -> Questions:
-    """Label-specific questions for every class.
+    """Label-specific questions for every class (``general``: the run's general questions,
+    kept in the result and never accepted as a label-specific one).
 
     With ``ask``: one batched call for all classes, then classes with fewer than ``n`` valid
     questions are asked again (up to ``max_attempts`` calls in all, new questions merged in);
@@ -212,7 +217,7 @@ def generate_questions(
         if len(replies) != len(todo):
             raise ValueError(f"ask returned {len(replies)} replies for {len(todo)} prompts")
         for c, reply in zip(todo, replies):
-            banned = [*GENERAL_QUESTIONS, *(_EXAMPLE if c != "cat" else ())]
+            banned = [*general, *(_EXAMPLE if c != "cat" else ())]
             qs, rejected = parse_questions(reply, banned=banned, existing=specific[c])
             specific[c] += qs
             report[c]["source"] = "llm"
@@ -240,7 +245,7 @@ def generate_questions(
                     report[c]["attempts"],
                     len(pad),
                 )
-    return Questions(GENERAL_QUESTIONS, specific, report)
+    return Questions(tuple(general), specific, report)
 
 
 def save_questions(path: str | os.PathLike, qs: Questions) -> None:
@@ -259,13 +264,17 @@ def _line_of(text: str, s: str) -> str:
 
 
 def load_questions(
-    path: str | os.PathLike, class_names: Sequence[str] | None = None, source: str = "file"
+    path: str | os.PathLike,
+    class_names: Sequence[str] | None = None,
+    source: str = "file",
+    general: Sequence[str] | None = None,
 ) -> Questions:
     """Read and validate a questions file.
 
     Accepts our format (``{"version", "general", "classes", "report"}``) or a plain mapping
-    ``{class name: [question, ...]}`` (a user-written file; the general questions are then the
-    defaults). Every question must be a non-empty string ending in "?", unique within its class.
+    ``{class name: [question, ...]}`` (a user-written file; the general questions are then
+    ``general``, default ``GENERAL_QUESTIONS``). Every question must be a non-empty string ending
+    in "?", unique within its class.
 
     Raises:
       QuestionsFileError: naming the file, the class, the question index and its line.
@@ -281,7 +290,8 @@ def load_questions(
         raise QuestionsFileError(f"{path}: expected a JSON object, got {type(data).__name__}")
     ours = "classes" in data and "version" in data
     classes = data["classes"] if ours else data
-    general = tuple(data.get("general", GENERAL_QUESTIONS)) if ours else GENERAL_QUESTIONS
+    default = tuple(general) if general is not None else GENERAL_QUESTIONS
+    general = tuple(data.get("general", default)) if ours else default
     if not isinstance(classes, dict):
         raise QuestionsFileError(f"{path}: 'classes' must map class names to lists of questions")
     for c, qs in classes.items():
@@ -315,6 +325,7 @@ def load_or_generate(
     n: int = 6,
     override: str | os.PathLike | None = None,
     max_attempts: int = 3,
+    general: Sequence[str] | None = None,
 ) -> Questions:
     """The questions of a run, generating and caching only what is missing.
 
@@ -322,13 +333,20 @@ def load_or_generate(
     else the cache at ``path`` is reused for every class that has >= ``n`` questions and was
     not filled purely from templates while an LLM is now configured; the other classes are
     generated and the cache rewritten atomically.
+
+    ``general``: the run's general questions (the protocol's, `vdc_jax.protocol.Rules`); they
+    replace the cache's (which is then rewritten). None keeps the cache's, or the defaults. A
+    user ``override`` file keeps its own general questions when it lists them.
     """
     if override is not None:
-        qs = load_questions(override, class_names)
+        qs = load_questions(override, class_names, general=general)
         for c in class_names:
             qs.report[c]["source"] = "file"
         return Questions(qs.general, {c: qs.specific[c] for c in class_names}, qs.report)
     cached = load_questions(path) if os.path.exists(path) else Questions(GENERAL_QUESTIONS, {})
+    general = cached.general if general is None else tuple(general)
+    changed = os.path.exists(path) and general != cached.general
+    cached.general = general
 
     def stale(c: str) -> bool:
         qs, rep = cached.specific.get(c), cached.report.get(c, {})
@@ -336,9 +354,10 @@ def load_or_generate(
 
     todo = [c for c in class_names if stale(c)]
     if todo:
-        new = generate_questions(todo, ask=ask, n=n, max_attempts=max_attempts)
+        new = generate_questions(todo, ask=ask, n=n, max_attempts=max_attempts, general=general)
         cached.specific |= new.specific
         cached.report |= new.report
+    if todo or changed:
         save_questions(path, cached)
     specific = {c: cached.specific[c][:n] for c in class_names}
     return Questions(cached.general, specific, {c: cached.report[c] for c in class_names})

@@ -9,7 +9,9 @@ writes (atomically, via `vl_jax.fileio.atomic_open`; on the writer process only,
   flagged, consistent, total`` and, when the ground truth is known (injected dirt),
   ``is_dirty, dirt_kind`` (``""`` for clean samples);
 - ``metrics.json``: counts (``skipped``: samples left out because their image could not be
-  read), the threshold, the config summary and — with ground truth — TPR,
+  read; ``dropped_answers``: empty answers left out under the official protocol), the
+  threshold, the protocol (``protocol``: its name, general questions, empty-answer rule and
+  detection rule; ``rule``) and the config summary and — with ground truth — TPR,
   FPR, precision, F1 (at the threshold) and AUROC (threshold-free; "dirtiness" = 1 - score):
   overall, per dirt kind (that kind's samples against all clean samples) and per class (the
   samples that carry the class's label, after corruption);
@@ -35,6 +37,7 @@ import os
 import numpy as np
 
 from vdc_jax.detection import compute_metrics
+from vdc_jax.protocol import OURS, Rules
 from vdc_jax.scoring import Table
 
 __all__ = ["Table", "write_report"]
@@ -54,13 +57,25 @@ def _csv_text(header: list[str], rows) -> str:
 
 
 def write_report(
-    workdir: str, t: Table, *, threshold: float, config_summary: dict | None = None
+    workdir: str,
+    t: Table,
+    *,
+    threshold: float,
+    config_summary: dict | None = None,
+    rules: Rules | None = None,
 ) -> dict:
-    """Writes every output listed in the module docstring; returns the metrics dict."""
-    m = compute_metrics(t)
+    """Writes every output listed in the module docstring; returns the metrics dict.
+
+    `rules`: the protocol's rule set (default ours); metrics.json records it (``protocol``,
+    ``rule``) and its detection rule decides the metrics' flags (`detection.compute_metrics`)."""
+    rules = OURS if rules is None else rules
+    m = compute_metrics(t, rules, threshold)
     m["counts"]["skipped"] = len(t.skipped)
+    if t.dropped is not None:
+        m["counts"]["dropped_answers"] = int(t.dropped.sum())
     m["threshold"] = float(threshold)
-    m["rule"] = "dirty iff score < threshold"
+    m["protocol"] = rules.summary()
+    m["rule"] = rules.rule
     m["config"] = dict(config_summary or {})
     if not is_writer():
         return m

@@ -24,6 +24,7 @@ import numpy as np
 
 from vdc_jax import answers as vae
 from vdc_jax.detection import flag_dirty
+from vdc_jax.protocol import OURS, Rules
 from vdc_jax.vqa import DESCRIBE, AnswerStore, Item, pairs_of
 from vl_jax.data.pipeline import Skipped
 
@@ -46,8 +47,9 @@ class Table:
     score: np.ndarray  # float [M]
     flagged: np.ndarray  # bool [M]
     consistent: np.ndarray  # int [M]
-    total: np.ndarray  # int [M]
+    total: np.ndarray  # int [M] answers counted (empty ones dropped under the official rules)
     n: int
+    dropped: np.ndarray | None = None  # int [M] empty answers left out of the score
     is_dirty: np.ndarray | None = None  # bool [M], when known
     kinds: np.ndarray | None = None  # str [M], "" = clean, when known
     paths: list[str] | None = None  # [M] image files, when known
@@ -64,31 +66,40 @@ def score(
     n: int,
     *,
     block: int = SCORE_BLOCK,
+    rules: Rules | None = None,
 ) -> Table:
     """VAE on the stored answers of `items` -> a `Table` ([M] arrays, M = len(items);
     `n` = the dataset length N, for the label-issue mask).
 
-    Blocks of `block` samples at a time: their answers are read (`AnswerStore.answers`),
-    scored with one batched judge call, and only the per-sample counts are kept."""
+    `rules`: the protocol's rule set (`vdc_jax.protocol.Rules`; default ours). Blocks of
+    `block` samples at a time: their answers are read (`AnswerStore.answers`), scored with one
+    batched judge call, and only the per-sample counts are kept."""
+    rules = OURS if rules is None else rules
     consistent, total = np.zeros(len(items), np.int64), np.zeros(len(items), np.int64)
+    dropped = np.zeros(len(items), np.int64)
     label_names = {}  # class name -> names a description may use (a WordNet scan: once each)
     for lo in range(0, len(items), block):
         part = items[lo : lo + block]
         asked = [(it, q, kind) for it in part for q, kind in pairs_of(it, questions, class_names)]
         got = iter(store.answers([(it.index, it.id, q) for it, q, _ in asked]))
-        per_item = {it.index: ([], []) for it in part}  # (descriptions, yes/no answers)
-        for it, _, kind in asked:
+        # per sample: (descriptions, yes/no answers, yes/no questions)
+        per_item = {it.index: ([], [], []) for it in part}
+        for it, q, kind in asked:
             per_item[it.index][kind != DESCRIBE].append(next(got))
+            if kind != DESCRIBE:
+                per_item[it.index][2].append(q)
         samples = []
         for it in part:
             name = class_names[it.label]
             if name not in label_names:
-                label_names[name] = vae.label_names(name)
-            samples.append(vae.Sample(it.id, name, descriptions=per_item[it.index][0],
-                                      yes_no=per_item[it.index][1], names=label_names[name]))  # fmt: skip
-        results = vae.score_samples(samples, judge=judge)
+                label_names[name] = rules.names(name)
+            desc, yes_no, qs = per_item[it.index]
+            samples.append(vae.Sample(it.id, name, descriptions=desc, yes_no=yes_no,
+                                      names=label_names[name], questions=qs))  # fmt: skip
+        results = vae.score_samples(samples, judge=judge, rules=rules)
         consistent[lo : lo + len(part)] = [sum(r.consistent) for r in results]
         total[lo : lo + len(part)] = [len(r.consistent) for r in results]
+        dropped[lo : lo + len(part)] = [r.dropped for r in results]
     scores = np.divide(consistent, total, out=np.full(len(items), np.nan), where=total > 0)
     return Table(
         index=np.asarray([it.index for it in items], np.int64),
@@ -100,4 +111,5 @@ def score(
         consistent=consistent,
         total=total,
         n=n,
+        dropped=dropped,
     )

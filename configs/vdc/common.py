@@ -1,10 +1,9 @@
 """What every VDC config shares: the full default config, the MLLMs, datasets and attacks.
 
     c = vdc_config()                                   # every field the driver reads
-    a = parse_arg(arg, attack=ATTACK_NAMES, small=False)
+    a = parse_arg(arg, attack=ATTACK_NAMES, **PAPER_FLAGS)
     c.corrupt.attack = a.attack
-    if a.small:
-        c.model.name = MLLMS["small"]
+    paper_setting(c, a)       # InstructBLIP in the official protocol; `,llava` / `,ours` / `,small`
 
 The driver (``vdc_jax.cleanse``) only reads a config; this module is the one place one is
 built. The schema is documented field by field below and in docs/vdc.md.
@@ -16,8 +15,15 @@ import ml_collections
 
 from configs.common import mesh
 
-# The MLLMs of the configs' `small` flag (7b is the default): LLaVA-1.5 and a 0.5B LLaVA.
-MLLMS = {"7b": "llava-hf/llava-1.5-7b-hf", "small": "llava-hf/llava-interleave-qwen-0.5b-hf"}
+# The MLLMs: LLaVA-1.5-7B (the library default), a 0.5B LLaVA (the configs' `small` flag) and
+# the paper's InstructBLIP-Vicuna-7B (the paper configs' default, in the official protocol).
+MLLMS = {
+    "7b": "llava-hf/llava-1.5-7b-hf",
+    "small": "llava-hf/llava-interleave-qwen-0.5b-hf",
+    "instructblip": "Salesforce/instructblip-vicuna-7b",
+}
+# config.protocol: the rule sets of vdc_jax.protocol ("ours" is the default).
+PROTOCOLS = ("ours", "official")
 # The paper's six attacks (vdc_jax.corrupt.ATTACKS).
 ATTACK_NAMES = ("badnets", "blended", "sig", "wanet", "trojannn", "ssba")
 # config arg name -> (get_source name, split, label-specific questions per class)
@@ -73,8 +79,12 @@ def vdc_config() -> ml_collections.ConfigDict:
         batch_size=16,  # images per VQA step (all their questions in one generate call per kind)
         yes_no_tokens=8,  # max new tokens of a yes/no answer
         describe_tokens=64,  # max new tokens of a description
+        min_new_tokens=0,  # stop tokens are banned before this many new tokens (HF meaning)
         num_beams=1,  # 1 = greedy
         repetition_penalty=1.0,
+        length_penalty=1.0,  # beam search: hypothesis score = sum log p / length ** this
+        prompt="chat",  # chat = the model family's template around the question; raw = the
+        # question string itself (InstructBLIP as LAVIS prompts it: the official protocol)
     )
     c.judge = dict(
         kind="llm",  # llm | embedding | none: who decides descriptions without a keyword hit
@@ -85,6 +95,11 @@ def vdc_config() -> ml_collections.ConfigDict:
         embed_threshold=0.25,  # kind="embedding": cosine similarity that counts as consistent
     )
     c.threshold = 0.5  # flag a sample when its consistency score < threshold
+    # ours | official (vdc_jax.protocol): the answer-evaluation rules and general questions.
+    # official = the paper code's rules (substring "yes", any-token descriptions, empty answers
+    # dropped, "Caption"/"Labels" judge, dirty detected at score <= threshold in the metrics);
+    # set the paper's decoding with `official_protocol` below, not by this field alone.
+    c.protocol = "ours"
     c.mesh = mesh()  # data x model devices (vl_jax.parallel.mesh_from_config)
     return c
 
@@ -97,6 +112,57 @@ def tfds_config(dataset: str) -> ml_collections.ConfigDict:
     c.data.name, c.data.split, c.vqg.n = DATASETS[dataset]
     c.corrupt.target = 0
     return c
+
+
+def official_protocol(c: ml_collections.ConfigDict, mllm: str = "instructblip"):
+    """The paper's pipeline: the official rules (``c.protocol = "official"``) and the official
+    code's decoding for ``mllm``.
+
+    instructblip (the paper's default): InstructBLIP-Vicuna-7B as LAVIS's
+    ``blip2_vicuna_instruct.generate`` runs it — the raw question as the prompt, beam search
+    with 5 beams, repetition penalty 1.5, length penalty 1, min length 1, max length 256. LAVIS
+    calls the language model's ``generate`` with ``inputs_embeds`` only (query outputs +
+    prompt embeddings, no ``input_ids``), so under the transformers it requires (>= 4.28) the
+    output holds only new tokens and max_length / min_length count new tokens: 256 / 1 new
+    tokens here, for descriptions and yes/no answers alike (a shorter yes/no budget could end
+    a beam search differently). See docs/generation.md for how the engine matches it.
+
+    llava: LLaVA-1.5-7B as the official code's LLaVA wrapper runs it — greedy, 512 new
+    tokens, LLaVA's own conversation template around the question (the model was tuned only
+    in that format; a raw question would be out of distribution, and the official wrapper
+    uses the template too).
+    """
+    c.protocol = "official"
+    c.threshold = 0.5
+    c.judge.max_new_tokens = 16  # the official judge's reply is read for "yes" anywhere
+    v = c.vqa
+    if mllm == "instructblip":
+        c.model.name = MLLMS["instructblip"]
+        v.prompt, v.num_beams, v.repetition_penalty, v.length_penalty = "raw", 5, 1.5, 1.0
+        v.min_new_tokens, v.describe_tokens, v.yes_no_tokens = 1, 256, 256
+        v.batch_size = 8  # 5 beams multiply the rows: 8 images x 6 questions x 5 = 240 rows
+    elif mllm == "llava":
+        c.model.name = MLLMS["7b"]
+        v.prompt, v.num_beams, v.repetition_penalty, v.length_penalty = "chat", 1, 1.0, 1.0
+        v.min_new_tokens, v.describe_tokens, v.yes_no_tokens = 0, 512, 512
+    else:
+        raise ValueError(f"official_protocol: mllm must be instructblip or llava, got {mllm!r}")
+    return c
+
+
+def paper_setting(c: ml_collections.ConfigDict, a) -> ml_collections.ConfigDict:
+    """The paper configs' model and protocol flags: default InstructBLIP-Vicuna-7B in the
+    official protocol; ``llava`` = LLaVA-1.5-7B in the official protocol; ``ours`` = our rules
+    and decoding (llava-1.5-7b, the library defaults); ``small`` = the 0.5B LLaVA with ours
+    (``llava,small``: the 0.5B LLaVA in the official protocol)."""
+    if a.ours or (a.small and not a.llava):
+        return use_small(c, a.small)
+    official_protocol(c, "llava" if a.llava else "instructblip")
+    return use_small(c, a.small)
+
+
+# The flags `paper_setting` reads, for parse_arg.
+PAPER_FLAGS = dict(llava=False, ours=False, small=False)
 
 
 def use_small(c: ml_collections.ConfigDict, small: bool) -> ml_collections.ConfigDict:

@@ -3,19 +3,27 @@
     python -m vdc_jax.main --config configs/vdc/imagenet_dog.py:badnets --workdir runs/dog_badnets \
         --config.data.manual_dir /data/ILSVRC2012
 
-Arg: `<attack>[,small]`, attack in badnets / blended / sig / wanet / trojannn / ssba; `small`
-swaps llava-1.5-7b for llava-interleave-qwen-0.5b. As in the paper (§4.1): target class 0,
+Arg: `<attack>[,llava|,ours][,small]`, attack in badnets / blended / sig / wanet / trojannn /
+ssba. Default: the paper's pipeline (InstructBLIP-Vicuna-7B, official protocol); `llava` =
+LLaVA-1.5-7B in the official protocol; `ours` = our rules and decoding (llava-1.5-7b); `small` =
+llava-interleave-qwen-0.5b (with `ours`, or with `llava` in the official protocol). As in the paper (§4.1): target class 0,
 80 poisoned per non-target class -> 720 poisoned, 7,280 clean; 2 + 6 questions per sample.
 The 10 breeds are our stand-in (VDC did not publish its list): see docs/data.md, imagenet_dog10.
 """
 
 from configs.common import parse_arg
-from configs.vdc.common import ATTACK_NAMES, POISON_PER_CLASS, tfds_config, use_small
+from configs.vdc.common import (
+    ATTACK_NAMES,
+    PAPER_FLAGS,
+    POISON_PER_CLASS,
+    paper_setting,
+    tfds_config,
+)
 
 
 def get_config(arg: str = "badnets"):
-    a = parse_arg(arg, attack=ATTACK_NAMES, small=False)
+    a = parse_arg(arg, attack=ATTACK_NAMES, **PAPER_FLAGS)
     c = tfds_config("imagenet_dog")  # imagenet_dog10 train_800, 6 questions per class
     c.corrupt.attack = a.attack
     c.corrupt.poison_per_class = POISON_PER_CLASS["imagenet_dog"]  # 80
-    return use_small(c, a.small)
+    return paper_setting(c, a)
