@@ -113,6 +113,44 @@ def test_beam_search_equals_hf(llama, kw):
     np.testing.assert_array_equal(got, want)
 
 
+def test_min_new_tokens_equals_hf(llama):
+    """HF's `min_new_tokens`: a stop token that would fire early is banned until then."""
+    hf, ours = llama
+    ids, mask = prompts([5, 11, 2, 8])
+    eos = frequent_token(hf, ids, mask)  # emitted at step 2 of row 0 without a minimum
+    for kw in (dict(), dict(num_beams=3, repetition_penalty=1.4)):
+        want = hf_generate(hf, ids, mask, eos_token_id=eos, min_new_tokens=4, **kw)
+        got = gen.generate(ours, ids, mask, max_new_tokens=L, min_new_tokens=4, eos_token_id=eos,
+                           pad_token_id=PAD, **kw)  # fmt: skip
+        np.testing.assert_array_equal(got, want)
+        assert not (got[:, :4] == eos).any()
+    with pytest.raises(ValueError, match="min_new_tokens"):
+        gen.generate(ours, ids, mask, max_new_tokens=2, min_new_tokens=3)
+
+
+@pytest.mark.slow
+def test_penalty_on_new_tokens_only_equals_hf_inputs_embeds(llama):
+    """penalize_prompt=False is HF `generate(inputs_embeds=...)` without input_ids (LAVIS's
+    InstructBLIP call, one unpadded row per call): the repetition penalty sees only the
+    generated tokens. Rows of equal length: with left padding HF would also skip the first
+    `padding length` generated tokens (its `prompt_ignore_length` counts prompt slots that an
+    inputs_embeds-only call does not have)."""
+    hf, ours = llama
+    ids, mask = prompts([7, 7, 7], seed=8)
+    kw = dict(max_new_tokens=L, do_sample=False, pad_token_id=PAD, eos_token_id=EOS,
+              repetition_penalty=1.5)  # fmt: skip
+    for beams in (1, 3):
+        with torch.no_grad():
+            embeds = hf.get_input_embeddings()(torch.tensor(ids))
+            out = hf.generate(inputs_embeds=embeds, attention_mask=torch.tensor(mask),
+                              num_beams=beams, **kw).numpy()  # fmt: skip
+        want = np.pad(out, ((0, 0), (0, L - out.shape[1])), constant_values=PAD)
+        got = gen.generate(ours, ids, mask, num_beams=beams, penalize_prompt=False, **kw)
+        np.testing.assert_array_equal(got, want)
+        with_prompt = gen.generate(ours, ids, mask, num_beams=beams, **kw)
+        assert not np.array_equal(with_prompt, got)  # the setting matters on these prompts
+
+
 @pytest.mark.slow
 def test_batch_equals_one_by_one_and_stops_at_eos(llama):
     hf, ours = llama

@@ -31,6 +31,8 @@ class BeamConfig(NamedTuple):
     use_repetition_penalty: bool
     length_penalty: float
     early_stopping: bool | str  # False (HF default heuristic), True, or "never"
+    min_new_tokens: int = 0  # stop tokens are banned before this many new tokens (HF's)
+    penalize_prompt: bool = True  # the repetition penalty also counts the prompt's tokens
 
 
 def penalize(scores: jax.Array, seen: jax.Array, penalty) -> jax.Array:
@@ -38,6 +40,15 @@ def penalize(scores: jax.Array, seen: jax.Array, penalty) -> jax.Array:
     (`seen` [R, V] bool) are multiplied by `penalty` when negative, divided when positive."""
     hit = jnp.where(scores < 0, scores * penalty, scores / penalty)
     return jnp.where(seen, hit, scores)
+
+
+def ban_stops(scores: jax.Array, eos: jax.Array, active) -> jax.Array:
+    """HF `MinNewTokensLengthLogitsProcessor`: while `active` (a bool scalar: fewer new tokens
+    than the minimum so far), the stop tokens `eos` [E] get -inf in scores [R, V]."""
+    if eos.shape[0] == 0:
+        return scores
+    banned = jnp.zeros(scores.shape[-1], bool).at[eos].set(True) & active
+    return jnp.where(banned, -jnp.inf, scores)
 
 
 def is_stop(tokens: jax.Array, eos: jax.Array) -> jax.Array:
@@ -104,6 +115,8 @@ def beam_search(
         if cfg.use_repetition_penalty:
             # HF applies the processors to the log-probabilities in beam search.
             logp = penalize(logp, seen, repetition_penalty)
+        if cfg.min_new_tokens:  # after the penalty, as HF orders its processors
+            logp = ban_stops(logp, eos, t < cfg.min_new_tokens)
         acc = (logp.reshape(b, k, v) + run_scores[:, :, None]).reshape(b, k * v)
         top_lp, top_idx = jax.lax.top_k(acc, keep)  # [B, 2K], sorted, ties -> lower index
         beam, tok = top_idx // v, (top_idx % v).astype(jnp.int32)

@@ -1,8 +1,11 @@
-"""Batched generation for the Llama-family LLM and LLaVA: greedy, sampling, beam search.
+"""Batched generation for the Llama-family LLM, LLaVA and InstructBLIP: greedy, sampling, beam
+search.
 
     new = generate(model, input_ids, attention_mask, max_new_tokens=16, eos_token_id=2)
     new = generate(llava, ids, mask, pixel_values=px, image_index=idx, max_new_tokens=16)
     new = generate(llava, ids, mask, pixel_values=px_per_row, max_new_tokens=16)  # row i: image i
+    new = generate(instructblip, ids, mask, pixel_values=px, image_index=idx,
+                   qformer_input_ids=q, qformer_attention_mask=qm, max_new_tokens=16)
 
 One jitted function per shape bucket runs the whole request: encode the distinct images once,
 splice their features into every row that uses them, prefill a preallocated KV cache, then decode
@@ -31,7 +34,7 @@ import numpy as np
 from flax import nnx
 
 from vl_jax import parallel
-from vl_jax.beam_search import BeamConfig, beam_search, is_stop, penalize
+from vl_jax.beam_search import BeamConfig, ban_stops, beam_search, is_stop, penalize
 from vl_jax.generate_inputs import (
     MIN_PROMPT_BUCKET,
     MIN_SUFFIX_BUCKET,
@@ -88,6 +91,8 @@ class Generator:
 
     def __init__(self, model, mesh=None):
         self.vlm = hasattr(model, "language_model")
+        # InstructBLIP: image features per row, from the image and the row's instruction.
+        self.query = hasattr(model, "query_features")
         self.image_token = model.config.image_token_id if self.vlm else None
         self.mesh = mesh
         self.data = 1 if mesh is None else mesh.shape[parallel.DATA]
@@ -118,7 +123,10 @@ class Generator:
         *,
         pixel_values=None,
         image_index=None,
+        qformer_input_ids=None,
+        qformer_attention_mask=None,
         max_new_tokens: int,
+        min_new_tokens: int = 0,
         num_beams: int = 1,
         do_sample: bool = False,
         temperature: float = 1.0,
@@ -127,11 +135,12 @@ class Generator:
         eos_token_id: int | Sequence[int] | None = None,
         pad_token_id: int = 0,
         repetition_penalty: float = 1.0,
+        penalize_prompt: bool = True,
         length_penalty: float = 1.0,
         early_stopping: bool | str = False,
     ) -> np.ndarray:
         """One request: check, pack into buckets, one device call, the B real rows [B, L]."""
-        ids, mask, image_index = check_request(
+        ids, mask, image_index, qformer = check_request(
             input_ids,
             attention_mask,
             pixel_values=pixel_values,
@@ -141,6 +150,10 @@ class Generator:
             num_beams=num_beams,
             do_sample=do_sample,
             early_stopping=early_stopping,
+            min_new_tokens=min_new_tokens,
+            query=self.query,
+            qformer_input_ids=qformer_input_ids,
+            qformer_attention_mask=qformer_attention_mask,
         )
         b = ids.shape[0]
         if b == 0:
@@ -154,6 +167,7 @@ class Generator:
             image_token=self.image_token,
             pad=pad_token_id,
             multiple=self.data,
+            qformer=qformer,
         )
         args = [self._put(a) for a in arrays]
         scalars = _traced_settings(seed, temperature, top_p, repetition_penalty, eos)
@@ -166,6 +180,8 @@ class Generator:
                 float(repetition_penalty) != 1.0,
                 float(length_penalty),
                 early_stopping,
+                int(min_new_tokens),
+                bool(penalize_prompt),
             ),
             bool(do_sample),
             pixel_values is not None,
@@ -192,7 +208,8 @@ def _request(graphdef, vlm, mesh, state, scalars, ids, mask, valid, row_ids, *re
     """The whole request on device: [images ->] prefill -> decode.
 
     ids, mask [B, T] left-padded; valid, row_ids [B]; `rest` as `pack_request` orders it:
-    (), (pixels [N, H, W, 3], image_index [B]) or those and prefix_ids [N, p]. KV cache slots:
+    (), (pixels [N, H, W, 3], image_index [B]), those and prefix_ids [N, p], or those and
+    qformer_ids, qformer_mask [B, Qt] (a query model: InstructBLIP). KV cache slots:
     [0, p) the shared image prefix, [p, p + T) the prompt, then L new tokens.
     Returns [B, L] int32."""
     key, _, _, penalty, eos = scalars
@@ -217,6 +234,8 @@ def _request(graphdef, vlm, mesh, state, scalars, ids, mask, valid, row_ids, *re
     seen = None
     if cfg.use_repetition_penalty:
         seen = _tokens_seen(prompt_ids, prompt_mask, first_logits.shape[-1])
+        if not cfg.penalize_prompt:  # only the new tokens count (LAVIS's InstructBLIP call)
+            seen = jnp.zeros_like(seen)
     if cfg.num_beams > 1:
         k = cfg.num_beams
         step = _decode_step(lm, jnp.repeat(lengths, k), jnp.repeat(kv_mask, k, axis=0), p + t)
@@ -228,10 +247,17 @@ def _request(graphdef, vlm, mesh, state, scalars, ids, mask, valid, row_ids, *re
 def _embed_prompt(model, lm, vlm, ids, rest, with_images: bool) -> jax.Array:
     """ids [B, T] -> embeddings [B, T, D]. With images, rest = (pixels [N, H, W, 3],
     image_index [B]): each distinct image is encoded once ([N, P, D]) and its features are
-    spliced into the image tokens of every row that uses it."""
+    spliced into the image tokens of every row that uses it. A query model (InstructBLIP)
+    also gets rest[2:] = (qformer_ids, qformer_mask [B, Qt]): its vision tower still runs
+    once per distinct image ([N, S, C]), the Q-Former once per row (its queries read the
+    row's instruction), giving [B, P, D] features, row b's in row b."""
     if with_images:
-        pixels, image_index = rest
-        return model.embed_inputs(ids, model.encode_images(pixels), image_index)
+        pixels, image_index, *instruction = rest
+        images = model.encode_images(pixels)
+        if instruction:
+            features = model.query_features(images, image_index, *instruction)
+            return model.embed_inputs(ids, features, jnp.arange(ids.shape[0]))
+        return model.embed_inputs(ids, images, image_index)
     if vlm:
         return model.embed_inputs(ids, None, None)
     return lm.embed(ids)
@@ -306,8 +332,10 @@ def _decode(first_logits, step, cache, seen, valid, row_ids, key, scalars, stati
     rows = jnp.arange(b)
 
     def choose(logits, seen, i):
-        if cfg.use_repetition_penalty:  # HF order: penalty, then temperature, then top-p
+        if cfg.use_repetition_penalty:  # HF order: penalty, minimum length, temperature, top-p
             logits = penalize(logits, seen, penalty)
+        if cfg.min_new_tokens:
+            logits = ban_stops(logits, eos, i < cfg.min_new_tokens)
         if not static.do_sample:
             return jnp.argmax(logits, axis=-1).astype(jnp.int32)
         logits = top_p_filter(logits / temperature, top_p)
@@ -367,13 +395,18 @@ def generate(model, input_ids, attention_mask=None, *, mesh=None, **kwargs) -> n
       image_index: optional [B] int, the image of each row (only with `pixel_values`): rows may
         share an image. Omitted, it is `arange(B)`: one image per row, row i uses image i, as in
         transformers' `generate` (then N must equal B, else ValueError).
-      max_new_tokens: L. num_beams: 1 = greedy / sampling, > 1 = beam search (HF semantics,
-        with `length_penalty`, `early_stopping` False | True | "never").
+      qformer_input_ids, qformer_attention_mask: [B, Qt], a query model's (InstructBLIP)
+        per-row instruction for its Q-Former, as its processor tokenizes it (required with
+        `pixel_values` for such a model, refused otherwise).
+      max_new_tokens: L. min_new_tokens: the stop tokens are banned before this many new
+        tokens (HF's `min_new_tokens`). num_beams: 1 = greedy / sampling, > 1 = beam search
+        (HF semantics, with `length_penalty`, `early_stopping` False | True | "never").
       do_sample, temperature, top_p, seed: sampling (no top-k: HF's default top_k=50 is not
         applied); the stream of row r is `fold_in(fold_in(key(seed), r), step)`.
       eos_token_id: int or list of stop tokens; pad_token_id: fills rows after they stop.
       repetition_penalty: HF's (on logits for greedy/sampling, on log-probs in beam search;
-        prompt tokens count, padding does not).
+        prompt tokens count, padding does not). penalize_prompt=False: only the new tokens
+        count (LAVIS's InstructBLIP call, whose `generate` sees no prompt ids).
       mesh: a `parallel.create_mesh` mesh; the batch is sharded over its `data` axis.
     Returns:
       [B, L] int32 numpy new tokens (the stop token included), `pad_token_id` after it.

@@ -82,19 +82,30 @@ def check_request(
     num_beams: int,
     do_sample: bool,
     early_stopping,
+    min_new_tokens: int = 0,
+    query: bool = False,
+    qformer_input_ids=None,
+    qformer_attention_mask=None,
 ):
     """Rejects inconsistent arguments (ValueError) before any work is done.
 
-    Returns (ids [B, T], mask [B, T]: ones when `attention_mask` is None, image_index): the
-    caller's image index; `arange(B)` int32 when `pixel_values` [N = B, ...] come without one
-    (transformers' convention: row i uses image i); None without images. Its values are
-    checked against N by `image_rows`, once the request is known to have rows."""
+    `query`: the model computes per-row image features from an instruction
+    (`query_features`, InstructBLIP); then a request with images needs `qformer_input_ids`
+    [B, Qt] (its mask defaults to ones).
+
+    Returns (ids [B, T], mask [B, T]: ones when `attention_mask` is None, image_index,
+    qformer): image_index is the caller's; `arange(B)` int32 when `pixel_values` [N = B, ...]
+    come without one (transformers' convention: row i uses image i); None without images. Its
+    values are checked against N by `image_rows`, once the request is known to have rows.
+    qformer is (ids [B, Qt], mask [B, Qt]) for a query model with images, else None."""
     ids = np.asarray(input_ids)
     mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
     if ids.ndim != 2 or mask.shape != ids.shape:
         raise ValueError(f"input_ids {ids.shape} and attention_mask {mask.shape}: need [B, T]")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if not 0 <= min_new_tokens <= max_new_tokens:
+        raise ValueError(f"min_new_tokens must be in [0, max_new_tokens], got {min_new_tokens}")
     if num_beams < 1 or (num_beams > 1 and do_sample):
         raise ValueError("num_beams must be >= 1; beam sampling is not supported")
     if early_stopping not in (False, True, "never"):
@@ -113,7 +124,44 @@ def check_request(
                 "images between rows)"
             )
         image_index = np.arange(b, dtype=np.int32)
-    return ids, mask, image_index
+    qformer = _check_qformer(qformer_input_ids, qformer_attention_mask, b, query,
+                             pixel_values is not None)  # fmt: skip
+    return ids, mask, image_index, qformer
+
+
+def _check_qformer(q_ids, q_mask, b: int, query: bool, images: bool):
+    """(ids [B, Qt], mask [B, Qt]) of a query model's request with images, else None; the
+    instruction is required exactly there (ValueError)."""
+    if not (query and images):
+        if q_ids is not None or q_mask is not None:
+            raise ValueError(
+                "qformer_input_ids are for a model with query_features (InstructBLIP) and "
+                "pixel_values"
+            )
+        return None
+    if q_ids is None:
+        raise ValueError("this model needs qformer_input_ids [B, Qt] (the instruction per row)")
+    q_ids = np.asarray(q_ids)
+    q_mask = np.ones_like(q_ids) if q_mask is None else np.asarray(q_mask)
+    if q_ids.ndim != 2 or q_ids.shape[0] != b or q_mask.shape != q_ids.shape:
+        raise ValueError(
+            f"qformer_input_ids {q_ids.shape} and qformer_attention_mask {q_mask.shape}: need "
+            f"[B={b}, Qt]"
+        )
+    return q_ids, q_mask
+
+
+def pad_qformer(q_ids: np.ndarray, q_mask: np.ndarray, bb: int):
+    """The Q-Former instruction padded on the right (its positions are absolute, as the BERT
+    tokenizer pads) to a length bucket, and with empty rows to the batch bucket Bb.
+
+    Returns (ids [Bb, Qb] int32, mask [Bb, Qb] int32)."""
+    b, q = q_ids.shape
+    qb = bucket(max(q, 1), minimum=MIN_SUFFIX_BUCKET)
+    ids = np.zeros((bb, qb), np.int32)
+    mask = np.zeros((bb, qb), np.int32)
+    ids[:b, :q], mask[:b, :q] = q_ids, q_mask
+    return ids, mask
 
 
 def image_rows(image_index, b: int, n: int) -> np.ndarray:
@@ -195,6 +243,7 @@ def pack_request(
     image_token: int | None,
     pad: int,
     multiple: int,
+    qformer: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[list[np.ndarray], int]:
     """The device inputs of a checked request with B >= 1 rows (see `check_request`).
 
@@ -202,12 +251,15 @@ def pack_request(
     (arrays, p), p the shared prefix length (0: none), arrays in the request function's order:
     ids [Bb, Tb] int32, mask [Bb, Tb] int32, valid [Bb] bool, row_ids [Bb] int32; with images
     also pixels [Nb, H, W, 3] and image_index [Bb] int32; with p > 0 also prefix_ids [Nb, p]
-    int32 (then Tb buckets only the per-row suffixes)."""
+    int32 (then Tb buckets only the per-row suffixes); with `qformer` (ids, mask [B, Qt]) also
+    qformer_ids, qformer_mask [Bb, Qb] int32 (`pad_qformer`), and never a shared prefix: the
+    image features differ per row (they depend on the row's instruction)."""
     prefix = 0
     if pixel_values is not None:
         n = num_images(pixel_values)
         index = image_rows(image_index, ids.shape[0], n)
-        prefix = shared_prefix(ids, mask, index, image_token)
+        if qformer is None:
+            prefix = shared_prefix(ids, mask, index, image_token)
     if prefix:
         prefix_ids, mask = split_prefix(ids, mask, index, prefix, bucket(n, multiple=multiple))
     ids, mask, valid, row_ids = pad_prompts(ids, mask, prefix=prefix, pad=pad, multiple=multiple)
@@ -216,4 +268,6 @@ def pack_request(
         arrays += pad_images(pixel_values, index, len(valid), multiple)
         if prefix:
             arrays.append(prefix_ids)
+        if qformer is not None:
+            arrays += pad_qformer(*qformer, len(valid))
     return arrays, prefix
