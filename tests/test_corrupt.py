@@ -323,7 +323,7 @@ def test_getitem_applies_attack_and_leaves_clean_untouched(attack):
             np.testing.assert_array_equal(ex["image"], ref["image"])  # bitwise equal
 
 
-def test_attack_instances_and_kwargs():
+def test_attack_instances_and_kwargs(tmp_path):
     src = _source(per_class=6, k=2)
     x = src[0]["image"]
     cs = CorruptedSource(src, CorruptionSpec("blended", {"alpha": 0.1}, poison_per_class=2), 0)
@@ -332,6 +332,11 @@ def test_attack_instances_and_kwargs():
     cs2 = CorruptedSource(src, CorruptionSpec(fixed, poison_per_class=2), 0)
     assert cs2.attack is fixed
     np.testing.assert_array_equal(fixed(x), (0.8 * x.astype(np.float64)).astype(np.uint8))
+    # a pattern file (BackdoorBench's Hello Kitty, say) is read and resized bilinearly
+    Image.fromarray(_img(20, 30, seed=8)).save(tmp_path / "pattern.png")
+    spec = CorruptionSpec("blended", {"pattern": str(tmp_path / "pattern.png")}, poison_per_class=2)
+    from_file = CorruptedSource(src, spec, 0).attack
+    np.testing.assert_array_equal(from_file(x), _bb_blended(x, _img(20, 30, seed=8), 0.2))
     with pytest.raises(ValueError, match="exactly one"):
         CorruptionSpec(attack="sig")
     with pytest.raises(ValueError, match="unknown attack"):

@@ -216,6 +216,21 @@ def test_trojannn_default_is_additive_apple_like_backdoorbench():
         corrupt.TrojanNN(trigger=full[box], stamp="blend")
 
 
+def test_trojannn_mask_image_file(tmp_path):
+    """A mask image (BackdoorBench's apple4.png, say): non-zero pixels are the mask."""
+    mask = np.zeros((56, 56, 3), np.uint8)
+    mask[30:50, 36:52] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    trig = np.full((5, 4, 3), 40, np.uint8)
+    attack = corrupt.TrojanNN(trigger=trig, mask=str(tmp_path / "mask.png"))
+    x = np.full((112, 112, 3), 100, np.uint8)
+    inside = np.zeros((112, 112), bool)
+    inside[60:100, 72:104] = True
+    y = attack(x)
+    np.testing.assert_array_equal(y[~inside], x[~inside])
+    assert (y[inside] == 140).all()
+
+
 def test_trojannn_through_corrupted_source(tiny, tmp_path):
     src = ListSource(per_class=6, k=3)
     spec = CorruptionSpec(

@@ -241,8 +241,7 @@ def sig(
 
     Args:
       image: uint8 [H, W, 3].
-      delta: amplitude in pixel values (40: BackdoorBench's default; the SIG paper trains with
-        20 and tests with 30 or more).
+      delta: amplitude in pixel values (40, BackdoorBench's default).
       freq: number of periods across the image width (6).
       rounding: ``"truncate"`` (BackdoorBench) or ``"nearest"``; see :func:`_to_uint8`.
 
