@@ -106,8 +106,9 @@ def vision_calls(blip):
     "kw",
     [
         dict(),
-        pytest.param(dict(num_beams=5, repetition_penalty=1.5, length_penalty=1.3),
-                     marks=pytest.mark.slow),
+        pytest.param(
+            dict(num_beams=5, repetition_penalty=1.5, length_penalty=1.3), marks=pytest.mark.slow
+        ),
     ],
     ids=["greedy", "beam5"],
 )
@@ -126,7 +127,7 @@ def test_equals_hf_several_questions_per_image(blip, vision_calls, kw):
 
 def test_request_checks(blip):
     _, ours, pixels = blip
-    ids, mask, q_ids, q_mask = requests([3, 4], [2, 3])
+    ids, mask, q_ids, _ = requests([3, 4], [2, 3])
     with pytest.raises(ValueError, match="needs qformer_input_ids"):
         gen.generate(ours, ids, mask, pixel_values=pixels[:2], max_new_tokens=2)
     with pytest.raises(ValueError, match=r"need \[B=2, Qt\]"):
