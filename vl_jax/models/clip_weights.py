@@ -64,7 +64,10 @@ def _open_clip_qkv(o: str, t: str, d: int, h: int) -> list[Rule]:
     ]
 
 
-def _encoder(ours: str, theirs: str, e: EncoderConfig, names: dict, qkv_rules) -> list[Rule]:
+def encoder_rules(ours: str, theirs: str, e: EncoderConfig, names: dict, qkv_rules) -> list[Rule]:
+    """A `transformer.Encoder` under `ours` <- its blocks under `theirs`, with per-block key
+    `names` (as `_HF_BLOCK`) and `qkv_rules(ours_block, theirs_block, width, heads)` for the
+    q/k/v projection, which each format stores its own way."""
     d, h = e.width, e.heads
     rules = []
     for i in range(e.layers):
@@ -84,11 +87,11 @@ def _encoder(ours: str, theirs: str, e: EncoderConfig, names: dict, qkv_rules) -
 
 
 def hf_encoder_rules(ours: str, theirs: str, e: EncoderConfig) -> list[Rule]:
-    return _encoder(ours, theirs, e, _HF_BLOCK, _hf_qkv)
+    return encoder_rules(ours, theirs, e, _HF_BLOCK, _hf_qkv)
 
 
 def _open_clip_encoder(ours: str, theirs: str, e: EncoderConfig) -> list[Rule]:
-    return _encoder(ours, theirs, e, _OPEN_CLIP_BLOCK, _open_clip_qkv)
+    return encoder_rules(ours, theirs, e, _OPEN_CLIP_BLOCK, _open_clip_qkv)
 
 
 def hf_vision_tower_rules(v: VisionConfig, ours: str = "vision", theirs: str = "vision_model"):

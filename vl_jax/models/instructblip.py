@@ -101,8 +101,8 @@ class InstructBLIPConfig:
         )
         if c.image_token_index is None:
             raise ValueError(
-                "InstructBLIP config.json has no image_token_index (a checkpoint for "
-                "transformers < 4.47 processors); set it to the tokenizer's <image> id"
+                "InstructBLIP config.json has no image_token_index (an older conversion); set it "
+                "to the id of the tokenizer's <image> token"
             )
         return cls(
             vision=vision,
@@ -230,53 +230,58 @@ class InstructBLIP(nnx.Module):
 # ---- checkpoints -------------------------------------------------------------------------------
 
 
-def _qkv_bias(ours: str, theirs: str, v: VisionConfig, split_qv: bool) -> Rule:
-    """HF `self_attn.qkv.bias` [3C] = [q_bias, 0, v_bias] -> [3, heads, E]; or (LAVIS-style key
+# Per-block key names of `InstructBlipEncoderLayer` (clip_weights' table, BLIP's names).
+_HF_BLOCK = dict(
+    blocks="layers",
+    ln1="layer_norm1",
+    ln2="layer_norm2",
+    out="self_attn.projection",
+    fc1="mlp.fc1",
+    fc2="mlp.fc2",
+)
+
+
+def _qkv_rules(split_qv: bool):
+    """The fused q/k/v of a block: HF `self_attn.qkv.weight` [3C, C] -> [C, 3, heads, E], and
+    `self_attn.qkv.bias` [3C] = [q_bias, 0, v_bias] -> [3, heads, E]; or (LAVIS-style key
     names, `split_qv`) `self_attn.q_bias` and `self_attn.v_bias` [C] with the k part zero."""
-    c, h = v.encoder.width, v.encoder.heads
-    if not split_qv:
-        return split_rows(ours, f"{theirs}.qkv.bias", (3, h, c // h), transpose=False)
 
-    def to_ours(q, val):
-        return np.stack([q, np.zeros_like(q), val]).reshape(3, h, c // h)
+    def rules(o: str, t: str, c: int, h: int) -> list[Rule]:
+        a, e = f"{t}.self_attn", c // h
+        weight = split_rows(f"{o}.attn.qkv", f"{a}.qkv.weight", (c, 3, h, e), transpose=True)
+        if not split_qv:
+            bias = split_rows(f"{o}.attn.qkv_bias", f"{a}.qkv.bias", (3, h, e), transpose=False)
+            return [weight, bias]
 
-    def to_ckpt(a):
-        a = a.reshape(3, c)
-        return a[0], a[2]
+        def to_ours(q, v):
+            return np.stack([q, np.zeros_like(q), v]).reshape(3, h, e)
 
-    return Rule(ours, (f"{theirs}.q_bias", f"{theirs}.v_bias"), to_ours, to_ckpt)
+        def to_ckpt(b):
+            b = b.reshape(3, c)
+            return b[0], b[2]
+
+        bias = Rule(f"{o}.attn.qkv_bias", (f"{a}.q_bias", f"{a}.v_bias"), to_ours, to_ckpt)
+        return [weight, bias]
+
+    return rules
 
 
 def vision_rules(v: VisionConfig, ours: str, theirs: str, split_qv: bool = False) -> list[Rule]:
     """Our VisionTower under `ours` <- HF `InstructBlipVisionModel` keys under `theirs`."""
-    c, h = v.encoder.width, v.encoder.heads
-    n = v.num_patches + 1
+    c, n = v.encoder.width, v.num_patches + 1
     e = f"{theirs}.embeddings"
-    rules = [
+    return [
         clip_weights.patch_embed_rule(
             f"{ours}.patch_embed.kernel", f"{e}.patch_embedding.weight", v
         ),
         copy(f"{ours}.patch_embed.bias", f"{e}.patch_embedding.bias"),
         reshaped(f"{ours}.cls", f"{e}.class_embedding", (c,), (1, 1, c)),
         reshaped(f"{ours}.pos", f"{e}.position_embedding", (n, c), (1, n, c)),
+        *clip_weights.encoder_rules(
+            f"{ours}.encoder", f"{theirs}.encoder", v.encoder, _HF_BLOCK, _qkv_rules(split_qv)
+        ),
         *clip_weights.layer_norm_rules(f"{ours}.ln_post", f"{theirs}.post_layernorm"),
     ]
-    for i in range(v.encoder.layers):
-        o, t = f"{ours}.encoder.layers.{i}", f"{theirs}.encoder.layers.{i}"
-        a = f"{t}.self_attn"
-        rules += [
-            split_rows(f"{o}.attn.qkv", f"{a}.qkv.weight", (c, 3, h, c // h), transpose=True),
-            _qkv_bias(f"{o}.attn.qkv_bias", a, v, split_qv),
-            reshaped(f"{o}.attn.out", f"{a}.projection.weight", (h, c // h, c), (c, c), (1, 0)),
-            copy(f"{o}.attn.out_bias", f"{a}.projection.bias"),
-            linear(f"{o}.mlp.fc1.kernel", f"{t}.mlp.fc1.weight"),
-            copy(f"{o}.mlp.fc1.bias", f"{t}.mlp.fc1.bias"),
-            linear(f"{o}.mlp.fc2.kernel", f"{t}.mlp.fc2.weight"),
-            copy(f"{o}.mlp.fc2.bias", f"{t}.mlp.fc2.bias"),
-            *clip_weights.layer_norm_rules(f"{o}.ln1", f"{t}.layer_norm1"),
-            *clip_weights.layer_norm_rules(f"{o}.ln2", f"{t}.layer_norm2"),
-        ]
-    return rules
 
 
 def hf_rules(cfg: InstructBLIPConfig, split_qv: bool = False) -> list[Rule]:
