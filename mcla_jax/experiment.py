@@ -23,9 +23,11 @@ stage that needs it is not cached.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import ml_collections
 import numpy as np
@@ -40,6 +42,9 @@ from vl_jax.fileio import atomic_open
 from vl_jax.metrics import clustering_metrics, confusion_matrix, hungarian_match
 from vl_jax.models import tiny
 from vl_jax.models.loaded import ClipCheckpoint
+
+if TYPE_CHECKING:
+    from mcla_jax.prompts import PromptText
 
 TRAINED = tuple(methods.METHODS)
 ALL_METHODS = (*TRAINED, "tac_notrain", "kmeans", "zeroshot")
@@ -78,6 +83,8 @@ class PreparedInputs:
     te: np.ndarray
     knn_img: np.ndarray
     knn_txt: np.ndarray | None
+    raw: np.ndarray | None = None  # raw train image features (prompt learning)
+    text: PromptText | None = None  # the prompt-learning text path (MCLA, prompt.enabled)
 
 
 # ------------------------------------------------------------------------------------ stages
@@ -137,20 +144,30 @@ def noun_space(config, workdir: str, clip: ClipCheckpoint, train_u: np.ndarray, 
     from mcla_jax.noun_embeddings import embed_nouns, vocabulary_mask
 
     table = wordnet.load()
+    k, kind = int(config.train.num_clusters), config.space.kind
+    # The noun texts (TAC: every lemma of every synset) and how prompt embeddings combine
+    # (docs/mcla.md, "SIC and TAC in this framework").
+    pool_kind, combine = str(config.space.get("pool", "synsets")), config.space.get("combine")
+    if pool_kind not in wordnet.POOLS or (pool_kind != "synsets" and kind == "mcla"):
+        raise ConfigError(f"config.space.pool must be one of {wordnet.POOLS} (mcla: synsets), "
+                          f"got {pool_kind!r}")  # fmt: skip
+    pool = wordnet.noun_pool(pool_kind, table)
     # Optional vocabulary filter: only nouns the tokenizer spells in <= max_tokens tokens.
     cand = None
     if int(config.space.max_tokens) > 0:
-        cand = vocabulary_mask(clip, table.lemmas, int(config.space.max_tokens))
+        cand = vocabulary_mask(clip, pool.texts, int(config.space.max_tokens))
         print(f"vocabulary filter: {int(cand.sum())} of {len(cand)} nouns", file=sys.stderr)
     emb, _ = embed_nouns(
-        clip, list(table.lemmas), prompts=config.space.prompts,
+        clip, list(pool.texts), prompts=config.space.prompts, combine=combine or "normalized",
         cache_dir=config.space.cache_dir or None, mesh=mesh,
     )  # fmt: skip
-    k, kind = int(config.train.num_clusters), config.space.kind
     x = methods.prepare(train_u, "normalize")[0]
     if kind == "sic":
-        space = semantic_space.sic_space(x, emb, n_clusters=k, gamma_r=int(config.space.gamma_r),
-                                         gamma_u=float(config.space.gamma_u), candidates=cand)  # fmt: skip
+        raw = config.space.get("sic_kmeans", "normalized") == "raw"  # SIC's code: raw features
+        space = semantic_space.sic_space(train_u if raw else x, emb, n_clusters=k,
+                                         gamma_r=int(config.space.gamma_r),
+                                         gamma_u=float(config.space.gamma_u), candidates=cand,
+                                         raw_kmeans=raw)  # fmt: skip
     elif kind == "tac":
         space = semantic_space.tac_space(x, emb, per_centre=int(config.space.tac_per_centre),
                                          candidates=cand)  # fmt: skip
@@ -164,13 +181,14 @@ def noun_space(config, workdir: str, clip: ClipCheckpoint, train_u: np.ndarray, 
     if len(space) == 0:
         raise ConfigError(f"the {kind} semantic space is empty; loosen config.space filters")
     if wd.is_writer():
-        tsv = semantic_space.write_tsv(space, workdir, table)
+        tsv = semantic_space.write_tsv(space, workdir, table, pool)
         os.replace(tsv, os.path.join(workdir, "semantic_space.tsv"))
     return Nouns(emb[space.indices], space)
 
 
 def prepare_inputs(config, train_u, eval_u, nouns: np.ndarray, mesh) -> PreparedInputs:
-    """The :class:`PreparedInputs` of a trained method, computed once for all seeds."""
+    """The :class:`PreparedInputs` of a trained method, computed once for all seeds (without
+    the prompt text path: :func:`prompt_text` adds it)."""
     from vl_jax.cluster import knn
 
     method = methods.get_method(config.train.method)
@@ -184,11 +202,32 @@ def prepare_inputs(config, train_u, eval_u, nouns: np.ndarray, mesh) -> Prepared
         train_lib.build_text_counterparts(eval_u, nouns, tau), method.prepare, tmean
     )[0]
     metric = "l2" if method.name == "sic" else "cosine"  # SIC: L2 on raw features
+    knn_img = knn(u, int(config.knn), metric, mesh=mesh)[0]
+    if config.get("knn_self", False):  # SIC's code: the sample itself is one of its k + 1
+        knn_img = np.concatenate([np.arange(len(u), dtype=knn_img.dtype)[:, None], knn_img], 1)
     return PreparedInputs(
         u=u, t=t, ue=ue, te=te,
-        knn_img=knn(u, int(config.knn), metric, mesh=mesh)[0],
+        knn_img=knn_img,
         knn_txt=knn(t, int(config.knn), "cosine", mesh=mesh)[0] if method.text_knn else None,
     )  # fmt: skip
+
+
+def prompt_text(config, clip: ClipCheckpoint, nouns: Nouns, mesh) -> PromptText | None:
+    """MCLA's prompt-learning text path over the semantic space's nouns (``train.prompt``), or
+    None (other methods, or ``train.prompt.enabled`` false)."""
+    from mcla_jax import wordnet
+    from mcla_jax.prompts import PromptText, prompt_tokens
+
+    if config.train.method != "mcla" or not config.train.prompt.enabled:
+        return None
+    lemmas = wordnet.load().lemmas
+    words = [str(lemmas[i]) for i in nouns.space.indices]
+    try:
+        tokens = prompt_tokens(clip.tokenizer, words, clip.config.text.context_length,
+                               str(config.train.prompt.init))  # fmt: skip
+    except ValueError as e:
+        raise ConfigError(f"config.train.prompt.init: {e}") from None
+    return PromptText(clip.model.text, tokens, mesh, float(config.train.tau.text))
 
 
 def _kmeans_centres(cfg, inputs: PreparedInputs, n_init: int, seed: int, mesh, sic: bool):
@@ -205,9 +244,14 @@ def _kmeans_centres(cfg, inputs: PreparedInputs, n_init: int, seed: int, mesh, s
     return np.asarray(c_img), None if sic else c_txt
 
 
-def fit_trained(config, workdir, seed, inputs: PreparedInputs, nouns, mesh, writer) -> np.ndarray:
+def fit_trained(config, workdir, seed, inputs: PreparedInputs, nouns, mesh, writer,
+                labels=None) -> np.ndarray:  # fmt: skip
     """One seed of a trained method with per-epoch checkpoints (a rerun continues from the last
-    one; checkpoints of other settings are refused); returns the evaluation clusters ``[M]``."""
+    one; checkpoints of other settings are refused); returns the evaluation clusters ``[M]``.
+
+    ``labels`` (evaluation split, only with ``config.report_label_selected``): each epoch's
+    evaluation metrics go to ``seed_<s>/eval_per_epoch.json`` for the label-selected figure
+    (``label_selected``); they select nothing here -- the last epoch is still returned."""
     cfg = ml_collections.ConfigDict(config.train.to_dict())
     cfg.seed = seed
     method = methods.get_method(cfg.method)
@@ -219,7 +263,7 @@ def fit_trained(config, workdir, seed, inputs: PreparedInputs, nouns, mesh, writ
         centres = _kmeans_centres(cfg, inputs, int(config.kmeans_n_init), seed, mesh,
                                   sic=method.name == "sic")  # fmt: skip
     run = train_lib.Trainer(inputs.u, inputs.t, inputs.knn_img, cfg, mesh, knn_txt=inputs.knn_txt,
-                            aux=aux, centres=centres)  # fmt: skip
+                            aux=aux, centres=centres, text=inputs.text, raw=inputs.raw)  # fmt: skip
     u = inputs.u
     meta = wd.fingerprint(config=cfg.to_json(sort_keys=True), n=len(u),
                           features=float(np.sum(u[:64])))  # fmt: skip
@@ -237,7 +281,42 @@ def fit_trained(config, workdir, seed, inputs: PreparedInputs, nouns, mesh, writ
                 rec["epoch"], {f"seed{seed}/{k}": v for k, v in rec.items() if k != "epoch"}
             )
             ck.save(run.epochs_done, run.state())
+            if labels is not None:  # after the checkpoint: a rerun recomputes a lost epoch
+                _record_eval_epoch(workdir, seed, run.epochs_done, labels,
+                                   run.predict(inputs.ue, inputs.te))  # fmt: skip
     return run.predict(inputs.ue, inputs.te)
+
+
+def _eval_epochs(workdir: str, seed: int) -> dict:
+    path = os.path.join(workdir, f"seed_{seed}", "eval_per_epoch.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _record_eval_epoch(workdir: str, seed: int, epoch: int, labels, pred) -> None:
+    """Adds epoch ``epoch``'s evaluation metrics to ``seed_<s>/eval_per_epoch.json`` (writer)."""
+    if not wd.is_writer():
+        return
+    done = {e: m for e, m in _eval_epochs(workdir, seed).items() if int(e) < epoch}
+    done[str(epoch)] = clustering_metrics(labels, pred)
+    runlog.write_json(os.path.join(workdir, f"seed_{seed}", "eval_per_epoch.json"), done)
+
+
+def label_selected(per_epoch: dict, patience: int = 5) -> dict:
+    """SIC's selection rule on ``{epoch: {"acc", "nmi", "ari"}}`` (epochs from 1): keep the
+    epoch of best evaluation ACC, stop after ``patience`` epochs without improvement. It selects
+    with *evaluation labels*: for quoting "as published" only, never as a result."""
+    best, stale = None, 0
+    for e in sorted(per_epoch, key=int):
+        if best is None or per_epoch[e]["acc"] > best["acc"]:
+            best, stale = {"epoch": int(e), **per_epoch[e]}, 0
+        else:
+            stale += 1
+            if stale >= patience:
+                break
+    return best or {}
 
 
 def cluster_one_seed(config, workdir, seed, clip, train: Features, evals: Features, nouns,
@@ -245,10 +324,13 @@ def cluster_one_seed(config, workdir, seed, clip, train: Features, evals: Featur
     """The evaluation split's clusters ``[M]`` of ``config.method`` for one seed."""
     method, k = config.method, int(config.train.num_clusters)
     if method in TRAINED:
-        return fit_trained(config, workdir, seed, inputs, nouns.embeddings, mesh, writer)
+        labels = evals.labels if config.get("report_label_selected", False) else None
+        return fit_trained(config, workdir, seed, inputs, nouns.embeddings, mesh, writer, labels)
     if method == "tac_notrain":
         return baselines.tac_notrain(train.features, evals.features, nouns.embeddings, k, seed,
-                                     config.train.tau.text, mesh)  # fmt: skip
+                                     config.train.tau.text, mesh,
+                                     transductive=bool(config.get("transductive", False)),
+                                     n_init=int(config.kmeans_n_init))  # fmt: skip
     if method == "kmeans":
         return baselines.kmeans_baseline(train.features, evals.features, k, seed,
                                          int(config.kmeans_n_init), mesh)  # fmt: skip
@@ -276,6 +358,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         nouns = noun_space(config, workdir, clip, train.features, mesh)
     if method in TRAINED:
         inputs = prepare_inputs(config, train.features, evals.features, nouns.embeddings, mesh)
+        inputs.text = prompt_text(config, clip, nouns, mesh)
+        inputs.raw = train.features if inputs.text is not None else None
     per_seed, assign = [], {}
     with runlog.MetricWriter(workdir) as writer:
         for seed in seeds:
@@ -307,6 +391,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "std": {m: float(np.std([r[m] for r in per_seed])) for m in ("acc", "nmi", "ari")},
         "seconds": time.perf_counter() - t0,
     }
+    if method in TRAINED and config.get("report_label_selected", False) and wd.is_writer():
+        picked = [{"seed": s, **label_selected(_eval_epochs(workdir, s))} for s in seeds]
+        summary["as_published_label_selected"] = {
+            "note": "NOT a result of this method: the epoch of best evaluation-split ACC, stopping "
+            "after 5 epochs without improvement, as SIC's code selects (it reads the evaluation "
+            "labels). Quoted only to compare with published numbers; nothing here used it.",
+            "per_seed": picked,
+            "mean": {m: float(np.mean([r.get(m, np.nan) for r in picked]))
+                     for m in ("acc", "nmi", "ari")},
+        }  # fmt: skip
     if wd.is_writer():
         _write_outputs(workdir, evals, assign[seeds[0]])
     runlog.write_json(os.path.join(workdir, "metrics.json"), summary)

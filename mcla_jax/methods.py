@@ -130,7 +130,9 @@ def mcla_loss_terms(model, batch: dict, targets: dict, weights: dict, tau: dict,
     pi, pt = _probs(li), _probs(lt)
     w = {k: float(v) for k, v in weights.items()}
     out = {}
-    if w["instance"] and model.adapter is not None:
+    # The instance InfoNCE trains something only when a side of it is learnable: the adapter
+    # (image) or the prompt context (text, through batch["t"]).
+    if w["instance"] and (model.adapter is not None or _has_context(model)):
         out["instance"] = L.instance_alignment(z, batch["t"], tau["instance"])
     if w["consistency"]:
         out["consistency"] = L.cross_modal_consistency(pi, pt)
@@ -152,7 +154,16 @@ def mcla_loss_terms(model, batch: dict, targets: dict, weights: dict, tau: dict,
         )
     if w["entropy"]:
         out["entropy"] = L.entropy_balance(pi) + L.entropy_balance(pt)
-    return _weighted(out, weights, on, gated=("prototype", "semantic")), out
+    total = _weighted({k: v for k, v in out.items() if k != "semantic"}, weights, on,
+                      gated=("prototype",))  # fmt: skip
+    if "semantic" in out:  # gated by the warm-up and by its own (possibly later) start
+        gate = on * targets.get("semantic_on", 1.0)
+        total = total + gate * float(weights["semantic"]) * out["semantic"]
+    return total, out
+
+
+def _has_context(model) -> bool:
+    return getattr(model, "context", None) is not None
 
 
 MCLA = Method(
@@ -181,12 +192,15 @@ class SICModel(nnx.Module):
 def _sic_targets(model, u, t, blocks, aux, m, cfg):
     """SIC's semantic centres: image centre ``v_k`` = mean raw feature of the ``m`` rows with
     the largest logit k; ``h_k`` = normalised mean of the ``aux["nouns"]`` embeddings of the
-    ``cfg.semantic_nouns`` (30) space nouns nearest (cosine) to ``v_k``. ``[K, E]``."""
+    ``cfg.semantic_nouns`` (30) space nouns nearest (cosine) to ``v_k``. ``[K, E]``.
+
+    The mean is over the rows as given: raw text embeddings (``space.combine = "none"``, SIC's
+    code: a noun with a longer embedding weighs more) or unit rows (our variant)."""
     out = epoch_pass(model, u, t, blocks, int(cfg.num_clusters), m=m)
     v = mean_rows(u, out.pop("top"))  # [K, E]
-    nouns = aux["nouns"]  # [M, E] unit rows of the semantic space
+    nouns = aux["nouns"]  # [M, E] the semantic space's noun embeddings (raw or unit rows)
     near_k = min(int(cfg.semantic_nouns), nouns.shape[0])
-    near = jax.lax.top_k(jnp.matmul(v, nouns.T, precision=HI), near_k)[1]
+    near = jax.lax.top_k(jnp.matmul(v, L.l2_normalize(nouns).T, precision=HI), near_k)[1]
     return dict(out, centres=L.l2_normalize(jnp.mean(nouns[near], axis=1)))
 
 
@@ -217,17 +231,90 @@ SIC = Method(
 # -------------------------------------------------------------------------------------- TAC
 
 
-class TACModel(nnx.Module):
-    """TAC's two cluster heads, ``Linear(E, H) - ReLU - Linear(H, K)`` each (TAC's BatchNorm
-    after the first layer is left out, see docs/mcla.md): ``(u, t) -> (u, logits_img,
-    logits_txt)`` on unit image features and text counterparts."""
+class BatchNorm1d(nnx.Module):
+    """``torch.nn.BatchNorm1d`` over ``[B, C]``, with its running statistics as ``nnx.BatchStat``.
 
-    def __init__(self, dim: int, k: int, *, hidden: int = 512, rngs: nnx.Rngs):
-        self.image_head = _head(dim, k, hidden, rngs)
-        self.text_head = _head(dim, k, hidden, rngs)
+    Train mode normalises with the batch mean and biased variance and updates the running mean
+    and the running *unbiased* variance with ``momentum`` (torch's convention: ``r <- (1 - m) r
+    + m b``); eval mode (``model.eval()``: ``use_running_average``) uses the running values.
+    ``nnx.BatchNorm`` keeps the biased variance, so its eval outputs differ from torch's by a
+    factor ``B / (B - 1)`` inside the square root: hence this module. Under ``jax.jit`` with the
+    batch split over the mesh's ``data`` axis, ``jnp.mean`` over the batch is a global mean (XLA
+    inserts the all-reduce), so the statistics are those of the global batch, as on 1 device.
+    """
+
+    def __init__(self, dim: int, *, momentum: float = 0.1, eps: float = 1e-5):
+        self.scale = nnx.Param(jnp.ones(dim, jnp.float32))
+        self.bias = nnx.Param(jnp.zeros(dim, jnp.float32))
+        self.mean = nnx.BatchStat(jnp.zeros(dim, jnp.float32))
+        self.var = nnx.BatchStat(jnp.ones(dim, jnp.float32))
+        self.momentum, self.eps = momentum, eps
+        self.use_running_average = False
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.use_running_average:
+            mean, var = self.mean[...], self.var[...]
+        else:
+            n = x.shape[0]
+            mean = jnp.mean(x, axis=0)
+            var = jnp.mean(jnp.square(x - mean), axis=0)
+            m = self.momentum
+            self.mean[...] = (1.0 - m) * self.mean[...] + m * mean
+            self.var[...] = (1.0 - m) * self.var[...] + m * var * (n / max(n - 1, 1))
+        return (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+
+
+HEAD_INITS = ("trunc_normal", "flax")
+
+
+def _tac_linear(din: int, dout: int, init: str, rngs: nnx.Rngs) -> nnx.Linear:
+    """``init="trunc_normal"`` (TAC's code): weights ``trunc_normal_(std=0.02)`` with torch's
+    *absolute* bounds [-2, 2] (= +-100 std, so effectively N(0, 0.02^2)), biases torch's
+    default ``U(-1/sqrt(din), 1/sqrt(din))``. ``"flax"``: Flax's defaults (LeCun normal, zero
+    bias)."""
+    if init == "flax":
+        return nnx.Linear(din, dout, rngs=rngs)
+    if init != "trunc_normal":
+        raise ValueError(f"unknown head init {init!r}; known: {HEAD_INITS}")
+    bound = 1.0 / np.sqrt(din)
+    return nnx.Linear(
+        din, dout, rngs=rngs,
+        kernel_init=nnx.initializers.truncated_normal(0.02, lower=-2.0 / 0.02, upper=2.0 / 0.02),
+        bias_init=lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+            key, shape, dtype, -bound, bound),
+    )  # fmt: skip
+
+
+def _tac_head(dim: int, k: int, hidden: int, batchnorm: bool, init: str, rngs) -> nnx.Module:
+    """TAC's ``Linear(E, H) - BatchNorm1d(H) - ReLU - Linear(H, K)`` (``batchnorm=False``: no
+    BatchNorm; ``hidden <= 0``: one ``Linear(E, K)``)."""
+    if hidden <= 0:
+        return _tac_linear(dim, k, init, rngs)
+    norm = [BatchNorm1d(hidden)] if batchnorm else []
+    return nnx.Sequential(
+        _tac_linear(dim, hidden, init, rngs), *norm, nnx.relu, _tac_linear(hidden, k, init, rngs)
+    )
+
+
+class TACModel(nnx.Module):
+    """TAC's two cluster heads on unit image features and text counterparts: ``(u, t) -> (u,
+    logits_img, logits_txt)``. As TAC's code: ``Linear(E, H) - BatchNorm1d(H) - ReLU - Linear(H,
+    K)`` each, truncated-normal(0.02) weights (``batchnorm``, ``init``: see ``_tac_head``,
+    ``_tac_linear``; ``batchnorm=False, init="flax"`` is our earlier variant)."""
+
+    def __init__(self, dim: int, k: int, *, hidden: int = 512, batchnorm: bool = True,
+                 init: str = "trunc_normal", rngs: nnx.Rngs):  # fmt: skip
+        self.image_head = _tac_head(dim, k, hidden, batchnorm, init, rngs)
+        self.text_head = _tac_head(dim, k, hidden, batchnorm, init, rngs)
 
     def __call__(self, u: jax.Array, t: jax.Array):
         return u, self.image_head(u), self.text_head(t)
+
+
+def _tac_build(dim, k, cfg, rngs):
+    m = cfg.model
+    return TACModel(dim, k, hidden=int(m.hidden), batchnorm=bool(m.get("batchnorm", True)),
+                    init=str(m.get("head_init", "trunc_normal")), rngs=rngs)  # fmt: skip
 
 
 def _assign_only(model, u, t, blocks, aux, m, cfg):
@@ -240,8 +327,10 @@ def tac_loss_terms(model, batch: dict, targets: dict, weights: dict, tau: dict, 
     with the text head on text-space neighbours, text anchors with the image head on
     image-space neighbours)."""
     _, li, lt = model(batch["u"], batch["t"])
-    _, li_nb, _ = model(batch["u_nb"], batch["t_nb"])
-    _, _, lt_nbt = model(batch["u_nbt"], batch["t_nbt"])
+    # One call on the neighbours, as TAC's ``model(neigh_text, neigh_image)``: with BatchNorm,
+    # each head's batch statistics (and running-statistics update) come from exactly the rows
+    # it sees -- image-space neighbours for the image head, text-space ones for the text head.
+    _, li_nb, lt_nbt = model(batch["u_nb"], batch["t_nbt"])
     pi, pt = _probs(li), _probs(lt)
     out = dict(
         cluster=L.cluster_contrastive(pi, _probs(lt_nbt), tau["cluster"])
@@ -257,7 +346,7 @@ TAC = Method(
     name="tac",
     terms=("cluster", "consistency", "entropy"),
     prepare="normalize",
-    build=lambda dim, k, cfg, rngs: TACModel(dim, k, hidden=int(cfg.model.hidden), rngs=rngs),
+    build=_tac_build,
     targets=_assign_only,
     loss_terms=tac_loss_terms,
     text_knn=True,

@@ -35,9 +35,11 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mcla_jax import losses as L
-from mcla_jax import methods
+from mcla_jax import methods, prompts
 from mcla_jax.methods import MCLAModel, Method, mcla_loss_terms
+from mcla_jax.prompts import PromptText
 from mcla_jax.rowpass import Blocks
+from vl_jax.errors import ConfigError
 from vl_jax.metrics import clustering_metrics
 from vl_jax.parallel import DATA, create_mesh, fetch, replicated
 
@@ -66,40 +68,104 @@ def build_text_counterparts(features, nouns, tau: float = 0.005, block: int = 40
 # --------------------------------------------------------------------------- jitted programs
 
 
-def make_epoch_targets(graphdef, method: Method, blocks: Blocks, cfg) -> Callable:
+def make_optimizer(cfg) -> optax.GradientTransformation:
+    """Adam with ``cfg.lr``, ``cfg.b1``, ``cfg.b2`` and weight decay ``cfg.weight_decay`` in one
+    of two forms (``cfg.weight_decay_mode``):
+
+    * ``"l2"``: torch ``Adam(weight_decay=wd)``, SIC's: the decay is an L2 term added to the
+      gradient *before* the moments, ``g <- g + wd p`` (``add_decayed_weights`` before
+      ``scale_by_adam``), so it is rescaled by Adam like any gradient;
+    * ``"decoupled"`` (default): AdamW, ``p <- p - lr (adam(g) + wd p)``.
+
+    Both equal torch's Adam / AdamW step for step (``eps`` 1e-8 outside the square root).
+    """
+    lr, wd = float(cfg.lr), float(cfg.weight_decay)
+    mode = str(cfg.get("weight_decay_mode", "decoupled"))
+    if mode == "l2":
+        return optax.chain(
+            optax.add_decayed_weights(wd),
+            optax.scale_by_adam(b1=float(cfg.b1), b2=float(cfg.b2), eps=1e-8),
+            optax.scale_by_learning_rate(lr),
+        )
+    if mode != "decoupled":
+        raise ConfigError(
+            f"config.train.weight_decay_mode must be 'l2' or 'decoupled', got {mode!r}"
+        )
+    return optax.adamw(lr, b1=float(cfg.b1), b2=float(cfg.b2), weight_decay=wd)
+
+
+def make_epoch_targets(graphdef, method: Method, blocks: Blocks, cfg,
+                       text: PromptText | None = None) -> Callable:  # fmt: skip
     """Jitted ``(params, feats, aux) -> targets dict``: the method's per-epoch targets
     (``Method.targets``) and ``assign`` ``[N]``, from one pass over ``feats`` (``u``, ``t``:
     ``[blocks.rows, E]``) in row ``blocks`` split over ``data`` (``mcla_jax.rowpass``); ``aux``
-    the method's replicated extras (e.g. nouns)."""
+    the method's replicated extras (e.g. nouns).
+
+    With the prompt text path ``text``, ``t`` is recomputed from the current context first
+    (``feats["r"]``: raw image features, ``feats["frozen"]``: ``PromptText.arrays()``), and the
+    targets also hold the noun ``bank`` ``[M, E]`` and the counterparts' train mean ``tmean``."""
     k = int(cfg.num_clusters)
     m = max(1, math.floor(float(cfg.confident_frac) * (blocks.n // k)))
 
     @jax.jit
     def targets(params, feats, aux):
         model = nnx.merge(graphdef, params)
-        return method.targets(model, feats["u"], feats["t"], blocks, aux, m, cfg)
+        model.eval()  # BatchNorm heads (TAC) use their running statistics and do not update them
+        t, extra = feats["t"], {}
+        if text is not None:
+            bank = text.bank(feats["frozen"], model.context[...])
+            t, mean = text.all_counterparts(feats["r"], bank, blocks)
+            extra = dict(bank=bank, tmean=mean)
+        return {**method.targets(model, feats["u"], t, blocks, aux, m, cfg), **extra}
 
     return targets
 
 
-def make_train_step(graphdef, tx, weights: dict, tau: dict, loss_terms=mcla_loss_terms) -> Callable:
-    """Pure ``(params, opt_state, batch, targets, on) -> (params, opt_state, metrics)``: one Adam
-    step on a global batch (dict of ``[B, E]``: ``u, t, u_nb, t_nb``). ``jax.jit`` it with the
-    batch under ``batch_sharding(mesh, 2)`` and everything else replicated, or scan it
-    (``make_epoch``). ``metrics`` holds ``loss`` and the unweighted terms."""
+def text_batch(text: PromptText, model, batch: dict, targets: dict, frozen: dict) -> dict:
+    """``batch`` with its text counterparts (``t``, ``t_nb``, ``t_nbt``) recomputed from the
+    context: the nouns ``batch["w"]`` are re-embedded (gradient flows to ``model.context`` only)
+    and spliced into the epoch's noun bank, and each row's counterpart is taken over that bank
+    from its raw image feature (``r``, ``r_nb``, ...)."""
+    fresh = text.embed_rows(frozen, model.context[...], batch["w"])
+    bank = targets["bank"].at[batch["w"]].set(fresh)
+    out = dict(batch)
+    for sfx in ("", "_nb", "_nbt"):
+        if "r" + sfx in batch:
+            out["t" + sfx] = text.counterparts(batch["r" + sfx], bank, targets["tmean"])
+    return out
 
-    def train_step(params, opt_state, batch, targets, on):
+
+def make_train_step(graphdef, tx, weights: dict, tau: dict, loss_terms=mcla_loss_terms,
+                    text: PromptText | None = None) -> Callable:  # fmt: skip
+    """Pure ``(params, opt_state, batch, targets, on, frozen=None) -> (params, opt_state,
+    metrics)``: one Adam step on a global batch (dict of ``[B, E]``: ``u, t, u_nb, t_nb``).
+    ``jax.jit`` it with the batch under ``batch_sharding(mesh, 2)`` and everything else
+    replicated, or scan it (``make_epoch``). ``metrics`` holds ``loss`` and the unweighted terms.
+    With the prompt text path ``text``, the batch also holds ``r*`` (raw image features) and
+    ``w`` (noun rows), ``frozen`` is ``PromptText.arrays()``, and the counterparts are computed
+    inside the differentiated function (``text_batch``)."""
+
+    def train_step(params, opt_state, batch, targets, on, frozen=None):
+        # Only nnx.Param leaves are trained; the rest (BatchNorm running statistics) is state the
+        # forward pass updates, returned through `aux` (empty for heads without BatchNorm).
+        params, stats = nnx.split_state(params, nnx.Param, ...)
+
         def loss_fn(p):
-            return loss_terms(nnx.merge(graphdef, p), batch, targets, weights, tau, on)
+            model = nnx.merge(graphdef, p, stats, copy=True)
+            b = batch if text is None else text_batch(text, model, batch, targets, frozen)
+            total, terms = loss_terms(model, b, targets, weights, tau, on)
+            return total, (terms, nnx.state(model, nnx.Not(nnx.Param)))
 
-        (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        (loss, (terms, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, dict(terms, loss=loss)
+        params = nnx.merge_state(optax.apply_updates(params, updates), stats)
+        return params, opt_state, dict(terms, loss=loss)
 
     return train_step
 
 
-def make_epoch(graphdef, tx, weights: dict, tau: dict, loss_terms=mcla_loss_terms) -> Callable:
+def make_epoch(graphdef, tx, weights: dict, tau: dict, loss_terms=mcla_loss_terms,
+               text: PromptText | None = None) -> Callable:  # fmt: skip
     """Jitted ``(params, opt_state, index, feats, targets, on) -> (params, opt_state, metrics)``.
 
     ``index``: dict of ``[S, B]`` int32 rows, ``a`` (anchors) and ``nb`` (one kNN neighbour of
@@ -107,18 +173,24 @@ def make_epoch(graphdef, tx, weights: dict, tau: dict, loss_terms=mcla_loss_term
     features, replicated. Each step gathers its batch on the device -- only indices cross from
     the host each epoch, not ``4 x S x B x E`` floats. One ``make_train_step`` step per ``s``
     (``lax.scan``: one dispatch and one compile per epoch shape, instead of ``S`` host round
-    trips). ``metrics``: epoch means of the terms.
+    trips). ``metrics``: epoch means of the terms. With ``text`` (prompt learning), ``index``
+    also holds ``w`` ``[S, s]`` (the nouns re-embedded per step) and ``feats`` ``r`` (raw image
+    features) and ``frozen`` (``PromptText.arrays()``).
     """
-    train_step = make_train_step(graphdef, tx, weights, tau, loss_terms)
+    train_step = make_train_step(graphdef, tx, weights, tau, loss_terms, text)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def epoch(params, opt_state, index, feats, targets, on):
         def body(carry, rows):
-            batch = {}
+            batch = {"w": rows["w"]} if "w" in rows else {}
             for key, r in rows.items():  # a -> u, t; nb -> u_nb, t_nb; nbt -> u_nbt, t_nbt
+                if key == "w":
+                    continue
                 sfx = "" if key == "a" else f"_{key}"
-                batch["u" + sfx], batch["t" + sfx] = feats["u"][r], feats["t"][r]
-            p, o, metrics = train_step(*carry, batch, targets, on)
+                for name in ("u", "t", "r"):  # r: raw image features (prompt learning only)
+                    if name in feats:
+                        batch[name + sfx] = feats[name][r]
+            p, o, metrics = train_step(*carry, batch, targets, on, feats.get("frozen"))
             return (p, o), metrics
 
         (params, opt_state), metrics = jax.lax.scan(body, (params, opt_state), index)
@@ -191,6 +263,10 @@ class Trainer:
       centres: optional ``(image [K, E], text [K, E] | None)`` cluster centres (e.g. k-means on
         ``u``) that initialise the linear heads so that the first assignment is the nearest
         centre (``methods.init_from_centres``).
+      text: the prompt-learning text path (``mcla_jax.prompts.PromptText``, MCLA only): the
+        model gets a learnable context ``[n_ctx, D]`` and the counterparts ``t`` are recomputed
+        from it (``t`` given here is then only their initial value); needs ``raw`` ``[N, E]``,
+        the raw image features the counterparts are taken from.
 
     After construction and after every ``epoch()``, ``assign`` holds the image head's clustering
     ``[N]`` (the epoch targets' assignments). ``state()`` / ``load_state()`` give the pytree a
@@ -199,7 +275,7 @@ class Trainer:
     """
 
     def __init__(self, u, t, knn_idx, cfg, mesh: Mesh | None = None, *, knn_txt=None, aux=None,
-                 centres=None):  # fmt: skip
+                 centres=None, text: PromptText | None = None, raw=None):  # fmt: skip
         self.method = methods.get_method(str(cfg.get("method", "mcla")))
         knn_idx = np.asarray(knn_idx, np.int64)
         n, e = u.shape
@@ -215,6 +291,8 @@ class Trainer:
         unknown = set(self.method.terms) - set(cfg.weights)
         if unknown:
             raise ValueError(f"config.weights lacks {sorted(unknown)} for {self.method.name}")
+        if text is not None and (self.method.name != "mcla" or np.shape(raw) != u.shape):
+            raise ValueError("prompt learning needs method mcla and raw image features [N, E]")
         if mesh is None:
             mesh = create_mesh()
         d = mesh.shape[DATA]
@@ -225,11 +303,15 @@ class Trainer:
         model = self.method.build(e, k, cfg, nnx.Rngs(int(cfg.seed)))
         if centres is not None:  # SIC's optional centre initialisation of the linear heads
             methods.init_from_centres(model, *centres, scale=float(cfg.get("init_scale", 0.05)))
-        self.graphdef, params = nnx.split(model, nnx.Param)
-        tx = optax.adamw(cfg.lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
+        if text is not None:  # the learnable prompt context, from the init prompt's embeddings
+            model.context = nnx.Param(jnp.asarray(text.init_context()))
+        # `params`: every variable of the model (BatchNorm statistics too: checkpointed with it);
+        # the optimiser sees only the nnx.Param part (make_train_step).
+        self.graphdef, params = nnx.split(model)
+        tx = make_optimizer(cfg)
         rep = replicated(mesh)
         self.params = jax.device_put(params, rep)
-        self.opt_state = jax.device_put(tx.init(self.params), rep)
+        self.opt_state = jax.device_put(tx.init(nnx.split_state(params, nnx.Param, ...)[0]), rep)
 
         # ONE replicated copy of the features serves both the batch gathers of training and the
         # per-epoch targets pass (which splits each of its row blocks over `data` inside the
@@ -238,16 +320,19 @@ class Trainer:
         rows = int(cfg.get("target_block_rows", 0)) or max(4096, 2**24 // k)
         self.blocks = blocks = Blocks.plan(n, rows, d, NamedSharding(mesh, P(DATA, None)))
         pad = ((0, blocks.rows - n), (0, 0))
+        tables = (("u", u), ("t", t)) + ((("r", np.asarray(raw, np.float32)),) if text else ())
         self._feats = jax.device_put(
-            {name: np.pad(x, pad) if blocks.rows > n else x for name, x in (("u", u), ("t", t))},
-            rep,
+            {name: np.pad(x, pad) if blocks.rows > n else x for name, x in tables}, rep
         )
+        if text is not None:  # the frozen tower and prompt tokens: jit arguments, no gradient
+            self._feats["frozen"] = text.arrays()
+        self.text = text
         self._aux = jax.device_put(
             {k: np.asarray(v, np.float32) for k, v in (aux or {}).items()}, rep
         )
-        self._targets_fn = make_epoch_targets(self.graphdef, self.method, blocks, cfg)
+        self._targets_fn = make_epoch_targets(self.graphdef, self.method, blocks, cfg, text)
         self._epoch_fn = make_epoch(self.graphdef, tx, dict(cfg.weights), dict(cfg.tau),
-                                    self.method.loss_terms)  # fmt: skip
+                                    self.method.loss_terms, text)  # fmt: skip
         self._steps_sharding = NamedSharding(mesh, P(None, DATA))
         self._knn_txt = None if knn_txt is None else np.asarray(knn_txt, np.int64)
         self._n, self._bsz, self._knn, self._cfg, self.mesh = n, bsz, knn_idx, cfg, mesh
@@ -264,10 +349,17 @@ class Trainer:
         ep, cfg = self.epochs_done, self._cfg
         rng = np.random.default_rng([int(cfg.seed), ep])
         rows = _batches(rng, self._n, self._knn, self._bsz, self._knn_txt)
+        if self.text is not None:  # after the batch draws: the same batches as without prompts
+            steps, d = rows["a"].shape[0], self.mesh.shape[DATA]
+            per = int(cfg.prompt.nouns_per_step)
+            rows["w"] = prompts.noun_rows(rng, self.text.num_nouns, steps, per, d)
         index = jax.device_put(rows, self._steps_sharding)
         on = jnp.float32(ep >= int(cfg.warmup_epochs))
+        # The semantic CE may start later than the other target-reading terms (MCLA only).
+        sem = max(int(cfg.warmup_epochs), int(cfg.get("semantic_warmup_epochs", 0)))
+        targets = dict(self._targets, semantic_on=jnp.float32(ep >= sem))
         self.params, self.opt_state, metrics = self._epoch_fn(
-            self.params, self.opt_state, index, self._feats, self._targets, on
+            self.params, self.opt_state, index, self._feats, targets, on
         )
         rec = {"epoch": ep, **{name: float(v) for name, v in jax.device_get(metrics).items()}}
         if not np.isfinite(rec["loss"]):
@@ -297,6 +389,7 @@ class Trainer:
         """Image-head clusters ``[M]`` int32 of other prepared features ``u`` ``[M, E]`` (``t``:
         their text counterparts, only read by heads that need them; default ``u``)."""
         model = nnx.merge(self.graphdef, jax.device_get(self.params))
+        model.eval()  # BatchNorm heads: running statistics
         t = u if t is None else t
         out = [
             np.asarray(

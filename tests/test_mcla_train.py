@@ -77,13 +77,13 @@ def test_recovers_clusters_and_beats_kmeans(data, run8, mesh8):
     assert history[-1]["acc"] == pytest.approx(acc)
     # without the text side (cross-modal terms off) the same training does not get there
     cfg = get_config()
-    for name in ("consistency", "prototype", "semantic", "cluster"):
+    for name in ("instance", "consistency", "prototype", "semantic", "cluster"):
         cfg.weights[name] = 0.0
     image_only, _ = T.train(x, run8[0], x, config=cfg, mesh=mesh8)
     assert clustering_metrics(y, image_only)["acc"] < 0.9 < acc
     assert len(history) == get_config().epochs
     assert history[-1]["loss"] < history[0]["loss"]
-    assert set(T.LOSS_TERMS) - {"instance"} <= set(history[0])  # no adapter: instance skipped
+    assert set(T.LOSS_TERMS) <= set(history[0])  # the adapter is on by default: instance too
 
 
 def test_one_device_equals_eight(data, run8, mesh1):

@@ -42,7 +42,14 @@ def train_config() -> ml_collections.ConfigDict:
     c.b1, c.b2 = 0.9, 0.99
     c.weight_decay = 0.0
     c.warmup_epochs = 1  # prototype/semantic targets come from the previous epoch's heads
-    c.model = ml_collections.ConfigDict(dict(hidden=0, adapter=False, adapter_ratio=0.2))
+    # MCLA's semantic CE starts at this epoch (>= warmup_epochs; the MCA author's code: 5).
+    c.semantic_warmup_epochs = 1
+    # MCLA's residual image adapter z = n(r A(u) + (1 - r) u), r = 0.2 (the MCA author's code).
+    c.model = ml_collections.ConfigDict(dict(hidden=0, adapter=True, adapter_ratio=0.2))
+    # MCLA's learnable prompt context (mcla_jax.prompts): n vectors initialised from `init`'s
+    # token embeddings; per step `nouns_per_step` nouns (0 = all) are re-embedded with gradient,
+    # all nouns once per epoch (docs/mcla.md, "Prompt learning"). Off for SIC / TAC.
+    c.prompt = ml_collections.ConfigDict(dict(enabled=True, init="a photo of a", nouns_per_step=0))
     c.weights = ml_collections.ConfigDict(
         dict(
             instance=1.0,  # only trains something when the adapter is on (skipped otherwise)

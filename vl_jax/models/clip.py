@@ -114,7 +114,16 @@ class TextTower(nnx.Module):
             raise ValueError(
                 f"text length {length} exceeds context_length {self.cfg.context_length}"
             )
-        x = self.tok_embed(input_ids) + self.pos[:length].astype(self.tok_embed.dtype)
+        return self.from_embeddings(self.tok_embed(input_ids), input_ids, attention_mask)
+
+    def from_embeddings(
+        self, x: jax.Array, input_ids: jax.Array, attention_mask: jax.Array | None = None
+    ) -> jax.Array:
+        """Token embeddings x [B, L, D] (``tok_embed`` rows, some possibly replaced, e.g. by
+        learned prompt context) -> pooled [B, D]; ``input_ids`` [B, L] only locate the pooled
+        (end-of-text) token."""
+        b, length = input_ids.shape
+        x = x + self.pos[:length].astype(self.tok_embed.dtype)
         mask = jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
         if attention_mask is not None:
             mask = mask & attention_mask.astype(bool)[:, None, None, :]
