@@ -9,6 +9,10 @@ Each answer of the MLLM is judged *consistent* with the sample's label or not:
   lemmatised phrase; the undecided ones go, batched, to a judge (:func:`llm_judge` or
   :func:`embedding_judge`).
 
+These are *our* rules (``config.protocol = "ours"``, the default); the official VDC code's
+rules are `vdc_jax.official`, and `vdc_jax.protocol` bundles either set into one `Rules`
+object that :func:`score_samples` takes (``rules=``).
+
 The score of a sample is the fraction of its questions answered consistently (every question
 weighted equally); a sample is dirty iff ``score < threshold`` (default 0.5). The per-dataset
 aggregation over the stored answers is :mod:`vdc_jax.scoring`; the thresholding and the
@@ -280,6 +284,7 @@ _QUESTION_WORDS = frozenset(
     "contain contains depicted depict see seen appear appears present animal thing item "
     "subject you your".split()
 )
+_PRONOUNS = {"it", "its", "it's", "they", "their", "he", "his", "she", "her"}
 _HEDGE_WORDS = {"maybe", "perhaps", "possibly", "probably", "might", "unclear", "uncertain"}
 _HEDGE_WORDS |= {"whether", "unsure"}
 
@@ -314,13 +319,17 @@ def _later_verdict(t: str) -> Verdict | None:
 
 
 def _declarative(t: str, terms: list[frozenset[str]]) -> Verdict | None:
-    """Rule 6: the first sentence that holds every term of the question decides."""
+    """Rule 6: the first sentence that holds every term of the question decides. A sentence
+    that opens with a pronoun stands for the question's first term, its subject ("Its ears
+    are floppy." for "Does the dog have floppy ears?"), when other terms remain to match."""
     if not terms:
         return None
     for sentence in re.split(r"[.!?\n]+", t):
         clauses = [_words(c) for c in _CLAUSES.split(sentence)]
+        first = clauses[0][0] if clauses and clauses[0] else ""
+        need = terms[1:] if len(terms) > 1 and first in _PRONOUNS else terms
         where = []  # (clause, word position) of each term's first occurrence
-        for term in terms:
+        for term in need:
             hit = next(((k, i) for k, ws in enumerate(clauses) for i, w in enumerate(ws)
                         if lemma_candidates(w) & term), None)  # fmt: skip
             if hit is None:
@@ -343,18 +352,19 @@ def keyword_match(description: str, names: Sequence[str], any_token: bool = Fals
     """The first of ``names`` that the description mentions, else None.
 
     Both sides are tokenised (lower case, split on non-letters, stopwords dropped) and compared
-    through :func:`vdc_jax.lemma.lemma_candidates`, so "retrievers" matches "retriever". A name
-    of several words ("golden retriever") must occur as a contiguous phrase; ``any_token=True``
-    reproduces the official rule (any single token of any name, e.g. "golden" alone).
+    through :func:`lemma_candidates`, so "retrievers" matches "retriever". A name of several
+    words ("golden retriever") must occur as a contiguous phrase. ``any_token=True`` applies the
+    official rule instead (`vdc_jax.official.any_token_match`: any single token of any name,
+    e.g. "golden" alone) and returns the matching token.
     """
+    if any_token:
+        from vdc_jax.official import any_token_match, name_tokens  # it builds on this module
+
+        return any_token_match(description, name_tokens(names))
     desc = [lemma_candidates(w) for w in tokens(description)]
     for name in names:
         parts = [lemma_candidates(w) for w in tokens(name)]
         if not parts:
-            continue
-        if any_token:
-            if any(p & d for p in parts for d in desc):
-                return name
             continue
         k = len(parts)
         for i in range(len(desc) - k + 1):

@@ -94,9 +94,7 @@ class Rules:
     def describe(self, description: str, names: Sequence[str], any_token: bool = False):
         """The matching name (or token) of a description, or None. ``any_token`` swaps in the
         official any-token rule (a what-if switch of `answers.score_samples`)."""
-        if any_token and self is not OFFICIAL:
-            return OFFICIAL.match(description, names)
-        return self.match(description, names)
+        return _official_match(description, names) if any_token else self.match(description, names)
 
     def judge_label(self, label: str, names: Sequence[str]) -> str:
         return ", ".join(names) if self.synonyms_to_judge else label
