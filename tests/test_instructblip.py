@@ -270,6 +270,42 @@ def test_separate_q_v_bias_keys(checkpoints, tmp_path):
     check_logits(model, ref, inputs(model.config))
 
 
+@pytest.mark.slow
+def test_table_covers_the_vicuna_7b_layout():
+    """The real checkpoint's widths, query count and cross-attention pattern (fewer layers): the
+    table's keys and shapes are exactly those of transformers' model (built on the meta device,
+    no memory)."""
+    from flax import nnx
+
+    from vl_jax.checkpoints.mapping import _expected_source_shapes, _flat
+
+    config = transformers.InstructBlipConfig(  # instructblip-vicuna-7b, 2/4/2 layers
+        vision_config=dict(num_hidden_layers=2),
+        qformer_config=dict(num_hidden_layers=4),
+        text_config=dict(model_type="llama", vocab_size=32001, hidden_size=4096,
+                         intermediate_size=11008, num_hidden_layers=2, num_attention_heads=32),
+        image_token_index=32000,
+    )  # fmt: skip
+    with torch.device("meta"):
+        ref = transformers.InstructBlipForConditionalGeneration(config)
+    theirs = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    cfg = instructblip.InstructBLIPConfig.from_hf(config)
+    assert (cfg.num_image_tokens, cfg.qformer.cross_attention_frequency) == (32, 2)
+    assert (cfg.vision.image_size, cfg.vision.patch_size, cfg.vision.encoder.width) == (
+        224,
+        14,
+        1408,
+    )
+    model = nnx.eval_shape(lambda: instructblip.InstructBLIP(cfg, rngs=nnx.Rngs(0)))
+    targets = _flat(nnx.state(model))
+    ours = {}
+    for rule in instructblip.hf_rules(cfg):
+        spec = targets[rule.target].get_value()
+        shapes = _expected_source_shapes(rule, spec.shape, spec.dtype)
+        ours.update(zip(rule.sources, shapes))
+    assert ours == theirs
+
+
 def _save_config(tmp_path, **changes) -> str:
     config = transformers.InstructBlipConfig(**{**CONFIGS["gqa_sharded"], **changes})
     config.save_pretrained(tmp_path)
