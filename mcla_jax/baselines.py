@@ -28,18 +28,28 @@ def kmeans_baseline(train, evals, k: int, seed: int, n_init: int = 10, mesh=None
 
 
 def tac_notrain(
-    train, evals, nouns, k: int, seed: int, tau: float = 0.005, mesh=None
-) -> np.ndarray:
+    train, evals, nouns, k: int, seed: int, tau: float = 0.005, mesh=None, *,
+    transductive: bool = True, n_init: int = 20,
+) -> np.ndarray:  # fmt: skip
     """TAC's no-training variant: spherical k-means on ``[n(u_i) ; t~_i]`` (``2E``) where
-    ``t~_i`` is the text counterpart from the semantic space ``nouns`` ``[S, E]``."""
+    ``t~_i`` is the text counterpart from the semantic space ``nouns`` ``[S, E]``.
+
+    ``transductive=True`` (TAC's script): k-means (``n_init`` restarts; TAC: 20) on the
+    *evaluation* split's rows, whose clusters are the result (``train`` is not read; the
+    semantic space was still chosen on the train split). ``False`` (ours, inductive): k-means on
+    the train split, evaluation rows go to the nearest centroid by cosine.
+    """
 
     def concat(u):
         t = build_text_counterparts(u, nouns, tau)
         return np.concatenate([methods.prepare(u, "normalize")[0], t], axis=1)
 
-    centroids, _, _ = kmeans(concat(train), k, n_init=10, seed=seed, spherical=True, mesh=mesh)
-    c = np.asarray(centroids)
     x = concat(evals)
+    fit = x if transductive else concat(train)
+    centroids, assign, _ = kmeans(fit, k, n_init=n_init, seed=seed, spherical=True, mesh=mesh)
+    if transductive:
+        return np.asarray(assign).astype(np.int32)
+    c = np.asarray(centroids)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return np.argmax(x @ c.T, axis=1).astype(np.int32)
 

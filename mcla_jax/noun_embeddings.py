@@ -9,7 +9,9 @@ and L2-normalised; the P prompt embeddings are averaged and the mean is normalis
 
 This is CLIP's zero-shot prompt ensembling (Radford et al. 2021). TAC's code averages the
 *unnormalised* embeddings instead (docs/mcla.md); ``combine="raw"`` gives that (then the mean
-is normalised once). Both return unit rows. Noun lists contain repeats (82,115 synsets share
+is normalised once). Both return unit rows. ``combine="none"`` returns the raw mean itself, not
+normalised (SIC's semantic centres average raw text embeddings; with one prompt it is the raw
+embedding). Noun lists contain repeats (82,115 synsets share
 67,893 first lemmas), so each distinct text is encoded once and rows are copied back.
 
 Cost: 82k nouns x 7 prompts at ~125 prompts/s is ~75 min on 2 CPU cores, seconds on a GPU, hence
@@ -54,7 +56,9 @@ TAC_PROMPTS = (
     "art of the {}.",
     "a photo of the small {}.",
 )
-PROMPT_SETS = {"single": SINGLE_PROMPT, "tac": TAC_PROMPTS}
+# SIC's official code writes "a photo of a {c}" (no full stop).
+PROMPT_SETS = {"single": SINGLE_PROMPT, "tac": TAC_PROMPTS, "sic": ("a photo of a {}",)}
+COMBINE = ("normalized", "raw", "none")  # see the module docstring
 CACHE_VERSION = 1  # bump when the computation changes, so old caches are not reused
 _TOKEN_BUCKET = 8  # token length rounded up to a multiple of this, capped at the context
 
@@ -66,7 +70,8 @@ def default_cache_dir() -> str:
 
 
 def resolve_prompts(prompts: str | Sequence[str]) -> tuple[str, ...]:
-    """``"single"`` | ``"tac"`` | templates, each with exactly one ``{}`` -> templates."""
+    """``"single"`` | ``"tac"`` | ``"sic"`` | templates, each with exactly one ``{}`` ->
+    templates."""
     if isinstance(prompts, str):
         if prompts not in PROMPT_SETS:
             raise ValueError(f"unknown prompt set {prompts!r}; use {sorted(PROMPT_SETS)} or a list")
@@ -121,8 +126,8 @@ def make_noun_encoder(
     Only the text tower is placed on the mesh (the vision tower is not needed here); the batch
     is sharded over ``data`` and so is the output.
     """
-    if combine not in ("normalized", "raw"):
-        raise ValueError(f"combine must be 'normalized' or 'raw', got {combine!r}")
+    if combine not in COMBINE:
+        raise ValueError(f"combine must be one of {COMBINE}, got {combine!r}")
     graphdef, state = nnx.split(model.text)
     state = parallel.shard_state(state, mesh)
 
@@ -136,6 +141,8 @@ def make_noun_encoder(
         if combine == "normalized":
             e = e / jnp.linalg.norm(e, axis=-1, keepdims=True)
         e = e.mean(axis=1)
+        if combine == "none":
+            return e
         return e / jnp.linalg.norm(e, axis=-1, keepdims=True)
 
     # A partial keeps the jitted function reachable (`.func`), e.g. to check it compiled once.
@@ -163,7 +170,8 @@ def embed_nouns(
       nouns: texts to embed; default: the first lemma of every WordNet 3.0 noun synset, in WNID
         order (``mcla_jax.wordnet.load().lemmas``), so row i belongs to ``wnids[i]``.
       prompts: ``"single"`` ("a photo of a {}."), ``"tac"`` (TAC's 7) or a list of templates.
-      combine: ``"normalized"`` (mean of unit prompt embeddings) or ``"raw"`` (TAC's plain mean).
+      combine: ``"normalized"`` (mean of unit prompt embeddings), ``"raw"`` (TAC's plain mean)
+        or ``"none"`` (the plain mean, not normalised: SIC's raw text embeddings).
       batch_size: nouns per global batch (each is P texts), rounded up to split over the mesh.
       dtype: compute dtype of the text tower (``"bfloat16"`` on accelerators); a given
         ClipCheckpoint keeps its own.
@@ -172,7 +180,7 @@ def embed_nouns(
       mesh: the ``("data", "model")`` mesh (default: all devices on ``data``).
 
     Returns:
-      (embeddings [N, E] float32 with unit rows, nouns as a list [N]).
+      (embeddings [N, E] float32, unit rows unless ``combine="none"``, nouns as a list [N]).
     """
     nouns = list(load_wordnet_lemmas() if nouns is None else nouns)
     if any(not isinstance(n, str) for n in nouns):

@@ -242,14 +242,18 @@ RULES = ("nearest", "margin")  # per-centre noun lists (mcla_space's ``rule``)
 
 def _sic_lists(
     img, emb, *, n_clusters, gamma_r, centres, n_init, seed, block, candidates=None,
-    rule="nearest",
+    rule="nearest", raw_kmeans=False,
 ):  # fmt: skip
     """Per-centre lists ``[K, r]`` (scores, rows; -1 pads) and the uniqueness cosine of each
     listed noun ``{row: cos(t_w, mean text)}``. ``rule``: ``"nearest"`` = SIC's top-``gamma_r``
-    by cosine; ``"margin"`` = ``margin_nouns`` (the ``gamma_r`` most discriminative nouns)."""
+    by cosine; ``"margin"`` = ``margin_nouns`` (the ``gamma_r`` most discriminative nouns).
+    ``raw_kmeans``: k-means on the features as given (SIC's code clusters raw CLIP features),
+    not on their unit rows; the centres are normalised for the cosines either way."""
     if rule not in RULES:
         raise ValueError(f"unknown noun rule {rule!r}; known: {RULES}")
     x, t = _unit(img, "image_features"), _unit(emb, "noun_embeddings")
+    if raw_kmeans:
+        x = np.asarray(img, np.float32)
     c = _centres(x, centres, n_clusters, n_init, seed, spherical=False)
     m = t.shape[0] if candidates is None else int(np.count_nonzero(candidates))
     if rule == "margin":
@@ -279,6 +283,7 @@ def sic_space(
     seed: int = 0,
     block: int = NOUN_BLOCK,
     candidates=None,
+    raw_kmeans: bool = False,
 ) -> SemanticSpace:
     """SIC's semantic space (Cai et al., AAAI 2023; docs/semantic_space.md).
 
@@ -295,6 +300,8 @@ def sic_space(
       block: nouns per similarity block.
       candidates: optional bool ``[M]`` vocabulary mask (e.g. ``vocabulary_mask``): only these
         nouns can be chosen, and the uniqueness mean is taken over them.
+      raw_kmeans: SIC's code: k-means on the raw (un-normalised) ``image_features``; False:
+        k-means on their unit rows.
 
     Returns:
       ``SemanticSpace("sic")``; score = the largest ``cos(C_k, t_w)`` over the centres whose
@@ -303,6 +310,7 @@ def sic_space(
     vals, idx, uniq = _sic_lists(
         image_features, noun_embeddings, n_clusters=n_clusters, gamma_r=gamma_r,
         centres=centres, n_init=n_init, seed=seed, block=block, candidates=candidates,
+        raw_kmeans=raw_kmeans,
     )  # fmt: skip
     rows, score, centre = _best_per_noun(vals, idx)
     u = np.array([uniq[r] for r in rows.tolist()], np.float32)
@@ -328,14 +336,15 @@ def tac_space(
 ) -> SemanticSpace:
     """TAC's semantic space by reverse assignment (Li et al., ICML 2024; docs/semantic_space.md).
 
-    ``C = spherical-kmeans(u, L)`` with ``L = max(1, N // 300)``; each noun goes to
+    ``C = spherical-kmeans(u, L)`` with ``L = max(1, round(N / 300))`` (the counts TAC's code
+    hard-codes per dataset: CIFAR-10 167, STL-10 17, ImageNet-10 43, ImageNet-Dogs 65); each noun goes to
     ``a(w) = argmax_l cos(C_l, t_w)`` with confidence ``p(w) = max_l softmax_l(cos(C_l, t_w) /
     temperature)``; centre ``l`` keeps the ``per_centre`` nouns with ``a(w) = l`` of highest
     ``p(w)``; the space is the union (at most ``per_centre * L`` nouns).
 
     Args:
       image_features: ``[N, E]``; noun_embeddings: ``[M, E]`` (unit rows).
-      n_centres: L; default ``max(1, N // 300)`` (ImageNet-Dogs: 65).
+      n_centres: L; default ``max(1, round(N / 300))`` (ImageNet-Dogs: 65).
       per_centre, temperature: TAC's 5 and 1.
       centres: ``[L, E]`` to use instead of k-means.
       n_init, seed: spherical k-means.
@@ -346,7 +355,7 @@ def tac_space(
       ``SemanticSpace("tac")``; score = ``p(w)``; column ``centre`` = ``a(w)``.
     """
     x, t = _unit(image_features, "image_features"), _unit(noun_embeddings, "noun_embeddings")
-    n_centres = n_centres or max(1, x.shape[0] // 300)
+    n_centres = n_centres or max(1, int(np.floor(x.shape[0] / 300 + 0.5)))
     c = _centres(x, centres, n_centres, n_init, seed, spherical=True)
     tp, valid = _padded_blocks(t, block, candidates)
     program = _reverse_program(min(per_centre, t.shape[0]), block, float(temperature))
@@ -493,8 +502,16 @@ def mcla_space(
 
 
 # ------------------------------------------------------------------------------ TSV
-def write_tsv(space: SemanticSpace, workdir: str, nouns: wordnet.WordNetNouns | None = None) -> str:
+def write_tsv(
+    space: SemanticSpace,
+    workdir: str,
+    nouns: wordnet.WordNetNouns | None = None,
+    pool: wordnet.NounPool | None = None,
+) -> str:
     """Writes ``<workdir>/semantic_space_<method>.tsv`` atomically (temp file, fsync, rename).
+
+    ``space.indices`` are rows of ``pool`` (``wordnet.noun_pool``; default: one row per synset,
+    the table's rows); ``lemma`` is the pool's text, ``wnid`` its synset.
 
     Columns: ``lemma, wnid, index, score`` then ``space.columns`` in order; one row per noun,
     best first. Floats are written as float32's shortest round-trip text (exact on reading).
@@ -511,11 +528,13 @@ def write_tsv(space: SemanticSpace, workdir: str, nouns: wordnet.WordNetNouns | 
         str(int(v)) if np.issubdtype(np.asarray(v).dtype, np.integer) else str(np.float32(v))
     )
     lines = ["\t".join(names)]
+    texts, synset = (wn.lemmas, None) if pool is None else (pool.texts, pool.rows)
     for i, row in enumerate(space.indices.tolist()):
-        lemma = wn.lemmas[row]
+        lemma = texts[row]
         if "\t" in lemma or "\n" in lemma:
             raise ValueError(f"lemma {lemma!r} cannot be written to a TSV")
-        lines.append("\t".join([lemma, wn.wnids[row], *(fmt(c[i]) for c in cols)]))
+        wnid = wn.wnids[row if synset is None else int(synset[row])]
+        lines.append("\t".join([lemma, wnid, *(fmt(c[i]) for c in cols)]))
     path = os.path.join(workdir, f"semantic_space_{space.method}.tsv")
     with atomic_open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")

@@ -210,3 +210,45 @@ def load() -> WordNetNouns:
     # Via the package, not "mcla_jax.assets": the assets folder is data, not a package.
     with resources.files("mcla_jax").joinpath("assets", ASSET).open("rb") as f:
         return parse_table(gzip.decompress(f.read()).decode("utf-8"))
+
+
+POOLS = ("synsets", "lemmas")
+
+
+@dataclasses.dataclass(frozen=True)
+class NounPool:
+    """The texts a semantic space is chosen from, each tied to its synset.
+
+    Attributes:
+      kind: ``"synsets"`` | ``"lemmas"`` (see ``noun_pool``).
+      texts: ``[P]`` the noun texts to embed.
+      rows: int64 ``[P]`` the table row (synset) of each text.
+    """
+
+    kind: str
+    texts: tuple[str, ...]
+    rows: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def noun_pool(kind: str = "synsets", table: WordNetNouns | None = None) -> NounPool:
+    """The noun texts of a semantic space.
+
+    ``"synsets"``: the first lemma of every synset (82,115 texts, "_" written as " "; SIC's and
+    MCLA's pool, row ``i`` = synset ``i``). ``"lemmas"``: every lemma of every synset, synsets in
+    WNID order and lemmas in WordNet's order (146,347 texts), spelt as WordNet spells them, with
+    "_" -- TAC's noun list (``WordNetNouns.csv`` of its official code: ``entity,
+    physical_entity, abstraction, abstract_entity, ...``), which TAC embeds as written.
+    """
+    wn = load() if table is None else table
+    if kind == "synsets":
+        return NounPool(kind, wn.lemmas, np.arange(len(wn), dtype=np.int64))
+    if kind != "lemmas":
+        raise ValueError(f"unknown noun pool {kind!r}; known: {POOLS}")
+    texts, rows = [], []
+    for i, n in enumerate(wn.nouns):
+        texts.extend(lemma.replace(" ", "_") for lemma in n.lemmas)
+        rows.extend([i] * len(n.lemmas))
+    return NounPool(kind, tuple(texts), np.asarray(rows, np.int64))

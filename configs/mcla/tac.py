@@ -18,11 +18,18 @@ def get_config(arg: str = "imagenet_dogs"):
     c.space.kind = "tac"  # the nouns nearest to each k-means centre of the images
     if not c.runlocal:
         c.space.prompts = "tac"  # TAC's 7-template ensemble
+    # As TAC's code (docs/mcla.md; the other values are our variants): every lemma of every
+    # synset ("synsets": first lemmas), the raw mean of the prompt embeddings ("normalized").
+    c.space.pool, c.space.combine = "lemmas", "raw"
     c.knn = 50  # TAC's neighbourhood size in both spaces
     c.train.method = "tac"
-    # TAC's official optimiser: Adam(lr 1e-3), batch 512, 20 epochs, MLP heads of width 512.
+    # TAC's official optimiser: Adam(lr 1e-3), batch 512, 20 epochs, MLP heads of width 512
+    # with BatchNorm and truncated-normal(0.02) weights (batchnorm False / head_init "flax":
+    # our earlier heads).
     c.train.lr, c.train.batch_size, c.train.epochs, c.train.warmup_epochs = 1e-3, 512, 20, 0
     c.train.model.hidden = 512
+    c.train.model.batchnorm, c.train.model.head_init = True, "trunc_normal"
+    c.report_label_selected = False  # as sic.py: a label-selected figure beside the result
     c.train.weights = ml_collections.ConfigDict(dict(cluster=1.0, consistency=1.0, entropy=5.0))
     if c.runlocal:
         c.train.epochs, c.train.batch_size, c.train.model.hidden = 5, 128, 64

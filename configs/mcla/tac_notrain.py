@@ -15,5 +15,10 @@ def get_config(arg: str = "imagenet_dogs"):
     c.space.kind = "tac"
     if not c.runlocal:
         c.space.prompts = "tac"
+    c.space.pool, c.space.combine = "lemmas", "raw"  # as tac.py
     c.knn = 50
+    # TAC's script clusters the evaluation split itself (transductive), k-means with 20
+    # restarts; transductive = False fits on the train split and assigns the evaluation rows
+    # to the nearest centroid (ours, inductive).
+    c.transductive, c.kmeans_n_init = True, 20
     return c
