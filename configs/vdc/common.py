@@ -125,7 +125,8 @@ def official_protocol(c: ml_collections.ConfigDict, mllm: str = "instructblip"):
     prompt embeddings, no ``input_ids``), so under the transformers it requires (>= 4.28) the
     output holds only new tokens and max_length / min_length count new tokens: 256 / 1 new
     tokens here, for descriptions and yes/no answers alike (a shorter yes/no budget could end
-    a beam search differently). See docs/generation.md for how the engine matches it.
+    a beam search differently); and the repetition penalty sees only the new tokens (the VQA
+    engine's default for the raw prompt). See docs/generation.md for how the engine matches it.
 
     llava: LLaVA-1.5-7B as the official code's LLaVA wrapper runs it — greedy, 512 new
     tokens, LLaVA's own conversation template around the question (the model was tuned only
