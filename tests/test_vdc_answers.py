@@ -76,6 +76,15 @@ ANSWERS = [
     ("I know it is a dog", UNKNOWN),
     ("It is a dog, not a cat.", UNKNOWN),  # negation outside the first clause
     ("The image shows a cat.", UNKNOWN),  # says nothing about the asked label
+    # a verdict after a leading clause or sentence (rule 5)
+    ("Looking at the image, yes, there is a dog.", YES),
+    ("The image shows a beach. No, there is no dog.", NO),
+    ("Based on the picture, the answer is no.", NO),
+    ("Looking closely, I would say yes.", YES),
+    ("Hmm, I think so.", YES),
+    ("Well, I don't think so.", NO),
+    ("From this angle, it is hard to say.", UNKNOWN),
+    ("It shows a cat, no collar.", UNKNOWN),  # "no" + a noun is not a verdict there
 ]
 
 

@@ -195,3 +195,14 @@ def test_save_is_atomic_on_failure(tmp_path):
         save_questions(path, qs)
     assert path.read_text() == before
     assert os.listdir(tmp_path) == ["q.json"]
+
+
+def test_the_run_general_questions_are_kept_and_never_label_specific():
+    general = (
+        "Describe the image in detail.",
+        "Provide a detailed description of the given image.",
+    )
+    reply = "1. Provide a detailed description of the given image?\n2. Is there a cat?"
+    qs = generate_questions(["cat"], ask=lambda ps: [reply] * len(ps), n=1, general=general)
+    assert qs.general == general and qs.specific["cat"] == ["Is there a cat?"]
+    assert "general question" in qs.report["cat"]["rejected"][0]
