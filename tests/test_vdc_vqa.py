@@ -6,7 +6,9 @@ batches, and bad images skipped and recorded.
 
 The model is a tiny random LLaVA (vl_jax.models.tiny.write_llava, the Hugging Face layout)
 loaded as the cleanser loads it (vdc_jax.models.load_mllm); its answers are meaningless, only their equality is
-tested."""
+tested. InstructBLIP: the tiny "tiny-instructblip" through load_mllm (family from config.json),
+prompts, Q-Former instructions and pixels as its processor makes them, batched answers equal to
+transformers' generate per (image, question)."""
 
 import json
 import os
@@ -301,3 +303,106 @@ def test_bad_images_are_skipped_and_recorded(tmp_path, mesh_4x2):
                                 batch_size=3))  # fmt: skip
     assert [s for step in again for s in step.skipped] == skipped
     assert not any(step.asked for step in again) and sorted(source.decoded) == list(range(1, 8))
+
+
+# ---- InstructBLIP ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_blip(tmp_path_factory):
+    """The cleanser's "tiny-instructblip" (vl_jax.models.tiny.write_instructblip) loaded by
+    load_mllm into a workdir, and three shape images."""
+    import jax
+    import ml_collections
+
+    from vdc_jax.models import TINY_INSTRUCTBLIP, load_mllm
+    from vl_jax.data.files import FileSource
+    from vl_jax.parallel import create_mesh
+
+    workdir = str(tmp_path_factory.mktemp("blip_run"))
+    cfg = ml_collections.ConfigDict(dict(name=TINY_INSTRUCTBLIP, dtype="float32", seed=0))
+    mllm = load_mllm(cfg, workdir, create_mesh(devices=jax.devices()[:1]))
+    root = str(tmp_path_factory.mktemp("blip_shapes"))
+    write_shapes_folder(root, per_class=2)
+    data = FileSource.from_folder(root)
+    return mllm, [data[i]["image"] for i in range(3)]
+
+
+@pytest.mark.slow
+def test_instructblip_prompts_equal_the_processor(tiny_blip):
+    """LLM prompt (P image tokens, then BOS + the question), Q-Former instruction and pixels as
+    InstructBlipProcessor makes them; "raw" (LAVIS) and "chat" are the same prompt here (no chat
+    template), but "raw" penalises repetitions of new tokens only."""
+    from PIL import Image
+
+    mllm, images = tiny_blip
+    assert mllm.family == "instructblip" and mllm.qformer_tokenizer is not None
+    raw = VQA.from_config(mllm, {"prompt": "raw", "num_beams": 5, "min_new_tokens": 1})
+    chat = VQA.from_mllm(mllm)
+    q = "Is there a circle in the image?"
+    want = mllm.processor(images=[Image.fromarray(images[0])], text=[q], return_tensors="np")
+    for vqa in (raw, chat):
+        assert vqa.prompt(q) == q
+        np.testing.assert_array_equal(vqa.prompt_ids(q), want["input_ids"][0])
+        np.testing.assert_array_equal(vqa.qformer_ids(q), want["qformer_input_ids"][0])
+    assert raw.decoding == dict(num_beams=5, repetition_penalty=1.0, length_penalty=1.0,
+                                min_new_tokens=1, penalize_prompt=False)  # fmt: skip
+    assert chat.decoding["penalize_prompt"] and chat.decoding["min_new_tokens"] == 0
+    assert isinstance(raw.transform, HFImageProcessor)  # BLIP's processor, run per image
+    px = want["pixel_values"][0].transpose(1, 2, 0)
+    np.testing.assert_allclose(raw.transform(images[0]), px, rtol=0, atol=1e-6)
+
+
+def test_llava_raw_prompt_is_the_question_after_the_image(tiny):
+    vqa, processor, _, _ = tiny
+    raw = VQA(vqa.model, processor, transform=vqa.transform, prompt="raw")
+    assert raw.prompt("Is it dark?") == "<image>\nIs it dark?"
+    assert len(raw.prompt_ids("Is it dark?")) < len(vqa.prompt_ids("Is it dark?"))
+    from vl_jax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="must be one of"):
+        VQA(vqa.model, processor, transform=vqa.transform, prompt="vicuna")
+
+
+def test_mllm_family_from_config_json(tmp_path):
+    from vdc_jax.models import mllm_family
+    from vl_jax.errors import ConfigError
+
+    def family(**config):
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        return mllm_family(str(tmp_path))
+
+    assert family(architectures=["LlavaForConditionalGeneration"]) == "llava"
+    assert family(architectures=["InstructBlipForConditionalGeneration"],
+                  text_config={"model_type": "llama"}) == "instructblip"  # fmt: skip
+    with pytest.raises(ConfigError, match="Flan-T5"):
+        family(architectures=["InstructBlipForConditionalGeneration"],
+               text_config={"model_type": "t5"})  # fmt: skip
+    with pytest.raises(ConfigError, match="Blip2ForConditionalGeneration"):
+        family(architectures=["Blip2ForConditionalGeneration"])
+
+
+@pytest.mark.slow
+def test_instructblip_answers_equal_hf_generate_per_pair(tiny_blip):
+    """The paper's call pattern in transformers (one generate per (image, question), 5 beams,
+    repetition penalty 1.5) gives the same answers as our batched VQA (chat prompt: the
+    penalty counts the prompt as HF's does)."""
+    import torch
+    import transformers
+    from PIL import Image
+
+    mllm, images = tiny_blip
+    vqa = VQA.from_config(mllm, {"num_beams": 5, "repetition_penalty": 1.5, "yes_no_tokens": 6,
+                                 "describe_tokens": 6})  # fmt: skip
+    hf = transformers.InstructBlipForConditionalGeneration.from_pretrained(mllm.path).eval()
+    pixels = np.stack([vqa.transform(x) for x in images])
+    pairs = [(i, q, kind) for i in range(3) for q, kind in PAIRS]
+    got = vqa.answer(pixels, pairs)
+    for (i, q, _), answer in zip(pairs, got, strict=True):
+        enc = mllm.processor(images=[Image.fromarray(images[i])], text=[q], return_tensors="pt")
+        with torch.no_grad():
+            out = hf.generate(**enc, max_new_tokens=6, num_beams=5, repetition_penalty=1.5,
+                              eos_token_id=list(mllm.stop_tokens), do_sample=False)  # fmt: skip
+        new = out[0, enc["input_ids"].shape[1] :]
+        assert answer == mllm.tokenizer.decode(new, skip_special_tokens=True).strip()
+    assert len(set(got)) > 1

@@ -162,11 +162,7 @@ def clean(
     items = [Item(i, ids[i], int(labels[i])) for i in range(len(ids)) if labels[i] >= 0]
     if len(items) < len(ids):
         log.warning("%d samples without a label are not checked", len(ids) - len(items))
-    vqa = VQA.from_mllm(
-        mllm, yes_no_tokens=config.vqa.yes_no_tokens, describe_tokens=config.vqa.describe_tokens,
-        num_beams=config.vqa.num_beams, repetition_penalty=config.vqa.repetition_penalty,
-        mesh=mesh,
-    )  # fmt: skip
+    vqa = VQA.from_config(mllm, config.vqa, mesh=mesh)
     # keep=False: the answers stay on disk (read back for scoring), not in memory.
     store = AnswerStore(os.path.join(workdir, "answers.jsonl"), keep=False)
     # The writer may repair a torn tail; everyone has read the file before it appends anew.

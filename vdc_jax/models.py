@@ -1,6 +1,6 @@
 """The cleanser's models as objects, each loaded once per run.
 
-    mllm = load_mllm(config.model, workdir, mesh)      # MLLM: model + processor + path + stops
+    mllm = load_mllm(config.model, workdir, mesh)      # LLaVA or InstructBLIP: MLLM object
     mllm.transform                                      # its image preprocessing (pipeline)
     ask = text_llm(config.vqg.llm, mllm, dtype, mesh, max_new_tokens=256)  # VQG (or None)
     judge = make_judge(config.judge, mllm, dtype, mesh)                     # VAE judge (or None)
@@ -39,6 +39,15 @@ from vl_jax.preprocess import ClipPreprocess, HFImageProcessor, hf_image_process
 log = logging.getLogger(__name__)
 
 TINY = "tiny-random"  # config.model.name: a random tiny LLaVA written into the workdir
+TINY_INSTRUCTBLIP = "tiny-instructblip"  # a random tiny InstructBLIP-Vicuna, likewise
+# config.model.name -> (the workdir folder it is written to, its vl_jax.models.tiny writer)
+TINY_MODELS = {TINY: ("tiny_llava", "write_llava"),
+               TINY_INSTRUCTBLIP: ("tiny_instructblip", "write_instructblip")}  # fmt: skip
+# config.json `architectures` -> the MLLM family (its vl_jax.models module)
+FAMILIES = {
+    "LlavaForConditionalGeneration": "llava",
+    "InstructBlipForConditionalGeneration": "instructblip",
+}
 MLLM_LLM = "mllm"  # config.vqg.llm / judge.llm: the MLLM's own language model
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -55,10 +64,13 @@ class MLLM:
     """A loaded multimodal LLM and what is needed to prompt it.
 
     Attributes:
-      model: the NNX model (`vl_jax.models.llava.LLaVA`), parameters on the run's mesh.
-      processor: its transformers processor (tokenizer, chat template, image processor).
+      model: the NNX model (`vl_jax.models.llava.LLaVA` or `vl_jax.models.instructblip.
+        InstructBLIP`), parameters on the run's mesh.
+      processor: its transformers processor (tokenizer, chat template, image processor; for
+        InstructBLIP also the Q-Former's tokenizer).
       path: the local checkpoint directory (a hub id resolved to its snapshot).
       stop_tokens: [K] token ids that end an answer (tokenizer EOS + generation_config's).
+      family: "llava" | "instructblip" (`FAMILIES`, from config.json's `architectures`).
       transform: (computed once) the checkpoint's image preprocessing as an input-pipeline
         transform, uint8 [H, W, 3] -> float32 [h, w, 3] (`image_transform`).
     """
@@ -67,10 +79,17 @@ class MLLM:
     processor: object
     path: str
     stop_tokens: tuple[int, ...]
+    family: str = "llava"
 
     @property
     def tokenizer(self):
+        """The language model's tokenizer (prompts, answers, the text-only VQG / judge)."""
         return self.processor.tokenizer
+
+    @property
+    def qformer_tokenizer(self):
+        """InstructBLIP: the Q-Former's (BERT) tokenizer of the instruction; else None."""
+        return getattr(self.processor, "qformer_tokenizer", None)
 
     @functools.cached_property
     def transform(self):
@@ -112,38 +131,74 @@ def stop_tokens(path: str, tokenizer) -> list[int]:
 
 
 def load_mllm(cfg, workdir: str, mesh) -> MLLM:
-    """The MLLM of ``config.model`` on ``mesh``.
+    """The MLLM of ``config.model`` on ``mesh``: LLaVA or InstructBLIP (Vicuna), told apart by
+    the checkpoint's ``config.json`` (`mllm_family`).
 
-    "tiny-random" writes a random tiny LLaVA to ``workdir/tiny_llava`` once (the writer process,
-    into a temporary folder renamed into place: a killed write leaves no half checkpoint; the
-    others wait at a barrier)."""
+    "tiny-random" / "tiny-instructblip" write a random tiny LLaVA / InstructBLIP to
+    ``workdir/tiny_llava`` / ``workdir/tiny_instructblip`` once (the writer process, into a
+    temporary folder renamed into place: a killed write leaves no half checkpoint; the others
+    wait at a barrier)."""
+    import importlib
+
     from vl_jax.checkpoints import resolve
-    from vl_jax.models import llava
 
     path = cfg.name
-    if path == TINY:
+    if path in TINY_MODELS:
         from vl_jax.models import tiny
 
-        path = os.path.join(workdir, "tiny_llava")
+        folder, writer = TINY_MODELS[path]
+        path = os.path.join(workdir, folder)
         if wd.is_writer():
-            tiny.write_llava(path, seed=cfg.seed)
+            getattr(tiny, writer)(path, seed=cfg.seed)
         wd.written("vdc: tiny checkpoint")
     path = resolve(path)
-    model = llava.from_pretrained(
+    family = mllm_family(path)
+    module = importlib.import_module(f"vl_jax.models.{family}")
+    model = module.from_pretrained(
         path,
         dtype=dtype_of(cfg.dtype),
         shardings=functools.partial(parallel.param_shardings, mesh=mesh),
     )
-    processor = llava.load_processor(path)
-    return MLLM(model, processor, path, tuple(stop_tokens(path, processor.tokenizer)))
+    processor = module.load_processor(path)
+    return MLLM(model, processor, path, tuple(stop_tokens(path, processor.tokenizer)), family)
+
+
+def mllm_family(path: str) -> str:
+    """The MLLM family of the checkpoint at ``path``, "llava" or "instructblip", from its
+    ``config.json``'s ``architectures``; ConfigError for anything else, naming it
+    (InstructBLIP with a Flan-T5 decoder by name)."""
+    file = os.path.join(path, "config.json")
+    try:
+        with open(file, encoding="utf-8") as f:
+            hf = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{file}: not a readable checkpoint config ({e})") from None
+    archs = hf.get("architectures") or []
+    families = {FAMILIES[a] for a in archs if a in FAMILIES}
+    if not families and hf.get("model_type") in ("llava", "instructblip"):
+        families = {hf["model_type"]}  # a config saved without `architectures`
+    if len(families) != 1:
+        raise ConfigError(
+            f"{path}: architectures {archs} is not one of the supported MLLMs "
+            f"({', '.join(FAMILIES)})"
+        )
+    family = families.pop()
+    if family == "instructblip" and (hf.get("text_config") or {}).get("model_type") == "t5":
+        raise ConfigError(
+            f"{path}: InstructBLIP with a Flan-T5 language model is not supported (an "
+            "encoder-decoder); use an InstructBLIP-Vicuna checkpoint"
+        )
+    return family
 
 
 def text_llm(
     name: str, mllm: MLLM, dtype, mesh, max_new_tokens: int
 ) -> Callable[[list[str]], list[str]] | None:
     """`ask(prompts) -> replies` of a text LLM: "mllm" = the MLLM's language model with its
-    tokenizer (LLaVA's decoder is a chat LLM), else a hub id / directory of a Llama-family LLM
-    (loaded once, onto ``mesh``). None for "" (no LLM: templates)."""
+    tokenizer (LLaVA's decoder and InstructBLIP's Vicuna are chat LLMs; without a chat
+    template they get the "USER: ... ASSISTANT:" turn format they share), else a hub id /
+    directory of a Llama-family LLM (loaded once, onto ``mesh``). None for "" (no LLM:
+    templates)."""
     from vl_jax.generate import generate_text
 
     if not name:
@@ -164,7 +219,7 @@ def text_llm(
     chat = bool(tokenizer.chat_template)
 
     def ask(prompts: Sequence[str]) -> list[str]:
-        if not chat:  # LLaVA-1.5's conversation format
+        if not chat:  # LLaVA-1.5's and Vicuna v1.1's conversation format
             prompts = [f"USER: {p} ASSISTANT:" for p in prompts]
         return generate_text(model, tokenizer, list(prompts), chat=chat,
                              max_new_tokens=max_new_tokens, mesh=mesh)  # fmt: skip

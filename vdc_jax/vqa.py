@@ -69,26 +69,39 @@ from vl_jax import faults, parallel
 from vl_jax import workdir as wd
 from vl_jax.data import pipeline
 from vl_jax.data.pipeline import Skipped
+from vl_jax.errors import ConfigError
 from vl_jax.generate import generate
 
 log = logging.getLogger(__name__)
 
 DESCRIBE, YES_NO = "describe", "yes_no"
+PROMPTS = ("chat", "raw")  # config.vqa.prompt (see VQA)
 # LLaVA-1.5's conversation format, used when neither the processor nor its tokenizer has a chat
 # template (the hub's llava-hf checkpoints do have one, which gives the same string).
 FALLBACK_PROMPT = "USER: <image>\n{question} ASSISTANT:"
 
 
 class VQA:
-    """Asks a LLaVA model (`vl_jax.models.llava.LLaVA`) questions about images, in batches.
+    """Asks a LLaVA or InstructBLIP model questions about images, in batches.
 
     Args:
-      model: the NNX LLaVA; processor: its transformers `LlavaProcessor` (`llava.load_processor`):
-        the tokenizer and the chat template are taken from it.
+      model: the NNX LLaVA (`vl_jax.models.llava.LLaVA`) or InstructBLIP
+        (`vl_jax.models.instructblip.InstructBLIP`, told apart by its `query_features`);
+        processor: its transformers processor (`load_processor` of the model's module): the
+        tokenizer, the chat template and (InstructBLIP) the Q-Former tokenizer come from it.
       transform: the image preprocessing the input pipeline applies, uint8 [H, W, 3] -> float32
         [h, w, 3] (`vdc_jax.models.MLLM.transform`); default the processor's image processor
         itself (`vl_jax.preprocess.HFImageProcessor`).
       yes_no_tokens / describe_tokens: max new tokens per answer kind (greedy unless `num_beams`).
+      min_new_tokens: stop tokens are banned before this many new tokens (LAVIS's min_length).
+      num_beams, repetition_penalty, length_penalty: the decoding (HF semantics).
+      prompt: "chat" = the family's usual prompt around the question (LLaVA: its chat template;
+        InstructBLIP: the processor's default, the question itself unless the tokenizer has a
+        chat template); "raw" = the question string itself, as LAVIS's InstructBLIP takes it
+        (LLaVA: "<image>\n" + question, no conversation turns).
+      penalize_prompt: whether the repetition penalty counts the prompt's tokens (HF
+        `generate` with input_ids) or only the new ones (LAVIS, which passes inputs_embeds
+        only); default: only the new ones with the "raw" prompt, the prompt too with "chat".
       eos_token_id: stop token(s); default the tokenizer's (`vdc_jax.models.stop_tokens` adds
         the checkpoint's generation_config ones, e.g. Qwen's "<|im_end|>").
       mesh: optional `parallel.create_mesh()` mesh (images and rows are sharded over `data`;
@@ -103,8 +116,12 @@ class VQA:
         transform=None,
         yes_no_tokens: int = 8,
         describe_tokens: int = 64,
+        min_new_tokens: int = 0,
         num_beams: int = 1,
         repetition_penalty: float = 1.0,
+        length_penalty: float = 1.0,
+        prompt: str = "chat",
+        penalize_prompt: bool | None = None,
         eos_token_id: int | Sequence[int] | None = None,
         mesh=None,
     ):
@@ -115,9 +132,27 @@ class VQA:
             transform = HFImageProcessor(processor.image_processor)
         self.transform = transform
         self.tokenizer = getattr(processor, "tokenizer", processor)
+        # InstructBLIP: its Q-Former reads the question too (per-row image features).
+        self.query = hasattr(model, "query_features")
+        self.qformer_tokenizer = getattr(processor, "qformer_tokenizer", None)
+        if self.query and self.qformer_tokenizer is None:
+            raise ValueError("an InstructBLIP model needs its processor's qformer_tokenizer")
+        if prompt not in PROMPTS:
+            raise ConfigError(f"config.vqa.prompt must be one of {PROMPTS}, got {prompt!r}")
+        self.prompt_style = prompt
+        if penalize_prompt is None:
+            penalize_prompt = prompt != "raw"
+        self.decoding = dict(
+            num_beams=int(num_beams),
+            repetition_penalty=float(repetition_penalty),
+            length_penalty=float(length_penalty),
+            min_new_tokens=int(min_new_tokens),
+            penalize_prompt=bool(penalize_prompt),
+        )
         self.max_new = {YES_NO: int(yes_no_tokens), DESCRIBE: int(describe_tokens)}
-        self.num_beams, self.repetition_penalty = int(num_beams), float(repetition_penalty)
         self.image_token = getattr(processor, "image_token", None) or "<image>"
+        if not isinstance(self.image_token, str):  # InstructBLIP's processor: an AddedToken
+            self.image_token = self.image_token.content
         self.num_image_tokens = model.config.num_image_tokens
         eos = self.tokenizer.eos_token_id if eos_token_id is None else eos_token_id
         pad = self.tokenizer.pad_token_id
@@ -126,6 +161,7 @@ class VQA:
             pad if pad is not None else (np.atleast_1d(eos)[0] if eos is not None else 0)
         )
         self._ids: dict[str, np.ndarray] = {}  # question -> prompt ids (questions repeat a lot)
+        self._qids: dict[str, np.ndarray] = {}  # question -> Q-Former instruction ids
 
     @classmethod
     def from_mllm(cls, mllm, **kwargs) -> VQA:
@@ -134,9 +170,30 @@ class VQA:
         return cls(mllm.model, mllm.processor, transform=mllm.transform,
                    eos_token_id=list(mllm.stop_tokens) or None, **kwargs)  # fmt: skip
 
+    @classmethod
+    def from_config(cls, mllm, cfg, *, mesh=None) -> VQA:
+        """`from_mllm` with the settings of ``config.vqa`` (`cfg`; fields a config lacks take
+        the constructor's defaults; ``batch_size`` is `answer_dataset`'s)."""
+        get = cfg.get if hasattr(cfg, "get") else lambda k, d=None: getattr(cfg, k, d)
+        names = ("yes_no_tokens", "describe_tokens", "min_new_tokens", "num_beams",
+                 "repetition_penalty", "length_penalty", "prompt", "penalize_prompt")  # fmt: skip
+        kwargs = {k: get(k) for k in names if get(k) is not None}
+        return cls.from_mllm(mllm, mesh=mesh, **kwargs)
+
     # ---------------------------------------------------------------- prompts
     def prompt(self, question: str) -> str:
-        """The chat prompt for one question, with one `<image>` placeholder (not expanded)."""
+        """The prompt text for one question. LLaVA: with one `<image>` placeholder (not
+        expanded); InstructBLIP: without (its image tokens precede the text, see
+        `prompt_ids`)."""
+        if self.prompt_style == "raw":
+            return question if self.query else f"{self.image_token}\n{question}"
+        if self.query:  # the processor's default: the question, unless a template exists
+            if getattr(self.tokenizer, "chat_template", None):
+                return self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": question}], add_generation_prompt=True,
+                    tokenize=False,
+                )  # fmt: skip
+            return question
         for owner in (self.processor, self.tokenizer):
             if getattr(owner, "chat_template", None):
                 conversation = [
@@ -151,15 +208,21 @@ class VQA:
         return FALLBACK_PROMPT.format(question=question)
 
     def prompt_ids(self, question: str) -> np.ndarray:
-        """int32 [T]: the prompt's token ids with `<image>` expanded to P image tokens, exactly
-        as `LlavaProcessor(images=..., text=...)` tokenizes it (cached per question)."""
+        """int32 [T]: the prompt's token ids with P image tokens, exactly as the family's
+        processor tokenizes it (cached per question): LLaVA's `<image>` expanded in place;
+        InstructBLIP's P image tokens before the tokenized text (BOS included), as
+        `InstructBlipProcessor` and LAVIS (query outputs, then the prompt) lay them out."""
         ids = self._ids.get(question)
         if ids is None:
             text = self.prompt(question)
-            if text.count(self.image_token) != 1:
-                raise ValueError(f"prompt must hold one {self.image_token!r}: {text!r}")
-            text = text.replace(self.image_token, self.image_token * self.num_image_tokens)
-            ids = np.asarray(self.tokenizer(text)["input_ids"], np.int32)
+            if self.query:
+                p = [self.model.config.image_token_id] * self.num_image_tokens
+                ids = np.asarray(p + list(self.tokenizer(text)["input_ids"]), np.int32)
+            else:
+                if text.count(self.image_token) != 1:
+                    raise ValueError(f"prompt must hold one {self.image_token!r}: {text!r}")
+                text = text.replace(self.image_token, self.image_token * self.num_image_tokens)
+                ids = np.asarray(self.tokenizer(text)["input_ids"], np.int32)
             n = int(np.sum(ids == self.model.config.image_token_id))
             if n != self.num_image_tokens:
                 raise ValueError(
@@ -167,6 +230,16 @@ class VQA:
                     f"{self.image_token!r} (image_token_id {self.model.config.image_token_id})"
                 )
             self._ids[question] = ids
+        return ids
+
+    def qformer_ids(self, question: str) -> np.ndarray:
+        """InstructBLIP: int32 [Qt], the question in the Q-Former's vocabulary, as the
+        processor (and LAVIS) tokenize the instruction: the question itself in either prompt
+        style."""
+        ids = self._qids.get(question)
+        if ids is None:
+            ids = np.asarray(self.qformer_tokenizer(question)["input_ids"], np.int32)
+            self._qids[question] = ids
         return ids
 
     # ---------------------------------------------------------------- answering
@@ -183,12 +256,11 @@ class VQA:
             rows = [r for r, p in enumerate(pairs) if p[2] == kind]
             if not rows:
                 continue
-            prompts = [self.prompt_ids(pairs[r][1]) for r in rows]
-            t = max(map(len, prompts))
-            ids = np.full((len(rows), t), self.pad, np.int32)
-            mask = np.zeros((len(rows), t), np.int32)
-            for i, p in enumerate(prompts):  # left padding, as HF generate expects
-                ids[i, t - len(p) :], mask[i, t - len(p) :] = p, 1
+            ids, mask = _pad([self.prompt_ids(pairs[r][1]) for r in rows], self.pad, "left")
+            instruction = {}
+            if self.query:
+                q_ids, q_mask = _pad([self.qformer_ids(pairs[r][1]) for r in rows], 0, "right")
+                instruction = dict(qformer_input_ids=q_ids, qformer_attention_mask=q_mask)
             new = generate(
                 self.model,
                 ids,
@@ -196,16 +268,28 @@ class VQA:
                 pixel_values=pixels,
                 image_index=np.asarray([pairs[r][0] for r in rows], np.int32),
                 max_new_tokens=self.max_new[kind],
-                num_beams=self.num_beams,
-                repetition_penalty=self.repetition_penalty,
                 eos_token_id=self.eos,
                 pad_token_id=self.pad,
                 mesh=self.mesh,
+                **instruction,
+                **self.decoding,
             )
             texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
             for r, text in zip(rows, texts, strict=True):
                 out[r] = text.strip()
         return out
+
+
+def _pad(rows: Sequence[np.ndarray], pad: int, side: str) -> tuple[np.ndarray, np.ndarray]:
+    """Token rows -> (ids, mask [len(rows), longest] int32), padded on `side`: prompts on the
+    left (as HF generate expects), Q-Former instructions on the right (as its tokenizer)."""
+    t = max(map(len, rows))
+    ids = np.full((len(rows), t), pad, np.int32)
+    mask = np.zeros((len(rows), t), np.int32)
+    for i, r in enumerate(rows):
+        at = slice(t - len(r), t) if side == "left" else slice(0, len(r))
+        ids[i, at], mask[i, at] = r, 1
+    return ids, mask
 
 
 # ------------------------------------------------------------------------- answers.jsonl
