@@ -103,6 +103,12 @@ def test_single_prompt_raw_mean_and_templates(ckpt, nouns, per_prompt, mesh8):
     )
     np.testing.assert_allclose(raw, _combine(per_prompt[:7, :20], "raw"), atol=1e-5)
     assert raw.shape == single.shape == (20, 32)
+    # "none": the plain mean of the raw prompt embeddings, not normalised (SIC's raw text rows)
+    none, _ = ne.embed_nouns(
+        ckpt, few, "tac", combine="none", cache=False, mesh=mesh8, progress=False
+    )
+    np.testing.assert_allclose(none, per_prompt[:7, :20].mean(0), atol=1e-5)
+    assert ne.resolve_prompts("sic") == ("a photo of a {}",)  # SIC's code: no full stop
     assert ne.resolve_prompts(["a photo of a {}."]) == ne.resolve_prompts("single")
     assert len(ne.resolve_prompts("tac")) == 7
     for bad in (["a photo"], ["{} and {}"], ["a {0}"], [], "nope"):

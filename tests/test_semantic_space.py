@@ -412,3 +412,46 @@ def test_experiment_passes_space_rule(world, monkeypatch, tmp_path):
         np.testing.assert_allclose(space.scores, want.scores, atol=1e-6)
     assert len(spaces["margin"]) and spaces["margin"].max() < spaces["nearest"].max()  # differ
     assert mcla_configs.get("mcla").space.rule == "nearest"  # default unchanged
+
+
+@pytest.mark.slow
+def test_sic_raw_kmeans_clusters_raw_features():
+    # SIC's code runs k-means on raw CLIP features: with rows of very different norms the raw
+    # centres differ from those of the unit rows; the space is then chosen by the (normalised)
+    # raw centres, as the numpy transcription with the same centres.
+    from vl_jax.cluster import kmeans
+
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(300, 16)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    raw = (rng.normal(size=(200, 16)) * rng.uniform(0.2, 5, size=(200, 1))).astype(np.float32)
+    space = ss.sic_space(raw, emb, n_clusters=3, gamma_r=10, n_init=2, raw_kmeans=True)
+    c = np.asarray(kmeans(raw, 3, n_init=2, seed=0)[0])
+    want = ss.sic_space(raw, emb, n_clusters=3, gamma_r=10, centres=c)
+    np.testing.assert_array_equal(space.indices, want.indices)
+    rows, _ = ref_sic(c / np.linalg.norm(c, axis=1, keepdims=True), emb, 10, 0.05)
+    np.testing.assert_array_equal(space.indices, rows)
+
+
+def test_tac_default_centres_round_n_over_300(monkeypatch):
+    # TAC's code uses round(N / 300) centres (STL-10: 5,000 -> 17; ImageNet-10: 13,000 -> 43).
+    seen = []
+    monkeypatch.setattr(ss, "kmeans", lambda x, k, **kw: (seen.append(k), (x[:k], None, 0))[1])
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(50, 8)).astype(np.float32)
+    for n, k in ((5000, 17), (13000, 43), (19500, 65), (100, 1)):
+        ss.tac_space(rng.normal(size=(n, 8)).astype(np.float32), emb, per_centre=1)
+        assert seen[-1] == k
+
+
+def test_tsv_of_a_lemma_pool_names_texts_and_synsets(tmp_path):
+    from mcla_jax import wordnet
+
+    wn = wordnet.load()
+    pool = wordnet.noun_pool("lemmas", wn)
+    rows = np.flatnonzero(pool.rows == wn.index["n02085936"])  # Maltese dog's 3 lemmas
+    space = ss.SemanticSpace("tac", rows.astype(np.int64), np.array([0.3, 0.2, 0.1], np.float32))
+    got, lemmas, wnids = ss.read_tsv(ss.write_tsv(space, str(tmp_path), wn, pool))
+    assert lemmas == ["Maltese_dog", "Maltese_terrier", "Maltese"]
+    assert wnids == ["n02085936"] * 3
+    np.testing.assert_array_equal(got.indices, rows)

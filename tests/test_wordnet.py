@@ -102,3 +102,20 @@ def test_asset_is_gzip_tsv_with_license():
     assert "WordNet 3.0 Copyright 2006 by Princeton University" in (
         root.joinpath("WORDNET_LICENSE").read_text()
     )
+
+
+def test_tac_noun_pool_is_every_lemma_of_every_synset(wn):
+    # TAC's noun list (its WordNetNouns.csv): every lemma of every noun synset, 146,347 rows,
+    # synsets in offset order, lemmas in WordNet's order, spelt with "_"; its first rows:
+    tac_head = ["entity", "physical_entity", "abstraction", "abstract_entity", "thing", "object",
+                "physical_object", "whole", "unit", "congener", "living_thing", "animate_thing"]  # fmt: skip
+    pool = wordnet.noun_pool("lemmas", wn)
+    assert len(pool) == 146347 and list(pool.texts[:12]) == tac_head
+    assert pool.rows.dtype == np.int64 and np.all(np.diff(pool.rows) >= 0)
+    np.testing.assert_array_equal(np.bincount(pool.rows), [len(n.lemmas) for n in wn.nouns])
+    i = int(np.flatnonzero(pool.rows == wn.index[MALTESE])[0])
+    assert pool.texts[i : i + 3] == ("Maltese_dog", "Maltese_terrier", "Maltese")
+    first = wordnet.noun_pool("synsets", wn)  # ours: the first lemma of each synset
+    assert first.texts == wn.lemmas and np.array_equal(first.rows, np.arange(len(wn)))
+    with pytest.raises(ValueError, match="noun pool"):
+        wordnet.noun_pool("words", wn)
