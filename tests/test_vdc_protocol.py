@@ -214,16 +214,19 @@ def _table(score, dirty):
                  kinds=np.where(dirty, "badnets", ""), dropped=np.array([1] + [0] * (m - 1)))  # fmt: skip
 
 
-def test_metrics_json_records_the_protocol_and_its_rule(tmp_path):
+def test_metrics_record_the_protocol_and_count_with_its_rule(monkeypatch):
+    """The metrics dict `write_report` writes as metrics.json (not writing here: the plots take
+    seconds; the slow end-to-end test below reads the file)."""
+    monkeypatch.setattr(report, "is_writer", lambda: False)
     t = _table([0.5, 0.5, 0.25, 0.75], [True, False, False, True])
-    m_off = report.write_report(str(tmp_path), t, threshold=0.5, rules=OFFICIAL)
-    on_disk = json.loads((tmp_path / "metrics.json").read_text())
-    assert on_disk["protocol"]["name"] == "official" and "<=" in on_disk["rule"]
-    assert on_disk["protocol"]["general_questions"] == list(OFFICIAL_GENERAL)
-    assert on_disk["counts"]["dropped_answers"] == 1
+    m_off = report.write_report("unused", t, threshold=0.5, rules=OFFICIAL)
+    assert m_off["protocol"]["name"] == "official" and "<=" in m_off["rule"]
+    assert m_off["protocol"]["general_questions"] == list(OFFICIAL_GENERAL)
+    assert m_off["counts"]["dropped_answers"] == 1
     # official: the dirty sample at 0.5 is detected; outputs still flag score < 0.5 only
     assert (m_off["overall"]["tp"], m_off["overall"]["fp"], m_off["counts"]["flagged"]) == (1, 1, 1)
-    m_ours = report.write_report(str(tmp_path), t, threshold=0.5)
+    assert m_off["per_kind"]["badnets"]["tp"] == 1
+    m_ours = report.write_report("unused", t, threshold=0.5)
     assert m_ours["protocol"]["name"] == "ours" and m_ours["rule"] == "dirty iff score < threshold"
     assert (m_ours["overall"]["tp"], m_ours["overall"]["fp"]) == (0, 1)
 
