@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from configs.vdc.common import MLLMS, PROTOCOLS, vdc_config
+from configs.vdc.common import ATTACK_NAMES, DATASETS, MLLMS, PROTOCOLS, vdc_config
 from vdc_jax import cleanse, official, report
 from vdc_jax.answers import NO, UNKNOWN, YES, Sample, parse_yes_no, score_samples
 from vdc_jax.protocol import (
@@ -275,12 +275,12 @@ def test_protocol_is_in_the_answers_fingerprint():
     assert cleanse.fingerprint(c)["protocol"] == "official" != ours["protocol"]
 
 
-PAPER = {
-    "imagenet_dog.py": dict(attack=("badnets", "blended", "sig", "wanet", "trojannn", "ssba")),
-    "cifar10.py": dict(attack=("badnets", "ssba")),
-    "imagenet100.py": dict(attack=("sig",)),
-    "noise.py": dict(dataset=("cifar10", "imagenet100", "imagenet_dog"), noise=("sym", "asym")),
-    "hybrid.py": dict(dataset=("cifar10", "imagenet_dog"), attack=("blended",), noise=("asym",)),
+PAPER = {  # every choice of every paper config's arg
+    "imagenet_dog.py": dict(attack=ATTACK_NAMES),
+    "cifar10.py": dict(attack=ATTACK_NAMES),
+    "imagenet100.py": dict(attack=ATTACK_NAMES),
+    "noise.py": dict(dataset=tuple(DATASETS), noise=("sym", "asym")),
+    "hybrid.py": dict(dataset=tuple(DATASETS), attack=ATTACK_NAMES, noise=("sym", "asym")),
 }
 FLAGS = ["", "llava", "ours", "small", "llava,small", "ours,small"]
 
