@@ -37,7 +37,10 @@ from vdc_jax import answers, official
 from vdc_jax.answers import NO, YES, Verdict
 from vdc_jax.questions import GENERAL_QUESTIONS
 
-__all__ = ["OFFICIAL", "OURS", "PROTOCOLS", "Case", "Rules", "compare_rules", "get_rules"]
+__all__ = [
+    "CLASS_SYNONYMS", "OFFICIAL", "OFFICIAL_GENERAL", "OURS", "PROTOCOLS", "Case", "Rules",
+    "class_names", "compare_rules", "decide", "get_rules",
+]  # fmt: skip
 
 # CIFAR-10's class-name strings with the synonyms the official code gives them (the other eight
 # classes are their plain names). ImageNet classes take their synset's lemmas from the WordNet
