@@ -373,3 +373,17 @@ def test_tiny_writer_loads_in_transformers_with_the_same_logits(tmp_path):
     assert transform.output_hw == (32, 32)
     np.testing.assert_allclose(transform(np.asarray(pics[1])), pixels[1], atol=1e-6)
     assert tiny.write_instructblip(path, seed=4) == path  # a complete checkpoint is kept
+    # Greedy through the plain forward = HF `generate` (the unpadded row: positions agree).
+    one = {k: v[:1] for k, v in enc.items()}
+    with torch.no_grad():
+        hf_new = ref.generate(
+            **{k: torch.from_numpy(v) for k, v in one.items()}, max_new_tokens=3, do_sample=False
+        )[0, -3:].numpy()
+    t = ids.shape[1]
+    grow = np.pad(ids[:1], ((0, 0), (0, 3)))  # right padding: causal, so it changes nothing
+    grow_mask = np.pad(mask[:1], ((0, 0), (0, 3)))
+    for step in range(3):
+        logits = _call(model, grow, pixels[:1], qids[:1], qmask[:1], grow_mask)
+        grow[0, t + step] = int(np.argmax(logits[0, t + step - 1]))
+        grow_mask[0, t + step] = 1
+    np.testing.assert_array_equal(grow[0, t:], hf_new)
