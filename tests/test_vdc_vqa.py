@@ -406,3 +406,30 @@ def test_instructblip_answers_equal_hf_generate_per_pair(tiny_blip):
         new = out[0, enc["input_ids"].shape[1] :]
         assert answer == mllm.tokenizer.decode(new, skip_special_tokens=True).strip()
     assert len(set(got)) > 1
+
+
+@pytest.mark.slow
+def test_runlocal_instructblip_end_to_end(tmp_path):
+    """`python -m vdc_jax.main --config configs/vdc/runlocal.py:instructblip`: the tiny
+    InstructBLIP written into the workdir, VQG and judge by its Vicuna decoder, VQA with the
+    LAVIS decoding (raw prompt, 5 beams, repetition penalty 1.5), every pair answered, the
+    report written."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    workdir = tmp_path / "blip"
+    cmd = [sys.executable, "-m", "vdc_jax.main",
+           "--config=configs/vdc/runlocal.py:instructblip", f"--workdir={workdir}"]  # fmt: skip
+    p = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert (workdir / "tiny_instructblip" / "config.json").exists()
+    run = json.loads((workdir / "run_config.json").read_text())
+    assert run["model"]["name"] == "tiny-instructblip" and run["vqa"]["prompt"] == "raw"
+    answers = [json.loads(line) for line in open(workdir / "answers.jsonl")]
+    questions = json.loads((workdir / "questions.json").read_text())
+    assert len(answers) == 24 * (len(questions["general"]) + 4)  # 24 images, 4 per class
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert metrics["counts"]["dataset"] == 24 and metrics["counts"]["dirty"] == 4
+    assert (workdir / "scores.csv").exists()

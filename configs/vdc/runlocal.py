@@ -1,25 +1,36 @@
-"""VDC runlocal: a tiny random LLaVA on generated shapes with injected BadNets, end to end.
+"""VDC runlocal: a tiny random MLLM on generated shapes with injected BadNets, end to end.
 
     python -m vdc_jax.main --config configs/vdc/runlocal.py --workdir runs/vdc_local
+    python -m vdc_jax.main --config configs/vdc/runlocal.py:instructblip --workdir runs/vdc_blip
 
 Offline, well under a minute on 2 CPU cores. It checks the plumbing — checkpoint written in the
 Hugging Face layout and loaded through our verifier, VQG by the MLLM's own decoder (its random
-questions are rejected and padded from templates), batched VQA with image-prefix sharing,
-answers.jsonl, the LLM judge, metrics and plots — NOT accuracy: the model's weights are random,
-so its answers and scores mean nothing.
+questions are rejected and padded from templates), batched VQA, answers.jsonl, the LLM judge,
+metrics and plots — NOT accuracy: the model's weights are random, so its answers and scores mean
+nothing.
+
+Arg: "llava" (default) = a tiny LLaVA, greedy, the chat prompt (image-prefix sharing);
+"instructblip" = a tiny InstructBLIP-Vicuna decoded as the paper's LAVIS call does it (the raw
+question as the prompt, 5 beams, repetition penalty 1.5 on new tokens, length penalty 1, at
+least one new token; the vision tower once per image, the Q-Former per question).
 """
 
+from configs.common import parse_arg
 from configs.vdc.common import MLLM, vdc_config
 
+# The tiny checkpoints (config.model.name), written to WORKDIR/tiny_llava or tiny_instructblip.
+TINY = {"llava": "tiny-random", "instructblip": "tiny-instructblip"}
 
-def get_config():
+
+def get_config(arg: str | None = None):
+    a = parse_arg(arg, mllm=tuple(TINY))
     c = vdc_config()
     c.data.kind = "synthetic"  # 3 classes (circle, square, triangle) x per_class, in the workdir
     c.data.per_class = 8
     c.corrupt.attack = "badnets"
     c.corrupt.target = 0
     c.corrupt.poison_per_class = 2  # 4 poisoned of 24
-    c.model.name = "tiny-random"  # written to WORKDIR/tiny_llava on the first run
+    c.model.name = TINY[a.mllm]  # written to the workdir on the first run
     c.model.dtype = "float32"
     c.vqg.llm = MLLM
     c.vqg.n = 4
@@ -27,6 +38,12 @@ def get_config():
     c.vqa.batch_size = 8
     c.vqa.yes_no_tokens = 4
     c.vqa.describe_tokens = 12
+    if a.mllm == "instructblip":  # LAVIS blip2_vicuna_instruct.generate's decoding
+        c.vqa.prompt = "raw"
+        c.vqa.num_beams = 5
+        c.vqa.repetition_penalty = 1.5
+        c.vqa.length_penalty = 1.0
+        c.vqa.min_new_tokens = 1
     c.judge.kind = "llm"
     c.judge.llm = MLLM
     c.judge.max_new_tokens = 4
