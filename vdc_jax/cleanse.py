@@ -228,7 +228,7 @@ def _model_name(name: str, mllm: MLLM) -> str:
 def _print_summary(m: dict, workdir: str) -> None:
     if "overall" in m:
         o = m["overall"]
-        print(f"vdc: TPR {o['tpr']:.4f} FPR {o['fpr']:.4f} F1 {o['f1']:.4f} AUROC {o['auroc']:.4f} "
+        print(f"vdc ({m['protocol']['name']} protocol): TPR {o['tpr']:.4f} FPR {o['fpr']:.4f} F1 {o['f1']:.4f} AUROC {o['auroc']:.4f} "
               f"({m['counts']['flagged']} of {m['counts']['dataset']} flagged); outputs in {workdir}",
               file=sys.stderr)  # fmt: skip
     else:
