@@ -29,7 +29,9 @@ from configs.vdc.common import vdc_config as vdc_default
 DEMO = os.path.join(os.path.dirname(vl_jax.__file__), "assets", "demo")
 
 
-def _mcla(method: str, dataset: str, features: str) -> ml_collections.ConfigDict:
+def mcla_part(method: str, dataset: str, features: str) -> ml_collections.ConfigDict:
+    """The demo's clustering config of ``method`` on ``dataset`` (also the ablation's
+    ``demo_*`` datasets, configs/mcla/ablation.py)."""
     c = configs.mcla.get(method, dataset)
     c.model.clip = os.path.join(DEMO, "clip")
     c.data.features_dir = features  # shared by the two methods of a dataset (encoded once)
@@ -70,7 +72,7 @@ def get_config():
     for dataset, short in (("easy_vqa_shapes", "shapes"), ("easy_vqa_colors", "colors")):
         features = os.path.join("{workdir}", "..", f"features_{short}")  # next to the parts
         for method in ("kmeans", "mcla"):
-            parts[f"{method}_{short}"] = _mcla(method, dataset, features)
+            parts[f"{method}_{short}"] = mcla_part(method, dataset, features)
     for attack in ("badnets", "blended"):
         parts[f"vdc_{attack}"] = _vdc(attack)
     c.parts = parts

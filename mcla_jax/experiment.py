@@ -342,6 +342,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs the clustering experiment ``config`` (schema: docs/mcla.md, built by
     configs/mcla/*.py) into ``workdir``; returns the contents of ``metrics.json``."""
     t0 = time.perf_counter()
+    if config.method == "ablation":  # configs/mcla/ablation.py: several experiments, one table
+        from mcla_jax import ablation
+
+        return ablation.run(config, workdir)
     if config.method not in ALL_METHODS:
         raise ConfigError(f"config.method must be one of {ALL_METHODS}, got {config.method!r}")
     wd.makedirs(workdir)
