@@ -205,24 +205,22 @@ def _llava(quick: bool, *, spec: dict | None, iters: int | None, beams: int) -> 
 
 # ---- InstructBLIP ------------------------------------------------------------------------------
 BLIP_BEAMS, BLIP_PENALTY = 5, 1.5  # the paper's (LAVIS blip2_vicuna_instruct) decoding
-BLIP_QUICK = dict(
-    vision=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=2,
-                num_attention_heads=4),
-    qformer=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=2,
-                 num_attention_heads=4, cross_attention_frequency=2),
-    text=dict(hidden_size=256, intermediate_size=688, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=4),
-    image_size=224, patch_size=32, num_query_tokens=32, vocab_size=32000, images=4,
-)  # fmt: skip
-BLIP_FULL = dict(
-    vision=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=4,
-                num_attention_heads=8),
-    qformer=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=4,
-                 num_attention_heads=8, cross_attention_frequency=2),
-    text=dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=4, num_attention_heads=8,
-              num_key_value_heads=8),
-    image_size=224, patch_size=14, num_query_tokens=32, vocab_size=32000, images=4,
-)  # fmt: skip
+
+
+def _blip_spec(width: int, layers: int, patch: int, text_ffn: int) -> dict:
+    """An InstructBLIP-Vicuna-shaped model: 224 px ViT, Q-Former with the paper's 32 queries
+    (cross-attention every 2nd layer), Llama decoder over a 32k vocabulary, 4 images."""
+    part = dict(hidden_size=width, num_hidden_layers=layers, num_attention_heads=width // 64)
+    return dict(
+        vision=dict(part, intermediate_size=4 * width),
+        qformer=dict(part, intermediate_size=4 * width, cross_attention_frequency=2),
+        text=dict(part, intermediate_size=text_ffn, num_key_value_heads=width // 64),
+        image_size=224, patch_size=patch, num_query_tokens=32, vocab_size=32000, images=4,
+    )  # fmt: skip
+
+
+BLIP_QUICK = _blip_spec(256, 2, 32, 688)  # 50 image tokens, widths 256
+BLIP_FULL = _blip_spec(512, 4, 14, 1376)  # 257 image tokens, widths 512
 
 
 def _blip_prompts(n_images: int, p: int, q_vocab: int, rng):
