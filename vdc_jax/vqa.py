@@ -16,15 +16,19 @@ source seen through `vdc_jax.inputs.Subset`), each process decodes only its own 
 `vl_jax.generate.generate`. This module only decides which rows share an image: every pending
 (image, question) pair of the batch becomes a generate row whose ``image_index`` is its image's
 row of the batch. All pairs go in ONE generate call per answer kind: the B images are encoded
-once and each image's prompt prefix (chat header + its P image tokens) goes through the decoder
-once, shared by the image's questions. Description questions (`Questions.general`) get
-`describe_tokens` new tokens, yes/no questions `yes_no_tokens` (short: only the leading verdict
-is read, see `answers.parse_yes_no`).
+once and (LLaVA) each image's prompt prefix (chat header + its P image tokens) goes through the
+decoder once, shared by the image's questions. InstructBLIP's image features depend on the
+question (its Q-Former reads it: each row also carries the question in the Q-Former's
+vocabulary), so there the vision tower runs once per image and the rest per row. Description
+questions (`Questions.general`) get `describe_tokens` new tokens, yes/no questions
+`yes_no_tokens` (short: only the leading verdict is read, see `answers.parse_yes_no`). The
+decoding (beams, penalties, minimum length) and the prompt style come from ``config.vqa``
+(`VQA.from_config`); docs/generation.md relates the official mode to LAVIS's InstructBLIP call.
 
 Batch size: the pipeline needs each process's share of a batch to split over its ``data``
 shards, so ``batch_size`` is rounded up to the next size that does (`pipeline.round_batch`:
 16 stays 16 on 8 devices; 11 becomes 12 on 4 devices, 16 on 8). The answers do not depend on
-it (greedy decoding, rows independent).
+it (rows are decoded independently, beam search included).
 
 Bad images: an image that cannot be read (missing, truncated, not an image) is skipped, never
 fatal and never silent: the pipeline masks its row, its pairs are not asked, and the batch's
