@@ -167,6 +167,212 @@ def _torch(u, t, knn_idx, *, loader: bool = True):
     return epoch
 
 
+# ------------------------------------------------------------------ prompt learning (MCLA)
+PROMPT_NOUNS, PROMPT_PER_STEP, PROMPT_CONTEXT = 1000, 64, 16
+# The text tower: quick = 4 layers of width 256; full = CLIP ViT-B/32's (12 x 512, 8 heads).
+PROMPT_TOWER = {True: dict(text_width=256, text_layers=4, text_heads=4),
+                False: dict(text_width=512, text_layers=12, text_heads=8)}  # fmt: skip
+
+
+def _prompt_setup(quick: bool, folder: str):
+    """A random CLIP (``vl_jax.models.tiny`` family, 512-d embeddings, the text tower of
+    ``PROMPT_TOWER``) written as a HF directory, and the prompt tokens of the first
+    ``PROMPT_NOUNS`` WordNet lemmas (``mcla_jax.prompts.prompt_tokens``)."""
+    from mcla_jax import prompts, wordnet
+    from vl_jax.models import tiny
+    from vl_jax.models.loaded import ClipCheckpoint
+
+    tiny.write_clip(folder, embed_dim=DIM, context_length=PROMPT_CONTEXT, **PROMPT_TOWER[quick])
+    ck = ClipCheckpoint(folder)
+    words = [str(w) for w in wordnet.load().lemmas[:PROMPT_NOUNS]]
+    tokens = prompts.prompt_tokens(ck.tokenizer, words, PROMPT_CONTEXT)
+    return ck, tokens
+
+
+def _ours_prompts(u, knn_idx, ck, tokens, prompt: bool):
+    """`() -> loss` running the next epoch of MCLA (adapter on) with the prompt text path
+    (``prompt``) or heads only (no adapter, no prompts, fixed counterparts)."""
+    from configs.mcla.common import train_config
+    from mcla_jax import prompts
+    from mcla_jax import train as mcla
+
+    cfg = train_config()
+    cfg.num_clusters, cfg.batch_size = CLUSTERS, BATCH
+    cfg.prompt.nouns_per_step = PROMPT_PER_STEP
+    cfg.model.adapter = prompt
+    text = prompts.PromptText(ck.model.text, tokens, ck.mesh, cfg.tau.text)
+    import jax.numpy as jnp
+
+    bank = np.asarray(jax_jit_bank(text)(text.arrays(), jnp.asarray(text.init_context())))
+    t = mcla.prepare(mcla.build_text_counterparts(u, bank, cfg.tau.text))
+    kw = dict(text=text, raw=u) if prompt else {}
+    run = mcla.Trainer(mcla.prepare(u), t, knn_idx, cfg, **kw)
+
+    def epoch():
+        return run.epoch()["loss"]
+
+    epoch()  # compile; the warm-up-gated terms are on in every timed epoch
+    return epoch
+
+
+def jax_jit_bank(text):
+    import jax
+
+    return jax.jit(text.bank)  # the initial noun embeddings (untimed)
+
+
+def _torch_prompts(u, knn_idx, ck, tokens):
+    """`() -> loss`: one epoch of the same MCLA step in PyTorch: adapter, two heads, the
+    prompt context through transformers' ``CLIPTextModelWithProjection`` (frozen; a forward
+    hook puts the context into the token embeddings), the same seven loss terms and targets."""
+    import torch
+    import torch.nn.functional as F
+    import transformers
+
+    from configs.mcla.common import train_config
+
+    torch.manual_seed(0)
+    cfg = train_config()
+    w8, tau = dict(cfg.weights), dict(cfg.tau)
+    tower = transformers.CLIPTextModelWithProjection.from_pretrained(ck.path).eval()
+    for p in tower.parameters():
+        p.requires_grad_(False)
+    ids, mask = torch.from_numpy(tokens.ids).long(), torch.from_numpy(tokens.mask).long()
+    emb = tower.text_model.embeddings.token_embedding
+    ctx = torch.nn.Parameter(emb.weight[torch.from_numpy(tokens.init_ids).long()].clone())
+    n_ctx = tokens.n_ctx
+    emb.register_forward_hook(
+        lambda mod, inp, out: torch.cat(
+            [out[:, :1], ctx.expand(len(out), -1, -1), out[:, 1 + n_ctx :]], 1
+        )
+    )
+
+    def embed(rows):
+        return F.normalize(
+            tower(input_ids=ids[rows], attention_mask=mask[rows]).text_embeds, dim=-1
+        )
+
+    adapter = torch.nn.Linear(DIM, DIM)
+    torch.nn.init.zeros_(adapter.weight), torch.nn.init.zeros_(adapter.bias)
+    img_head, txt_head = torch.nn.Linear(DIM, CLUSTERS), torch.nn.Linear(DIM, CLUSTERS)
+    params = [ctx, *adapter.parameters(), *img_head.parameters(), *txt_head.parameters()]
+    opt = torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.b1, cfg.b2))
+    u_raw = torch.from_numpy(u)
+    uc = u_raw - u_raw.mean(0)
+    u_all = F.normalize(uc, dim=-1)
+    nb_all = torch.from_numpy(knn_idx)
+    n, m_nouns = len(u), len(ids)
+    m = max(1, int(0.9 * (n // CLUSTERS)))
+    steps = n // BATCH
+
+    def counterpart(r, bank):
+        s = F.normalize(r, dim=-1) @ bank.T / tau["text"]
+        return F.normalize(s.softmax(-1) @ bank, dim=-1)
+
+    def z_of(x):
+        return F.normalize(0.2 * adapter(x) + 0.8 * x, dim=-1)
+
+    def infonce(a, b, t):
+        s = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T / t
+        lab = torch.arange(len(s))
+        return 0.5 * (F.cross_entropy(s, lab) + F.cross_entropy(s.T, lab))
+
+    def agree(p, q):
+        return -torch.log((p * q).sum(-1).clamp_min(1e-8)).mean()
+
+    def neg_entropy(p):
+        pb = p.mean(0)
+        return (pb * torch.log(pb.clamp_min(1e-8))).sum()
+
+    def columns(pa, pb, t):
+        k = pa.shape[1]
+        v = F.normalize(torch.cat([pa.T, pb.T]), dim=-1)
+        s = (v @ v.T / t).masked_fill(torch.eye(2 * k, dtype=torch.bool), float("-inf"))
+        pos = torch.cat([torch.arange(k, 2 * k), torch.arange(k)])
+        return F.cross_entropy(s, pos)
+
+    def epoch():
+        with torch.no_grad():  # the epoch targets from the current context
+            bank = torch.cat([embed(torch.arange(i, min(i + 256, m_nouns)))
+                              for i in range(0, m_nouns, 256)])  # fmt: skip
+            raw_t = counterpart(u_raw, bank)
+            tmean = raw_t.mean(0)
+            t_all = F.normalize(raw_t - tmean, dim=-1)
+            z = z_of(u_all)
+            li, lt = img_head(z), txt_head(t_all)
+            proto_img = F.normalize(li.softmax(-1).T @ z, dim=-1)
+            proto_txt = F.normalize(lt.softmax(-1).T @ t_all, dim=-1)
+            centres = F.normalize(t_all[li.topk(m, dim=0).indices].mean(0), dim=-1)
+        perm = torch.randperm(n)[: steps * BATCH].view(steps, BATCH)
+        walk = torch.randperm(m_nouns)
+        total = 0.0
+        for s, a in enumerate(perm):
+            j = nb_all[a, torch.randint(0, nb_all.shape[1], (len(a),))]
+            w = walk[(s * PROMPT_PER_STEP + torch.arange(PROMPT_PER_STEP)) % m_nouns]
+            bank_s = bank.index_copy(0, w, embed(w))
+            tb = F.normalize(counterpart(u_raw[a], bank_s) - tmean, dim=-1)
+            tn = F.normalize(counterpart(u_raw[j], bank_s) - tmean, dim=-1)
+            z = z_of(u_all[a])
+            li, lt = img_head(z), txt_head(tb)
+            pi, pt = li.softmax(-1), lt.softmax(-1)
+            pin, ptn = img_head(z_of(u_all[j])).softmax(-1), txt_head(tn).softmax(-1)
+            y = (tb @ centres.T).argmax(-1)
+            terms = dict(
+                instance=infonce(z, tb, tau["instance"]),
+                consistency=agree(pi, pt),
+                prototype=0.5
+                * (
+                    infonce(F.normalize(pi.T @ z, dim=-1), proto_txt, tau["prototype"])
+                    + infonce(F.normalize(pt.T @ tb, dim=-1), proto_img, tau["prototype"])
+                ),
+                semantic=F.cross_entropy(li, y),
+                cluster=columns(pi, pt, tau["cluster"]),
+                neighbour=agree(pi, pin) + agree(pt, ptn),
+                entropy=neg_entropy(pi) + neg_entropy(pt),
+            )
+            loss = sum(float(w8[k]) * v for k, v in terms.items())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item()
+        return total / steps
+
+    loss = epoch()
+    if not np.isfinite(loss):
+        raise FloatingPointError(f"{NAME}: non-finite torch loss {loss}")
+    return epoch
+
+
+def _prompt_figures(quick: bool, n: int, iters: int, params: dict) -> list[dict]:
+    import tempfile
+
+    u, _, idx = _data(n, exact_knn=False)
+    with tempfile.TemporaryDirectory() as folder:
+        ck, tokens = _prompt_setup(quick, os.path.join(folder, "clip"))
+        fns = {
+            "ours_prompts": _ours_prompts(u, idx, ck, tokens, True),
+            "ours_heads": _ours_prompts(u, idx, ck, tokens, False),
+            "torch_prompts": _torch_prompts(u, idx, ck, tokens),
+        }
+        with ForeignLoad() as load:
+            tm = time_interleaved(fns, warmup=1, iters=iters)
+    log.info("%s prompts n=%d: %s (foreign load %s cores)", NAME, n, tm, load.cores)
+    p = {**params, "n": n, "epochs_timed": iters, "nouns": PROMPT_NOUNS,
+         "nouns_per_step": PROMPT_PER_STEP, "text_tower": PROMPT_TOWER[quick],
+         "prompt_tokens": int(tokens.ids.shape[1]), "ours_heads_only_seconds": tm["ours_heads"],
+         "ours_model": "MCLAModel + adapter + prompt context through our CLIP text tower",
+         "torch_model": "the same step: adapter, two heads, context via a token-embedding hook "
+                        "in transformers CLIPTextModelWithProjection, torch.optim.Adam",
+         "foreign_cpu_cores": load.cores}  # fmt: skip
+    base = "PyTorch MCLA step with prompt learning (transformers CLIP text tower), fp32"
+    return [
+        figure(NAME, "prompts_seconds_per_epoch", tm["ours_prompts"], tm["torch_prompts"], base,
+               higher_is_better=False, params=p),
+        figure(NAME, "heads_only_seconds_per_epoch", tm["ours_heads"], tm["torch_prompts"], base,
+               higher_is_better=False, params=p),
+    ]  # fmt: skip
+
+
 def _one(n: int, *, iters: int, exact_knn: bool, extras: bool) -> dict:
     import torch
 
@@ -232,6 +438,7 @@ def mcla_epoch_bench(
                        "ours_model": "mcla_jax.methods.SIC: one Linear(512, K) head, SIC's terms, "
                                      "optax.adamw(1e-4, wd 1e-4)", **r}),
     ]  # fmt: skip
+    figs += _prompt_figures(quick, n, iters, params)
     if growth:
         for gn in (5_000, 20_000, 80_000):
             r = _one(gn, iters=1, exact_knn=False, extras=False)
