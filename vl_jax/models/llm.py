@@ -22,7 +22,7 @@ from flax import nnx
 
 from vl_jax.checkpoints import SafetensorsReader, resolve
 from vl_jax.checkpoints.mapping import Rule, copy, linear, load_model, reshaped
-from vl_jax.models.transformer import sharded
+from vl_jax.models.transformer import attention, sharded
 from vl_jax.parallel import MODEL
 
 SUPPORTED = ("llama", "mistral", "qwen2")
@@ -175,7 +175,18 @@ class Attention(nnx.Module):
             start = (0, 0, cache_index, 0)
             k = jax.lax.dynamic_update_slice(cache_kv[0], k.astype(cache_kv[0].dtype), start)
             v = jax.lax.dynamic_update_slice(cache_kv[1], v.astype(cache_kv[1].dtype), start)
-        y = grouped_attention(q, k, v, mask)
+        if q.shape[1] > 1:
+            # Prefill (or a plain forward): a fused kernel's shape. Only slots below
+            # cache_index + T can be attended (causality), so with a static start the keys stop
+            # there instead of spanning the new-token slots not written yet.
+            end = cache_index + q.shape[1] if isinstance(cache_index, int) else k.shape[2]
+            kt, vt = (c[:, :, :end].transpose(0, 2, 1, 3).astype(q.dtype) for c in (k, v))
+            y = attention(q, kt, vt, mask[..., :end])
+        else:
+            # Decode step: one query row per sequence reads the whole cache, a memory-bound
+            # matrix-vector product; the einsum reads the [B, K, S, E] cache in place, where a
+            # fused kernel would first need it transposed to [B, S, K, E] at every step.
+            y = grouped_attention(q, k, v, mask)
         out = jnp.einsum("bthe,hed->btd", y, self.o[...].astype(dt))
         return out, (k, v)
 

@@ -27,7 +27,7 @@ from flax import nnx
 
 from vl_jax.checkpoints.mapping import Rule, copy, linear
 from vl_jax.models.clip_weights import layer_norm_rules
-from vl_jax.models.transformer import ACTIVATIONS, HF_ACTIVATIONS, sharded
+from vl_jax.models.transformer import ACTIVATIONS, HF_ACTIVATIONS, attention, sharded
 from vl_jax.parallel import MODEL
 
 __all__ = ["QFormer", "QFormerConfig", "hf_rules"]
@@ -112,7 +112,7 @@ class Attention(nnx.Module):
         """x [B, T, H]; k, v [B, S, heads, E]; mask bool broadcastable to [B, heads, T, S]."""
         b, t, h = x.shape
         q = self.query(x).reshape(b, t, self.heads, h // self.heads)
-        y = jax.nn.dot_product_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask=mask)
+        y = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask)
         return self.norm(x + self.dense(y.reshape(b, t, h)))
 
 

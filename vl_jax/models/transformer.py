@@ -57,6 +57,37 @@ HF_ACTIVATIONS = {
 }
 
 
+# Compute dtypes cuDNN's fused (flash) attention kernel accepts; float32 stays on XLA's path.
+_FUSED_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def attention_implementation(dtype, head_dim: int, q_len: int, platform: str | None = None) -> str:
+    """'cudnn' where the accelerator has a fused attention kernel for these shapes, else 'xla'.
+
+    `jax.nn.dot_product_attention(implementation=None)` still means XLA in this JAX release, so
+    we choose: cuDNN on a GPU for bf16/fp16 queries of more than one token with a head dim the
+    kernel takes (a multiple of 8, at most 128, which every supported model has); XLA's einsum +
+    float32 softmax everywhere else (CPU, TPU, which fuses it itself, float32 and single-token
+    decode steps, where a fused kernel has nothing to fuse: see `vl_jax.models.llm`)."""
+    platform = platform or jax.default_backend()
+    fused = jnp.dtype(dtype) in _FUSED_DTYPES and head_dim % 8 == 0 and head_dim <= 128
+    return "cudnn" if platform == "gpu" and fused and q_len > 1 else "xla"
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None):
+    """softmax(q k^T / sqrt(E)) v with scores and softmax in float32, through
+    `jax.nn.dot_product_attention`: q [B, T, H, E]; k, v [B, S, K, E] (K divides H: query head
+    h reads kv head h // (H / K)); mask bool broadcastable to [B, H, T, S] (True = attend) ->
+    [B, T, H, E]. A fully masked row averages v uniformly, on both paths."""
+    impl = attention_implementation(q.dtype, q.shape[-1], q.shape[1])
+    if impl == "cudnn":
+        try:
+            return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+        except (NotImplementedError, ValueError, RuntimeError):
+            pass  # a cuDNN build or shape the kernel refuses at trace time: XLA computes it
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+
+
 def sharded(init, names):
     # eager_sharding=False: parameters record their partitioning but are placed on devices by
     # `vl_jax.parallel.shard_state`, so models can also be built outside a mesh context.
@@ -93,7 +124,7 @@ class Attention(nnx.Module):
             ...
         ].astype(dt)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        y = jax.nn.dot_product_attention(q, k, v, mask=mask)
+        y = attention(q, k, v, mask)
         return jnp.einsum("bthe,hed->btd", y, self.out[...].astype(dt)) + self.out_bias[...].astype(
             dt
         )
