@@ -82,10 +82,18 @@ def fingerprint(config) -> dict:
         protocol=config.get("protocol", OURS.name),
         data=config.data,
         corrupt=config.corrupt,
+        # What the attacks draw for the same settings; only matters when something is injected.
+        transforms=_transforms_version() if corrupt_spec(config.corrupt) else None,
         model=config.model,
         vqg=config.vqg,
         vqa={k: v for k, v in config.vqa.to_dict().items() if k != "batch_size"},
     )
+
+
+def _transforms_version() -> int:
+    from vdc_jax.corrupt import TRANSFORMS_VERSION  # lazy, as corrupt_spec: TrojanNN pulls in CLIP
+
+    return TRANSFORMS_VERSION
 
 
 def corrupt_spec(cfg):

@@ -44,10 +44,16 @@ from vdc_jax.corrupt.trojan import (
     trojannn,
 )
 
+# Bumped whenever an attack's default output changes (2: BackdoorBench's BadNets trigger, SIG
+# delta 40, truncation to uint8, TrojanNN's apple mask), so that answers computed on the old
+# images are refused rather than silently reused (vdc_jax.cleanse.fingerprint).
+TRANSFORMS_VERSION = 2
+
 __all__ = [
     "ATTACKS",
     "KINDS",
     "SSBA",
+    "TRANSFORMS_VERSION",
     "Attack",
     "BadNets",
     "Blended",
