@@ -109,7 +109,7 @@ class TextTower(nnx.Module):
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
         """input_ids [B, L] int, attention_mask [B, L] (1 = token, 0 = padding) -> pooled [B, D]."""
-        b, length = input_ids.shape
+        length = input_ids.shape[1]
         if length > self.cfg.context_length:
             raise ValueError(
                 f"text length {length} exceeds context_length {self.cfg.context_length}"
