@@ -6,11 +6,6 @@ float32 atol 1e-5, bfloat16 atol 2e-2 (one bf16 rounding of probabilities and ou
 grouped-query heads, a causal + left-padding mask and fully masked (padding) rows.
 """
 
-import json
-import subprocess
-import sys
-
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -85,6 +85,13 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None =
             return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
         except (NotImplementedError, ValueError, RuntimeError):
             pass  # a cuDNN build or shape the kernel refuses at trace time: XLA computes it
+    if q.dtype == jnp.float16 and jax.default_backend() == "cpu":
+        # XLA:CPU has no float16 dot with float32 accumulation (the F16_F16_F32 preset the XLA
+        # path asks for), so float16 attention is computed in float32 there.
+        y = jax.nn.dot_product_attention(
+            *(a.astype(jnp.float32) for a in (q, k, v)), mask=mask, implementation="xla"
+        )
+        return y.astype(q.dtype)
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
 
 
