@@ -180,3 +180,30 @@ def test_scale_figures_exponents_and_watchdog(monkeypatch):
     assert scale.exponent([10], [1.0]) is None
     (res,) = scale._run_child(["knn"], 1000, 8, partial=None, cap_gb=0.02, timeout=60)
     assert res["status"].startswith("killed: RSS") and res["seconds"] is None
+
+
+# ---- vqa_generate ------------------------------------------------------------------------------
+TINY_BLIP = dict(
+    vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4),
+    qformer=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 cross_attention_frequency=2),
+    text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+              num_key_value_heads=2),
+    image_size=32, patch_size=16, num_query_tokens=8, vocab_size=32000, images=1,
+)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_vqa_generate_instructblip_tiny_end_to_end():
+    """The InstructBLIP part on a tiny model: outputs equal transformers' (5 beams) per pair and
+    per image before timing, two figures against the two call patterns."""
+    from benchmarks import vqa_generate
+
+    figs = vqa_generate.vqa_generate(True, blip_spec=TINY_BLIP, iters=1,
+                                     families=("instructblip",))  # fmt: skip
+    assert len(figs) == 2 and {f["benchmark"] for f in figs} == {"vqa_generate"}
+    for f in figs:
+        assert f["metric"] == "answers_per_second_instructblip_beam5" and f["ratio"] > 0
+        assert f["params"]["rows_equal_to_hf_per_pair"] == 1.0
+        assert f["params"]["rows_equal_to_hf_per_image"] == 1.0
+        assert f["params"]["query_tokens"] == 8 and f["params"]["num_beams"] == 5
