@@ -354,10 +354,13 @@ class Trainer:
             per = int(cfg.prompt.nouns_per_step)
             rows["w"] = prompts.noun_rows(rng, self.text.num_nouns, steps, per, d)
         index = jax.device_put(rows, self._steps_sharding)
-        on = jnp.float32(ep >= int(cfg.warmup_epochs))
         # The semantic CE may start later than the other target-reading terms (MCLA only).
         sem = max(int(cfg.warmup_epochs), int(cfg.get("semantic_warmup_epochs", 0)))
-        targets = dict(self._targets, semantic_on=jnp.float32(ep >= sem))
+        # explicit transfers: an epoch passes jax.transfer_guard("disallow")
+        on, sem_on = jax.device_put(
+            (np.float32(ep >= int(cfg.warmup_epochs)), np.float32(ep >= sem)), replicated(self.mesh)
+        )
+        targets = dict(self._targets, semantic_on=sem_on)
         self.params, self.opt_state, metrics = self._epoch_fn(
             self.params, self.opt_state, index, self._feats, targets, on
         )

@@ -170,7 +170,7 @@ class Generator:
             qformer=qformer,
         )
         args = [self._put(a) for a in arrays]
-        scalars = _traced_settings(seed, temperature, top_p, repetition_penalty, eos)
+        scalars = _traced_settings(seed, temperature, top_p, repetition_penalty, eos, self.mesh)
         static = _Static(
             BeamConfig(
                 num_beams,
@@ -191,17 +191,19 @@ class Generator:
         return np.asarray(parallel.fetch(out))[:b]
 
 
-def _traced_settings(seed, temperature, top_p, repetition_penalty, eos: tuple[int, ...]):
+def _traced_settings(seed, temperature, top_p, repetition_penalty, eos: tuple[int, ...], mesh=None):
     """The request settings passed as traced values, so that changing them never recompiles:
     [key, temperature, top_p, repetition_penalty (float32 scalars), eos [E] int32]. Only E,
-    the number of stop tokens, is a shape (and in `_Static`)."""
-    return [
-        jax.random.key(seed),
-        jnp.float32(temperature),
-        jnp.float32(top_p),
-        jnp.float32(repetition_penalty),
-        jnp.asarray(eos, jnp.int32).reshape(len(eos)),
-    ]
+    the number of stop tokens, is a shape (and in `_Static`). Placed by one explicit
+    `device_put`, replicated on `mesh`: a request passes `jax.transfer_guard("disallow")`."""
+    seed, *rest = jax.device_put([
+        np.int64(seed),  # as jax.random.key converts a Python int
+        np.float32(temperature),
+        np.float32(top_p),
+        np.float32(repetition_penalty),
+        np.asarray(eos, np.int32).reshape(len(eos)),
+    ], None if mesh is None else parallel.replicated(mesh))  # fmt: skip
+    return [jax.random.key(seed), *rest]
 
 
 def _request(graphdef, vlm, mesh, state, scalars, ids, mask, valid, row_ids, *rest, static):

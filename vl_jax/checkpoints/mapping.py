@@ -180,11 +180,10 @@ def load_state(
         target_dtype = (
             dtype if dtype is not None and jnp.issubdtype(spec.dtype, jnp.floating) else spec.dtype
         )
-        value = (
-            jnp.asarray(value, dtype=target_dtype)
-            if flat_shardings is None
-            else jax.device_put(np.asarray(value).astype(target_dtype), flat_shardings[rule.target])
-        )
+        if flat_shardings is None:
+            value = jnp.asarray(value, dtype=target_dtype)
+        else:
+            value = place(value, flat_shardings[rule.target], target_dtype)
         var.set_value(value)
 
     patterns = [re.compile(p) for p in ignore]
@@ -197,6 +196,21 @@ def load_state(
             f"{where}: unexpected key '{extra[0]}'{more}: no model parameter uses it"
         )
     return abstract_state
+
+
+def place(value: Array, sharding: jax.sharding.Sharding, dtype) -> jax.Array:
+    """`value` (a host array, e.g. a memory-mapped checkpoint view) as a `jax.Array` with
+    `sharding`: each device receives only its own slice, cut and cast on the host.
+
+    There is no full copy on one device first (which would not fit for a large model split over
+    `model`), the cast reads only each slice (a memory-mapped source is never read whole when
+    its shards are), and on a mesh spanning processes each process fills only the shards its
+    own devices hold.
+    """
+    dtype = np.dtype(dtype)
+    return jax.make_array_from_callback(
+        np.shape(value), sharding, lambda idx: np.asarray(value[idx], dtype=dtype)
+    )
 
 
 def load_model(
