@@ -25,8 +25,9 @@ def _probs(seed: int, n: int = N, k: int = K, *, missing: int | None = None):
 @pytest.mark.slow  # the first call compiles the rule on 8 devices (~10 s on 2 busy cores)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_issues_equal_cleanlab(seed, mesh8):
-    filt = pytest.importorskip("cleanlab.filter")
-    count = pytest.importorskip("cleanlab.count")
+    from cleanlab import count
+    from cleanlab import filter as filt
+
     labels, p = _probs(seed)
     ours = confident.find_label_issues(labels, p, mesh=mesh8)
     np.testing.assert_array_equal(ours.issues, filt.find_label_issues(labels, p, n_jobs=1))
@@ -41,7 +42,8 @@ def test_issues_equal_cleanlab(seed, mesh8):
 def test_issues_equal_cleanlab_missing_and_single_class(mesh8):
     """A class nobody carries (threshold 2, never confident) and a class of one sample (never
     pruned: min_examples_per_class=1)."""
-    filt = pytest.importorskip("cleanlab.filter")
+    from cleanlab import filter as filt
+
     labels, p = _probs(3, missing=2)
     labels[0] = 2  # exactly one sample of class 2
     ours = confident.find_label_issues(labels, p, mesh=mesh8)
@@ -84,8 +86,9 @@ def test_calibration_keeps_label_counts_and_rounds_by_rows():
 def test_calibration_and_rounding_equal_cleanlab():
     """The K x K steps (calibration, row-preserving rounding, keep-one-per-class) are
     cleanlab's float64 arithmetic: equal on random confident joints."""
-    count = pytest.importorskip("cleanlab.count")
-    filt = pytest.importorskip("cleanlab.filter")
+    from cleanlab import count
+    from cleanlab import filter as filt
+
     rng = np.random.default_rng(0)
     for _ in range(20):
         k = int(rng.integers(2, 9))
@@ -112,7 +115,8 @@ def test_probe_matches_sklearn_and_meshes(mesh1, mesh8):
     """Out-of-fold probabilities: scikit-learn's LogisticRegression(C=1) fitted on the same
     folds to tolerance 1e-3 (both at their optimum of the same objective), and 1 vs 8 devices
     within 1e-5 with equal issue masks."""
-    lm = pytest.importorskip("sklearn.linear_model")
+    from sklearn import linear_model as lm
+
     x, y = _blobs()
     p8 = confident.oof_probabilities(x, y, 3, mesh=mesh8)
     p1 = confident.oof_probabilities(x, y, 3, mesh=mesh1)
