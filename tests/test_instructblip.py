@@ -125,6 +125,7 @@ def check_logits(model, ref, batch):
     return got
 
 
+@pytest.mark.slow  # its compile is the fast tier's in test_separate_q_v_bias_keys
 def test_logits_match_hf_sharded_fp32(checkpoints):
     ref, path = checkpoints("gqa_sharded")
     assert os.path.exists(f"{path}/model.safetensors.index.json")  # read across shards
@@ -251,7 +252,9 @@ def test_checkpoint_errors_are_named(checkpoints, tmp_path):
 
 
 def test_separate_q_v_bias_keys(checkpoints, tmp_path):
-    """The vision attention's biases stored as LAVIS names them (`q_bias`, `v_bias`; k zero)."""
+    """The vision attention's biases stored as LAVIS names them (`q_bias`, `v_bias`; k zero).
+
+    The fast tier's logits parity (the module end to end, fp32, atol 1e-4)."""
     ref, path = checkpoints("gqa_sharded")
     c = CONFIGS["gqa_sharded"]["vision_config"]["hidden_size"]
 
