@@ -9,14 +9,17 @@ questions are rejected and padded from templates), batched VQA, answers.jsonl, t
 metrics and plots — NOT accuracy: the model's weights are random, so its answers and scores mean
 nothing.
 
-Arg: "llava" (default) = a tiny LLaVA, greedy, the chat prompt (image-prefix sharing);
-"instructblip" = a tiny InstructBLIP-Vicuna decoded as the paper's LAVIS call does it (the raw
-question as the prompt, 5 beams, repetition penalty 1.5 on new tokens, length penalty 1, at
-least one new token; the vision tower once per image, the Q-Former per question).
+Arg: "llava" (default) = a tiny LLaVA, greedy, the chat prompt (image-prefix sharing), our
+rules; "instructblip" = the paper configs' pipeline in miniature: a tiny InstructBLIP-Vicuna in
+the official protocol (`official_protocol`, as `imagenet_dog.py:badnets` sets it: the official
+rules and general questions, the raw question as the prompt, 5 beams, repetition penalty 1.5 on
+new tokens, length penalty 1, at least one new token; the vision tower once per image, the
+Q-Former per question), with the answer budgets cut from 256 to 4 / 12 new tokens.
+`--config.protocol ours` keeps that decoding with our rules and general questions.
 """
 
 from configs.common import parse_arg
-from configs.vdc.common import MLLM, vdc_config
+from configs.vdc.common import MLLM, official_protocol, vdc_config
 
 # The tiny checkpoints (config.model.name), written to WORKDIR/tiny_llava or tiny_instructblip.
 TINY = {"llava": "tiny-random", "instructblip": "tiny-instructblip"}
@@ -35,16 +38,16 @@ def get_config(arg: str | None = None):
     c.vqg.llm = MLLM
     c.vqg.n = 4
     c.vqg.max_new_tokens = 24
-    c.vqa.batch_size = 8
-    c.vqa.yes_no_tokens = 4
-    c.vqa.describe_tokens = 12
-    if a.mllm == "instructblip":  # LAVIS blip2_vicuna_instruct.generate's decoding
-        c.vqa.prompt = "raw"
-        c.vqa.num_beams = 5
-        c.vqa.repetition_penalty = 1.5
-        c.vqa.length_penalty = 1.0
-        c.vqa.min_new_tokens = 1
     c.judge.kind = "llm"
     c.judge.llm = MLLM
     c.judge.max_new_tokens = 4
+    if a.mllm == "instructblip":
+        # The paper path (the same function the paper configs call): the official rules and
+        # LAVIS blip2_vicuna_instruct.generate's decoding; then only the sizes are shrunk.
+        official_protocol(c, "instructblip")
+        c.model.name = TINY[a.mllm]
+        c.judge.max_new_tokens = 4
+    c.vqa.batch_size = 8
+    c.vqa.yes_no_tokens = 4
+    c.vqa.describe_tokens = 12
     return c
