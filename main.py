@@ -19,6 +19,7 @@ JOBS = {
     "train_vlm": "vl_jax.train.vlm:run",
     "mcla": "mcla_jax.experiment:run",
     "vdc": "vdc_jax.cleanse:run",
+    "vdc_compare": "vdc_jax.compare:run",
 }
 
 _CONFIG, _WORKDIR = cli.define_flags("experiment config file")

@@ -26,6 +26,7 @@ MODULES = (
     "benchmarks.vqa_generate",
     "benchmarks.vdc_pipeline",
     "benchmarks.vdc_stream",
+    "benchmarks.vdc_prescreen",
 )
 
 

@@ -21,6 +21,9 @@ This module only orchestrates: it reads a config and never builds one (configs/v
     vqa.batch_size / yes_no_tokens / describe_tokens / min_new_tokens / num_beams /
         repetition_penalty / length_penalty / prompt ("chat" | "raw")
     judge.kind / llm / max_new_tokens / batch_size / embed_model / embed_threshold
+    prescreen.enabled / clip / prompt / batch_size / min_prob / neighbours / min_agree
+                                         the CLIP pre-screen: confidently consistent samples
+                                         skip the MLLM (vdc_jax.prescreen; off by default)
     protocol                             "ours" | "official": the rule set (vdc_jax.protocol)
     threshold                            flag a sample when score < threshold
     mesh.data / mesh.model               the device mesh (vl_jax.parallel.mesh_from_config)
@@ -62,7 +65,7 @@ import tempfile
 import ml_collections
 import numpy as np
 
-from vdc_jax import inputs, report, scoring
+from vdc_jax import inputs, prescreen, report, scoring
 from vdc_jax.models import MLLM, TINY, dtype_of, load_mllm, make_judge, text_llm
 from vdc_jax.protocol import OURS, Rules, get_rules
 from vdc_jax.questions import load_or_generate
@@ -170,6 +173,12 @@ def clean(
     items = [Item(i, ids[i], int(labels[i])) for i in range(len(ids)) if labels[i] >= 0]
     if len(items) < len(ids):
         log.warning("%d samples without a label are not checked", len(ids) - len(items))
+    # The pre-screen's confidently consistent samples are not asked; merged back after scoring.
+    screen = prescreen.run(config.get("prescreen"), source, data.class_names, items, mesh,
+                           workdir)  # fmt: skip
+    if screen is not None:
+        log.info("pre-screen: %d of %d samples skip the MLLM", screen.skip.sum(), len(items))
+        items = screen.asked
     vqa = VQA.from_config(mllm, config.vqa, mesh=mesh)
     # keep=False: the answers stay on disk (read back for scoring), not in memory.
     store = AnswerStore(os.path.join(workdir, "answers.jsonl"), keep=False)
@@ -196,6 +205,8 @@ def clean(
     scored = [it for it in items if it.index not in left_out]
     table = scoring.score(scored, store, questions, names, judge, config.threshold, len(ids),
                           rules=rules)  # fmt: skip
+    if screen is not None:
+        table = screen.merge(table)
     table.skipped = skipped
     if truth is not None:
         sel = table.index
@@ -208,7 +219,7 @@ def clean(
         "questions_per_class": config.vqg.n,
         "vqg_llm": config.vqg.llm or "templates", "judge": config.judge.kind,
         "corrupt": {k: v for k, v in config.corrupt.to_dict().items() if v not in ("", 0, {})},
-        "classes": len(names), "answers": len(store),
+        "classes": len(names), "answers": len(store), "prescreen": prescreen.summary(screen),
     }  # fmt: skip
     m = report.write_report(workdir, table, threshold=config.threshold, config_summary=summary,
                             rules=rules)  # fmt: skip

@@ -3,6 +3,7 @@
     python -m vdc_jax.main --config configs/vdc/runlocal.py --workdir runs/vdc_local
     python -m vdc_jax.main --config configs/vdc/imagenet_dog.py:blended --workdir runs/dog_blended \
         --config.data.manual_dir /data/ILSVRC2012 --config.judge.kind none
+    python -m vdc_jax.main --config configs/vdc/compare.py:badnets --workdir runs/compare_badnets
 
 Rerunning the same command resumes (see vdc_jax.cleanse). Overrides go through
 `--config.a.b=value` (the config is locked: a mistyped key fails). Multi-host: the same
@@ -22,7 +23,12 @@ _CONFIG, _WORKDIR = cli.define_flags("VDC config file (configs/vdc/*.py[:arg])")
 def main(argv):
     cli.start(argv)
     # Imported after initialize_distributed: nothing may touch the JAX backend before it.
-    from vdc_jax.cleanse import run
+    # job "vdc_compare" (configs/vdc/compare.py): VDC, pre-screened VDC, confident learning and
+    # their fusion side by side (vdc_jax.compare); any other: one cleansing run.
+    if _CONFIG.value.get("job") == "vdc_compare":
+        from vdc_jax.compare import run
+    else:
+        from vdc_jax.cleanse import run
 
     errors.exit_on_user_error(run, _CONFIG.value, _WORKDIR.value)
 

@@ -94,6 +94,18 @@ def vdc_config() -> ml_collections.ConfigDict:
         embed_model="openai/clip-vit-base-patch32",  # kind="embedding": a CLIP
         embed_threshold=0.25,  # kind="embedding": cosine similarity that counts as consistent
     )
+    # The CLIP pre-screen (vdc_jax.prescreen): a sample whose label is CLIP's zero-shot top-1
+    # with p >= min_prob, and shared by >= min_agree of its CLIP-space neighbours, skips the
+    # MLLM (score 1, kept). The thresholds are a rule fixed in advance, not tuned on any labels.
+    c.prescreen = dict(
+        enabled=False,
+        clip="",  # a CLIP checkpoint: hub id or directory
+        prompt="a photo of a {}",  # zero-shot prompt per class name
+        batch_size=64,  # images per CLIP encoding step
+        min_prob=0.9,  # zero-shot probability of the label, at least
+        neighbours=10,  # nearest images (cosine, CLIP image space) of the data being cleaned
+        min_agree=0.5,  # share of those neighbours carrying the sample's label, at least
+    )
     c.threshold = 0.5  # flag a sample when its consistency score < threshold
     # ours | official (vdc_jax.protocol): the answer-evaluation rules and general questions.
     # official = the paper code's rules (substring "yes", any-token descriptions, empty answers

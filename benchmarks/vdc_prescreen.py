@@ -1,0 +1,90 @@
+"""`vdc_prescreen`: samples/s and MLLM calls of VDC with the CLIP pre-screen against full VDC
+(every sample asked) on the same data, the same loaded MLLM and the same questions.
+
+Full: the offline demo's BadNets VDC part (1,000 easy-VQA test images, 60 BadNets poisons + 20 %
+symmetric noise, the demo VLM; configs/vdc/compare.py) — the data the detection figures in
+docs/vdc.md come from. Quick: the runlocal synthetic shapes (24 images) with the same models.
+Each side is one `vdc_jax.cleanse.clean` in a fresh workdir, timed end to end (the pre-screen's
+CLIP encoding and kNN included), after one untimed pre-screened run that compiles every program
+both sides use (compile once, then time). The detection figures of both runs ride along in
+``params`` (the speed must not cost detection).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+import time
+
+from benchmarks.common import ForeignLoad, figure, log, register
+
+NAME = "vdc_prescreen"
+
+
+def _config(quick: bool, tmp: str):
+    from configs.vdc.compare import get_config
+
+    c = get_config("badnets")
+    c.job = "vdc"
+    if quick:  # 24 generated shapes (8 per class), 2 poisons per class, the same models
+        c.data.kind, c.data.per_class = "synthetic", 8
+        c.corrupt.poison_per_class = 2
+        c.vqa.batch_size = c.prescreen.batch_size = 8  # 24 images: no 64-row padding
+        # the generated classes are circle / square / triangle: the demo's question forms
+        with open(c.vqg.questions_file, encoding="utf-8") as f:
+            q = json.load(f)
+        q["classes"]["square"] = [
+            s.replace("rectangle", "square") for s in q["classes"].pop("rectangle")
+        ]
+        c.vqg.questions_file = os.path.join(tmp, "questions.json")
+        with open(c.vqg.questions_file, "w", encoding="utf-8") as f:
+            json.dump(q, f)
+    return c
+
+
+def _clean(base, workdir: str, prescreen: bool, mllm) -> tuple[float, dict, int]:
+    """(seconds, metrics, samples scored) of one cleansing run in a fresh ``workdir``."""
+    from vdc_jax import cleanse
+
+    c = copy.deepcopy(base)
+    c.prescreen.enabled = prescreen
+    t0 = time.perf_counter()
+    m, table = cleanse.clean(c, workdir, mllm=mllm)
+    return time.perf_counter() - t0, m, len(table.ids)
+
+
+@register(NAME)
+def vdc_prescreen(quick: bool) -> list[dict]:
+    from vdc_jax.models import load_mllm
+    from vl_jax import parallel
+
+    with tempfile.TemporaryDirectory(prefix="bench_prescreen_") as tmp:
+        base = _config(quick, tmp)
+        mesh = parallel.mesh_from_config(base.mesh.to_dict())
+        mllm = load_mllm(base.model, tmp, mesh)
+        # untimed: compiles the CLIP tower, the kNN and every VQA generate shape both sides use
+        _clean(base, f"{tmp}/warm", True, mllm)
+        with ForeignLoad() as load:
+            runs = {name: _clean(base, f"{tmp}/{name}", on, mllm)
+                    for name, on in (("full", False), ("prescreened", True))}  # fmt: skip
+    for name, (t, m, _) in runs.items():
+        log.info("%s: %.1f s, %d MLLM calls", name, t, m["config"]["answers"])
+    (t_pre, m_pre, n), (t_full, m_full, _) = runs["prescreened"], runs["full"]
+    o = lambda m, key: m.get("overall", {}).get(key, float("nan"))
+    params = {
+        "samples": n,
+        "data": "synthetic shapes (runlocal)" if quick else "easy-VQA test + BadNets + 20% sym noise",
+        "skipped_by_prescreen": m_pre["config"]["prescreen"]["skipped"],
+        "tpr_prescreened": o(m_pre, "tpr"), "tpr_full": o(m_full, "tpr"),
+        "fpr_prescreened": o(m_pre, "fpr"), "fpr_full": o(m_full, "fpr"),
+        "seconds_prescreened": t_pre, "seconds_full": t_full,
+        "foreign_cpu_cores": load.cores,
+    }  # fmt: skip
+    return [
+        figure(NAME, "samples_per_second", n / t_pre, n / t_full,
+               "full VDC (every sample asked)", higher_is_better=True, params=params),
+        figure(NAME, "mllm_calls", m_pre["config"]["answers"], m_full["config"]["answers"],
+               "full VDC (every sample asked)", higher_is_better=False, params=params),
+    ]  # fmt: skip
