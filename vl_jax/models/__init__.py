@@ -8,6 +8,7 @@ _MODELS = {
     "instructblip": "vl_jax.models.instructblip",
     "llava": "vl_jax.models.llava",
     "llm": "vl_jax.models.llm",
+    "qwen2_vl": "vl_jax.models.qwen2_vl",  # Qwen2-VL and Qwen2.5-VL
 }
 
 

@@ -110,8 +110,11 @@ def rope_inv_freq(cfg: LLMConfig) -> jax.Array:
 
 
 def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
-    """x [B, T, N, E] rotated by positions [B, T] (HF's half-split convention, not interleaved)."""
-    freqs = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, E/2]
+    """x [B, T, N, E] rotated by positions [B, T] (HF's half-split convention, not interleaved),
+    or by one position per frequency [B, T, E/2] (multimodal rotary: Qwen2-VL's M-RoPE gives
+    each section of frequencies its own temporal / height / width position)."""
+    pos = positions.astype(jnp.float32)
+    freqs = pos * inv_freq if positions.ndim == 3 else pos[..., None] * inv_freq  # [B, T, E/2]
     emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
     cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
     x1, x2 = jnp.split(x, 2, axis=-1)
@@ -256,7 +259,8 @@ class LLM(nnx.Module):
 
         Args:
           x: [B, T, D] input embeddings (see `embed`; a VLM splices image features in).
-          positions: [B, T] int rotary positions (left padding: count real tokens only).
+          positions: [B, T] int rotary positions (left padding: count real tokens only), or
+            [B, T, E/2] one per rotary frequency (see `apply_rope`).
           kv_mask: [B, S] bool, True for key slots holding real tokens (S = T without a cache).
           cache: optional KVCache with S slots; the T new tokens are written at `cache_index`.
           cache_index: int32 scalar, slot of the first new token.

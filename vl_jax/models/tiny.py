@@ -385,3 +385,155 @@ def write_instructblip(path: str, seed: int = 0, vocab_size: int | None = None, 
         save_instructblip(random_instructblip(hf_config, seed), hf_config, tmp, vocab_size)
 
     return write_folder_once(path, "config.json", write)
+
+
+# ----------------------------------------------------------------------------- tiny Qwen2(.5)-VL
+# Qwen's chat markers and vision tokens, after the words; "<|endoftext|>" pads, as in Qwen's.
+_QWEN_SPECIALS = (
+    "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+    "<|video_pad|>",
+)  # fmt: skip
+_QWEN_WORDS = ("system", "user", "You", "are", "helpful", "Yes", "No", "Picture", "Video")
+
+# Qwen2-VL-Instruct's chat template (images and videos, optional "Picture n:" labels).
+QWEN2_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}"
+    "Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}"
+    "Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _qwen_vocab(vocab_size: int | None) -> dict[str, int]:
+    words = ["<|endoftext|>", *dict.fromkeys([*LLAVA_WORDS, *_QWEN_WORDS])]
+    words += [f"w{i}" for i in range(max(0, (vocab_size or 0) - len(_QWEN_SPECIALS) - len(words)))]
+    return {w: i for i, w in enumerate([*words, *_QWEN_SPECIALS])}
+
+
+def qwen2_vl_config(
+    version: str = "2.5",
+    vision: dict | None = None,
+    text: dict | None = None,
+    vocab_size: int | None = None,
+):
+    """The tiny ``transformers.Qwen2_5_VLConfig`` (``version="2.5"``) or ``Qwen2VLConfig``
+    (``"2"``), no weights, no torch.
+
+    Real patch geometry (14 px patches, 2x2 merge, 2 temporal patches), 2 vision layers of width
+    32 (2.5: 56 px windows = 2x2 merged tokens, the second layer full attention; 2: LayerNorm /
+    quick_gelu), a Qwen2 decoder of 2 layers, width 64, 4 heads over 2 KV heads (head dim 16,
+    M-RoPE sections 2/3/3) over the word vocabulary with Qwen's special tokens last.
+    ``vision`` / ``text`` override the parts' transformers config fields."""
+    import transformers
+
+    vocab = _qwen_vocab(vocab_size)
+    common = dict(depth=2, num_heads=4, patch_size=14, spatial_merge_size=2,
+                  temporal_patch_size=2)  # fmt: skip
+    text_cfg = {
+        **dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2,
+               rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3],
+                                "rope_theta": 1000000.0}),
+        **(text or {}), "vocab_size": len(vocab), "bos_token_id": None,
+        "eos_token_id": vocab["<|im_end|>"], "pad_token_id": vocab["<|endoftext|>"],
+    }  # fmt: skip
+    ids = dict(
+        image_token_id=vocab["<|image_pad|>"], video_token_id=vocab["<|video_pad|>"],
+        vision_start_token_id=vocab["<|vision_start|>"],
+        vision_end_token_id=vocab["<|vision_end|>"],
+    )  # fmt: skip
+    if version == "2.5":
+        v = {**common, "hidden_size": 32, "intermediate_size": 64, "out_hidden_size": 64,
+             "window_size": 56, "fullatt_block_indexes": [1], **(vision or {})}  # fmt: skip
+        config = transformers.Qwen2_5_VLConfig(vision_config=v, text_config=text_cfg, **ids)
+        config.architectures = ["Qwen2_5_VLForConditionalGeneration"]
+    elif version == "2":
+        v = {**common, "embed_dim": 32, "hidden_size": 64, "mlp_ratio": 2, **(vision or {})}
+        config = transformers.Qwen2VLConfig(vision_config=v, text_config=text_cfg, **ids)
+        config.architectures = ["Qwen2VLForConditionalGeneration"]
+    else:
+        raise ValueError(f"unknown Qwen-VL version {version!r} (expected '2' or '2.5')")
+    return config
+
+
+def random_qwen2_vl(hf_config, seed: int = 0):
+    """Our Qwen2-VL / Qwen2.5-VL of a transformers config with N(0, 0.02) weights (norm scales
+    around 1), filled from numpy (no XLA compilation)."""
+    import jax.numpy as jnp
+
+    from vl_jax.models import qwen2_vl
+
+    cfg = qwen2_vl.Qwen2VLConfig.from_hf(hf_config)
+    return _numpy_filled(lambda: qwen2_vl.Qwen2VL(cfg, dtype=jnp.float32, rngs=nnx.Rngs(0)), seed)
+
+
+def _qwen_tokenizer(vocab_size: int | None):
+    """Word-level, no BOS, left padding, Qwen's special tokens and chat template."""
+    import tokenizers
+    import transformers
+    from tokenizers import models, pre_tokenizers
+
+    tok = tokenizers.Tokenizer(models.WordLevel(_qwen_vocab(vocab_size), unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    )
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<|endoftext|>", pad_token="<|endoftext|>",
+        eos_token="<|im_end|>", padding_side="left",
+    )  # fmt: skip
+    tokenizer.add_special_tokens({"additional_special_tokens": list(_QWEN_SPECIALS)})
+    tokenizer.chat_template = QWEN2_VL_CHAT_TEMPLATE
+    return tokenizer
+
+
+def save_qwen2_vl(model, hf_config, path: str, vocab_size: int | None = None,
+                  min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 36) -> str:  # fmt: skip
+    """A Hugging Face Qwen2-VL / Qwen2.5-VL directory for ``model``: model.safetensors in the
+    hub's key layout (``model.*``, ``visual.*``, ``lm_head``), config.json,
+    generation_config.json, tokenizer with the chat template and the image processor's
+    ``preprocessor_config.json`` (``min_pixels`` / ``max_pixels`` its pixel budget)."""
+    import transformers
+
+    from vl_jax.checkpoints import save_safetensors
+    from vl_jax.checkpoints.mapping import export_state
+    from vl_jax.models import qwen2_vl
+
+    os.makedirs(path, exist_ok=True)
+    tensors = export_state(nnx.state(model, nnx.Param), qwen2_vl.hf_rules(model.config))
+    save_safetensors(tensors, os.path.join(path, "model.safetensors"), {"format": "pt"})
+    _qwen_tokenizer(vocab_size).save_pretrained(path)
+    v = hf_config.vision_config
+    transformers.Qwen2VLImageProcessorPil(
+        min_pixels=min_pixels, max_pixels=max_pixels, patch_size=v.patch_size,
+        temporal_patch_size=v.temporal_patch_size, merge_size=v.spatial_merge_size,
+    ).save_pretrained(path)  # fmt: skip
+    t = hf_config.text_config
+    transformers.GenerationConfig(
+        eos_token_id=t.eos_token_id, pad_token_id=t.pad_token_id
+    ).save_pretrained(path)
+    hf_config.save_pretrained(path)  # last: config.json marks a complete checkpoint
+    return path
+
+
+def write_qwen2_vl(path: str, seed: int = 0, version: str = "2.5", vocab_size: int | None = None,
+                   **overrides) -> str:  # fmt: skip
+    """Writes the tiny random Qwen2.5-VL (or Qwen2-VL, ``version="2"``;
+    :func:`qwen2_vl_config` with ``vocab_size`` and ``overrides``) with its tokenizer and image
+    processor to ``path`` once (a temporary folder renamed into place; an existing complete one
+    is kept). Deterministic in ``seed``; no torch. Loads in our
+    :func:`vl_jax.models.qwen2_vl.from_pretrained` and in transformers. Returns ``path``."""
+
+    def write(tmp: str) -> None:
+        hf_config = qwen2_vl_config(version, vocab_size=vocab_size, **overrides)
+        save_qwen2_vl(random_qwen2_vl(hf_config, seed), hf_config, tmp, vocab_size)
+
+    return write_folder_once(path, "config.json", write)

@@ -1,0 +1,328 @@
+"""The vision towers of Qwen2-VL and Qwen2.5-VL in Flax NNX (HF `Qwen2VisionTransformerPretrainedModel`
+and `Qwen2_5_VisionTransformerPretrainedModel`).
+
+    tower = VisionTower(cfg, rngs=nnx.Rngs(0))
+    features = tower(patches, grid_hw=(h, w))       # [N, h*w, P] -> [N, h*w / m^2, D]
+
+An image of any size (sides multiples of `patch_size * merge_size`, see
+`vl_jax.models.qwen2_vl_preprocess`) arrives as h x w flattened patches in HF's layout: each patch
+vector is (channel, temporal, row, column) of a `temporal_patch_size x p x p` block (a still image
+is repeated over the temporal axis), and patches are ordered block-major over `m x m` merge
+blocks: (block row, block column, row in block, column in block). The tower embeds each patch
+(the Conv3d whose kernel equals its stride is a matmul), runs pre-norm blocks with 2-D rotary
+positions (half of each head's frequencies rotate by the patch row, half by its column), and the
+merger concatenates each block's m^2 consecutive patches into one token of the LLM width.
+
+Differences between the two versions, all read from the checkpoint's config:
+
+| | Qwen2-VL | Qwen2.5-VL |
+|---|---|---|
+| norms (blocks, merger) | LayerNorm | RMSNorm |
+| MLP | fc1 -> act (quick_gelu) -> fc2 | SwiGLU with biases (silu) |
+| attention | full, per image | windows of `window_size` px; `fullatt_block_indexes` full |
+
+HF reorders the patches window by window and attends within `cu_seqlens` segments; we keep the
+patch order and give attention a mask that lets a patch see only its own window. The keys each
+query reads are the same set, so the result is the same up to summation order (and no reordering
+is undone afterwards). Only still images (one temporal patch) are supported.
+
+Shape letters: N images of one size, L = h*w patches, P patch vector, C width, H heads, E head
+dim, F MLP width, D output (LLM) width, m merge size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vl_jax.checkpoints.mapping import Rule, copy, linear, reshaped, split_rows
+from vl_jax.models.llm import RMSNorm
+from vl_jax.models.transformer import HF_ACTIVATIONS, MLP, attention, sharded
+from vl_jax.parallel import MODEL
+
+__all__ = ["VisionConfig", "VisionTower", "patch_positions", "vision_rules", "window_ids"]
+
+_EPS = 1e-6  # both towers' norms (hard-coded in HF's modules, not in the config)
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+    """A Qwen2-VL / Qwen2.5-VL vision tower. `window_size` (px) is None for Qwen2-VL."""
+
+    width: int
+    depth: int
+    heads: int
+    mlp_dim: int
+    act: str  # the blocks' activation, our name (`transformer.ACTIVATIONS`) or "silu"
+    out_width: int
+    patch_size: int = 14
+    temporal_patch_size: int = 2
+    merge_size: int = 2
+    in_channels: int = 3
+    rope_theta: float = 10000.0
+    window_size: int | None = None
+    fullatt_blocks: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.width % self.heads or (self.width // self.heads) % 4:
+            raise ValueError(
+                f"vision width {self.width} / {self.heads} heads must give a head dim divisible "
+                "by 4 (2-D rotary: half the frequencies per axis)"
+            )
+
+    @property
+    def swiglu(self) -> bool:
+        """Qwen2.5-VL's blocks (RMSNorm, SwiGLU); Qwen2-VL's are LayerNorm / fc1-fc2."""
+        return self.window_size is not None
+
+    @property
+    def patch_dim(self) -> int:
+        """P: length of one flattened patch vector."""
+        return self.in_channels * self.temporal_patch_size * self.patch_size**2
+
+    @classmethod
+    def from_hf(cls, v, model_type: str) -> VisionConfig:
+        """From a transformers `Qwen2VLVisionConfig` / `Qwen2_5_VLVisionConfig`."""
+        sizes = []
+        for name in ("patch_size", "temporal_patch_size"):
+            s = getattr(v, name)
+            if isinstance(s, (list, tuple)):
+                if len(set(s)) != 1:
+                    raise ValueError(f"non-uniform vision {name} {s} is not supported")
+                s = s[0]
+            sizes.append(int(s))
+        rope = dict(getattr(v, "rope_parameters", None) or {})
+        if rope.get("rope_type", "axial") != "axial":
+            raise ValueError(f"vision rope_type '{rope['rope_type']}' is not supported (axial)")
+        common = dict(
+            depth=v.depth, heads=v.num_heads, patch_size=sizes[0], temporal_patch_size=sizes[1],
+            merge_size=v.spatial_merge_size, in_channels=v.in_channels,
+            rope_theta=float(rope.get("rope_theta", 10000.0)),
+        )  # fmt: skip
+        if model_type == "qwen2_vl":
+            act = HF_ACTIVATIONS.get(v.hidden_act)
+            if act is None:
+                raise ValueError(f"unsupported Qwen2-VL vision hidden_act '{v.hidden_act}'")
+            return cls(
+                width=v.embed_dim, mlp_dim=int(v.embed_dim * v.mlp_ratio), act=act,
+                out_width=v.hidden_size, **common,
+            )  # fmt: skip
+        if v.hidden_act != "silu":
+            raise ValueError(f"unsupported Qwen2.5-VL vision hidden_act '{v.hidden_act}'")
+        return cls(
+            width=v.hidden_size, mlp_dim=v.intermediate_size, act="silu",
+            out_width=v.out_hidden_size, window_size=int(v.window_size),
+            fullatt_blocks=tuple(int(i) for i in v.fullatt_block_indexes), **common,
+        )  # fmt: skip
+
+
+def patch_positions(grid_hw: tuple[int, int], merge: int) -> np.ndarray:
+    """(row, column) [L, 2] of each patch in HF's block-major order (`get_vision_position_ids`)."""
+    h, w = grid_hw
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    block = lambda a: a.reshape(h // merge, merge, w // merge, merge).transpose(0, 2, 1, 3)
+    return np.stack([block(rows).reshape(-1), block(cols).reshape(-1)], axis=-1)
+
+
+def window_ids(grid_hw: tuple[int, int], cfg: VisionConfig) -> np.ndarray:
+    """[L] the attention window of each patch (Qwen2.5-VL): windows are squares of
+    `window_size // merge_size // patch_size` merged tokens from the top-left corner, the last
+    row / column of windows cut by the image edge (`get_vision_window_index`)."""
+    ws = cfg.window_size // cfg.merge_size // cfg.patch_size
+    pos = patch_positions(grid_hw, cfg.merge_size) // cfg.merge_size  # merged-token row, column
+    per_row = -(-(grid_hw[1] // cfg.merge_size) // ws)
+    return (pos[:, 0] // ws) * per_row + pos[:, 1] // ws
+
+
+def _rope_tables(grid_hw, cfg: VisionConfig) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin [L, E] in float32: frequencies over E/4, the first E/4 angles use the patch row,
+    the next E/4 its column, then repeated (HF's half-split rotation over the whole head)."""
+    e = cfg.width // cfg.heads
+    half = e // 2
+    inv = 1.0 / (cfg.rope_theta ** (np.arange(0, half, 2, dtype=np.float32) / half))
+    pos = patch_positions(grid_hw, cfg.merge_size).astype(np.float32)
+    freqs = np.concatenate([pos[:, :1] * inv, pos[:, 1:] * inv], axis=-1)  # [L, E/2]
+    emb = np.concatenate([freqs, freqs], axis=-1)
+    return np.cos(emb), np.sin(emb)
+
+
+def _rotate(x, cos, sin):
+    """x [N, L, H, E] rotated in float32 (HF's `apply_rotary_pos_emb_vision`), back to x.dtype."""
+    x32 = x.astype(jnp.float32)
+    x1, x2 = jnp.split(x32, 2, axis=-1)
+    out = x32 * cos[:, None] + jnp.concatenate([-x2, x1], axis=-1) * sin[:, None]
+    return out.astype(x.dtype)
+
+
+class VisionAttention(nnx.Module):
+    """Self-attention with a fused q/k/v projection ([C, 3, H, E] + bias) and 2-D rotary."""
+
+    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        c, h = cfg.width, cfg.heads
+        init = nnx.initializers.lecun_normal()
+        self.qkv = nnx.Param(
+            sharded(init, (None, None, MODEL, None))(rngs.params(), (c, 3, h, c // h), param_dtype)
+        )
+        self.qkv_bias = nnx.Param(
+            sharded(nnx.initializers.zeros, (None, MODEL, None))(
+                rngs.params(), (3, h, c // h), param_dtype
+            )
+        )
+        self.proj = nnx.Linear(
+            c, c, kernel_init=sharded(init, (MODEL, None)), dtype=dtype, param_dtype=param_dtype,
+            rngs=rngs,
+        )  # fmt: skip
+        self.heads, self.dtype = h, dtype
+
+    def __call__(self, x, cos, sin, mask=None):
+        """x [N, L, C]; cos, sin [L, E]; mask None or bool [L, L] -> [N, L, C]."""
+        dt = self.dtype
+        qkv = jnp.einsum("nlc,ckhe->nlkhe", x, self.qkv[...].astype(dt))
+        qkv = qkv + self.qkv_bias[...].astype(dt)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        y = attention(q, k, v, None if mask is None else mask[None, None])
+        return self.proj(y.reshape(*y.shape[:2], -1))
+
+
+class SwiGLU(nnx.Module):
+    """down(silu(gate(x)) * up(x)), every projection with a bias (Qwen2.5-VL's vision MLP)."""
+
+    def __init__(self, width: int, hidden: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+        init = nnx.initializers.lecun_normal()
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        col = dict(kernel_init=sharded(init, (None, MODEL)), bias_init=sharded(
+            nnx.initializers.zeros, (MODEL,)))  # fmt: skip
+        self.gate = nnx.Linear(width, hidden, **col, **kw)
+        self.up = nnx.Linear(width, hidden, **col, **kw)
+        self.down = nnx.Linear(hidden, width, kernel_init=sharded(init, (MODEL, None)), **kw)
+
+    def __call__(self, x):
+        return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+
+
+def _norm(cfg: VisionConfig, dim: int, *, param_dtype, dtype, rngs):
+    if cfg.swiglu:
+        return RMSNorm(dim, _EPS, param_dtype=param_dtype, rngs=rngs)
+    return nnx.LayerNorm(dim, epsilon=_EPS, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+
+class VisionBlock(nnx.Module):
+    """x + attn(norm1(x)); x + mlp(norm2(x))."""
+
+    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.norm1 = _norm(cfg, cfg.width, **kw)
+        self.attn = VisionAttention(cfg, **kw)
+        self.norm2 = _norm(cfg, cfg.width, **kw)
+        if cfg.swiglu:
+            self.mlp = SwiGLU(cfg.width, cfg.mlp_dim, **kw)
+        else:
+            self.mlp = MLP(cfg.width, cfg.mlp_dim, cfg.act, **kw)
+
+    def __call__(self, x, cos, sin, mask=None):
+        x = x + self.attn(self.norm1(x), cos, sin, mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class Merger(nnx.Module):
+    """norm, then each m^2 consecutive patches -> one token: Linear(m^2 C) -> GELU -> Linear(D)."""
+
+    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        wide = cfg.width * cfg.merge_size**2
+        init = nnx.initializers.lecun_normal()
+        self.ln_q = _norm(cfg, cfg.width, **kw)
+        self.fc1 = nnx.Linear(wide, wide, kernel_init=sharded(init, (None, MODEL)), **kw)
+        self.fc2 = nnx.Linear(wide, cfg.out_width, kernel_init=sharded(init, (MODEL, None)), **kw)
+        self.wide = wide
+
+    def __call__(self, x):
+        """[N, L, C] -> [N, L / m^2, D]."""
+        x = self.ln_q(x).reshape(x.shape[0], -1, self.wide)
+        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))
+
+
+class VisionTower(nnx.Module):
+    """Patch embedding, blocks with 2-D rotary (windowed for Qwen2.5-VL), patch merger."""
+
+    def __init__(self, cfg: VisionConfig, *, dtype=jnp.float32, param_dtype=None, rngs: nnx.Rngs):
+        param_dtype = param_dtype or dtype
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        init = nnx.initializers.lecun_normal()
+        self.patch_embed = nnx.Linear(
+            cfg.patch_dim, cfg.width, use_bias=False, kernel_init=sharded(init, (None, MODEL)), **kw
+        )
+        self.blocks = nnx.List([VisionBlock(cfg, **kw) for _ in range(cfg.depth)])
+        self.merger = Merger(cfg, **kw)
+        self.cfg, self.dtype = cfg, dtype
+
+    def __call__(self, patches: jax.Array, grid_hw: tuple[int, int]) -> jax.Array:
+        """patches [N, L, P] of N images of `grid_hw` = (h, w) patches each (static) ->
+        [N, L / m^2, D], the merged tokens in the processor's order (HF `pooler_output`)."""
+        cfg = self.cfg
+        h, w = (int(s) for s in grid_hw)
+        m = cfg.merge_size
+        if h % m or w % m or patches.shape[1] != h * w or patches.shape[2] != cfg.patch_dim:
+            raise ValueError(
+                f"patches {patches.shape} do not hold a {h}x{w} grid of {cfg.patch_dim}-long "
+                f"patches with sides multiples of {m}"
+            )
+        cos, sin = (jnp.asarray(t) for t in _rope_tables((h, w), cfg))
+        windowed = None
+        if cfg.window_size is not None:
+            ids = window_ids((h, w), cfg)
+            windowed = jnp.asarray(ids[:, None] == ids[None, :])
+        x = self.patch_embed(patches.astype(self.dtype))
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, None if i in cfg.fullatt_blocks else windowed)
+        return self.merger(x)
+
+
+# ---- checkpoints -------------------------------------------------------------------------------
+
+
+def _linear_rules(ours: str, theirs: str, bias: bool = True) -> list[Rule]:
+    rules = [linear(f"{ours}.kernel", f"{theirs}.weight")]
+    return rules + ([copy(f"{ours}.bias", f"{theirs}.bias")] if bias else [])
+
+
+def _norm_rules(cfg: VisionConfig, ours: str, theirs: str) -> list[Rule]:
+    if cfg.swiglu:
+        return [copy(f"{ours}.scale", f"{theirs}.weight")]
+    return [copy(f"{ours}.scale", f"{theirs}.weight"), copy(f"{ours}.bias", f"{theirs}.bias")]
+
+
+def vision_rules(cfg: VisionConfig, ours: str, theirs: str) -> list[Rule]:
+    """Our VisionTower under `ours` <- HF vision keys under `theirs` (e.g. "visual")."""
+    c, h, p = cfg.width, cfg.heads, cfg.patch_size
+    e = c // h
+    k = (cfg.in_channels, cfg.temporal_patch_size, p, p)
+    # Conv3d weight [C, ch, t, p, p] -> [ch*t*p*p, C]: the patch vector's (ch, t, row, col) order.
+    rules = [
+        reshaped(
+            f"{ours}.patch_embed.kernel", f"{theirs}.patch_embed.proj.weight",
+            (cfg.patch_dim, c), (c, *k), (1, 2, 3, 4, 0),
+        ),
+    ]  # fmt: skip
+    for i in range(cfg.depth):
+        o, t = f"{ours}.blocks.{i}", f"{theirs}.blocks.{i}"
+        rules += _norm_rules(cfg, f"{o}.norm1", f"{t}.norm1")
+        rules += _norm_rules(cfg, f"{o}.norm2", f"{t}.norm2")
+        rules += [
+            split_rows(f"{o}.attn.qkv", f"{t}.attn.qkv.weight", (c, 3, h, e), transpose=True),
+            split_rows(f"{o}.attn.qkv_bias", f"{t}.attn.qkv.bias", (3, h, e), transpose=False),
+            *_linear_rules(f"{o}.attn.proj", f"{t}.attn.proj"),
+        ]
+        names = ("gate", "up", "down") if cfg.swiglu else ("fc1", "fc2")
+        for name in names:
+            theirs_name = f"{name}_proj" if cfg.swiglu else name
+            rules += _linear_rules(f"{o}.mlp.{name}", f"{t}.mlp.{theirs_name}")
+    rules += _norm_rules(cfg, f"{ours}.merger.ln_q", f"{theirs}.merger.ln_q")
+    rules += _linear_rules(f"{ours}.merger.fc1", f"{theirs}.merger.mlp.0")
+    rules += _linear_rules(f"{ours}.merger.fc2", f"{theirs}.merger.mlp.2")
+    return rules
