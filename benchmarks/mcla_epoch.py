@@ -168,23 +168,24 @@ def _torch(u, t, knn_idx, *, loader: bool = True):
 
 
 # ------------------------------------------------------------------ prompt learning (MCLA)
-PROMPT_NOUNS, PROMPT_PER_STEP, PROMPT_CONTEXT = 1000, 64, 16
-# The text tower: quick = 4 layers of width 256; full = CLIP ViT-B/32's (12 x 512, 8 heads).
-PROMPT_TOWER = {True: dict(text_width=256, text_layers=4, text_heads=4),
+PROMPT_PER_STEP, PROMPT_CONTEXT = 64, 16
+PROMPT_NOUNS = {True: 256, False: 1000}  # semantic-space nouns (quick, full)
+# The text tower: quick = 2 layers of width 128; full = CLIP ViT-B/32's (12 x 512, 8 heads).
+PROMPT_TOWER = {True: dict(text_width=128, text_layers=2, text_heads=4),
                 False: dict(text_width=512, text_layers=12, text_heads=8)}  # fmt: skip
 
 
 def _prompt_setup(quick: bool, folder: str):
     """A random CLIP (``vl_jax.models.tiny`` family, 512-d embeddings, the text tower of
     ``PROMPT_TOWER``) written as a HF directory, and the prompt tokens of the first
-    ``PROMPT_NOUNS`` WordNet lemmas (``mcla_jax.prompts.prompt_tokens``)."""
+    ``PROMPT_NOUNS[quick]`` WordNet lemmas (``mcla_jax.prompts.prompt_tokens``)."""
     from mcla_jax import prompts, wordnet
     from vl_jax.models import tiny
     from vl_jax.models.loaded import ClipCheckpoint
 
     tiny.write_clip(folder, embed_dim=DIM, context_length=PROMPT_CONTEXT, **PROMPT_TOWER[quick])
     ck = ClipCheckpoint(folder)
-    words = [str(w) for w in wordnet.load().lemmas[:PROMPT_NOUNS]]
+    words = [str(w) for w in wordnet.load().lemmas[: PROMPT_NOUNS[quick]]]
     tokens = prompts.prompt_tokens(ck.tokenizer, words, PROMPT_CONTEXT)
     return ck, tokens
 
@@ -357,7 +358,7 @@ def _prompt_figures(quick: bool, n: int, iters: int, params: dict) -> list[dict]
         with ForeignLoad() as load:
             tm = time_interleaved(fns, warmup=1, iters=iters)
     log.info("%s prompts n=%d: %s (foreign load %s cores)", NAME, n, tm, load.cores)
-    p = {**params, "n": n, "epochs_timed": iters, "nouns": PROMPT_NOUNS,
+    p = {**params, "n": n, "epochs_timed": iters, "nouns": PROMPT_NOUNS[quick],
          "nouns_per_step": PROMPT_PER_STEP, "text_tower": PROMPT_TOWER[quick],
          "prompt_tokens": int(tokens.ids.shape[1]), "ours_heads_only_seconds": tm["ours_heads"],
          "ours_model": "MCLAModel + adapter + prompt context through our CLIP text tower",

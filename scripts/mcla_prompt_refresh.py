@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import time
 
 import ml_collections
@@ -26,6 +27,7 @@ from sklearn.metrics import silhouette_score
 from mcla_jax import experiment
 from mcla_jax import train as train_lib
 from vl_jax import parallel
+from vl_jax.fileio import atomic_open
 from vl_jax.metrics import clustering_metrics
 
 
@@ -41,7 +43,8 @@ def main() -> None:
     module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
     config = ml_collections.ConfigDict(module.get_config(arg).arms.mcla.to_dict())
     mesh = parallel.mesh_from_config(config.mesh)
-    work = f"{a.workdir}/mcla"
+    work = os.path.join(a.workdir, "mcla")
+    os.makedirs(work, exist_ok=True)  # the features folder is named relative to it
     clip = experiment.clip_checkpoint(config, work, mesh)
     train = experiment.load_features(config, work, config.data.train_split, clip, mesh)
     evals = experiment.load_features(config, work, config.data.eval_split, clip, mesh)
@@ -72,7 +75,7 @@ def main() -> None:
                          seconds_per_epoch=float(np.median(times[1:])), train_silhouette=sil,
                          eval_acc_report_only=acc, nouns=inputs.text.num_nouns))  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
-    with open(a.out, "w") as f:
+    with atomic_open(a.out, "w", encoding="utf-8") as f:
         json.dump(rows, f, indent=1)
 
 
