@@ -69,3 +69,47 @@ def test_llm_prefill_with_static_start_reads_only_written_slots():
     for a, c in zip(cache_a.k + cache_a.v, cache_b.k + cache_b.v):
         a, c = np.asarray(a)[:, :, :t].transpose(0, 2, 1, 3), np.asarray(c)[:, :, :t]
         np.testing.assert_allclose(a[real], c.transpose(0, 2, 1, 3)[real], atol=1e-5)
+
+
+# ---- the prepared device check (benchmarks.accelerator) ----------------------------------------
+
+
+@pytest.mark.slow
+def test_device_check_tiny_runs_every_section(tmp_path):
+    """`--tiny` runs every section's code path on the 8 fake CPU devices: both sides built
+    from one random state dict, outputs checked (CLIP within bf16 rounding, first answer
+    tokens, kNN recall and equality with `knn()`), records in the common figure format."""
+    import json
+
+    from benchmarks import accelerator
+    from benchmarks.common import FIELDS
+
+    out = tmp_path / "check"
+    assert accelerator.main(["--tiny", "--out", str(out)]) == 0
+    figs = [json.loads(line) for line in (out / "accelerator.jsonl").read_text().splitlines()]
+    assert all(tuple(f) == FIELDS for f in figs)
+    metrics = {f["metric"] for f in figs}
+    assert {"clip_images_per_second", "clip_fraction_of_bf16_peak", "llava_answers_per_second",
+            "llava_decode_tokens_per_second", "instructblip_answers_per_second",
+            "mcla_epoch_seconds", "sic_epoch_seconds", "knn_seconds_n2048"} == metrics  # fmt: skip
+    assert all(f["params"]["mesh"] == {"data": 8, "model": 1} for f in figs)
+    clip = next(f for f in figs if f["metric"] == "clip_images_per_second")
+    assert clip["params"]["relative_diff_vs_torch"] < 0.05
+    for f in figs:
+        if "answers" in f["metric"]:
+            assert f["params"]["first_token_agreement"] >= 0.5
+    machine = json.loads((out / "machine.json").read_text())
+    assert machine["measured_bf16_flops"] > 0 and machine["nominal_bf16_flops"] is None
+    assert not (out / "errors.txt").exists()
+
+
+def test_device_check_bad_input(tmp_path, capsys):
+    from benchmarks import accelerator
+
+    assert accelerator.main(["--out", str(tmp_path), "--only", "clip,nope"]) == 2
+    assert accelerator.main(["--out", str(tmp_path), "--only", "clip"]) == 2  # no GPU here
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "unknown section(s) ['nope']; known: clip, llava, instructblip, mcla, knn",
+        "no accelerator: the full sizes need a GPU (use --tiny on CPU)",
+    ]
