@@ -78,8 +78,27 @@ def make_optimizer(cfg) -> optax.GradientTransformation:
     * ``"decoupled"`` (default): AdamW, ``p <- p - lr (adam(g) + wd p)``.
 
     Both equal torch's Adam / AdamW step for step (``eps`` 1e-8 outside the square root).
+    ``cfg.embed_lr`` > 0 gives MCLA's trainable embeddings (the ``adapter`` and the prompt
+    ``context``) their own learning rate (two torch parameter groups); 0: ``cfg.lr`` for all.
     """
-    lr, wd = float(cfg.lr), float(cfg.weight_decay)
+    lr, embed_lr = float(cfg.lr), float(cfg.get("embed_lr", 0.0) or 0.0)
+    if embed_lr <= 0 or embed_lr == lr:
+        return _adam(cfg, lr)
+
+    def groups(params):  # the top-level attribute of each leaf's path: adapter, context, heads
+        def label(path, _):
+            return "embed" if getattr(path[0], "key", None) in EMBEDDINGS else "rest"
+
+        return jax.tree_util.tree_map_with_path(label, params)
+
+    return optax.multi_transform({"rest": _adam(cfg, lr), "embed": _adam(cfg, embed_lr)}, groups)
+
+
+EMBEDDINGS = ("adapter", "context")  # MCLAModel's trainable image / text embedding parts
+
+
+def _adam(cfg, lr: float) -> optax.GradientTransformation:
+    wd = float(cfg.weight_decay)
     mode = str(cfg.get("weight_decay_mode", "decoupled"))
     if mode == "l2":
         return optax.chain(

@@ -148,3 +148,24 @@ def test_sharded_step_sees_the_global_batch(data, mesh8):
         np.testing.assert_allclose(m8[k], m1[k], atol=1e-5, err_msg=k)
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_embed_lr_is_a_second_parameter_group():
+    """``embed_lr``: the adapter and the prompt context step with it, the heads with ``lr``
+    (Adam's first step moves every parameter with a non-zero gradient by its group's lr)."""
+    cfg = get_config()
+    cfg.lr, cfg.embed_lr = 0.03, 0.002
+    model = T.MCLAModel(8, 3, adapter=True, rngs=nnx.Rngs(0))
+    model.context = nnx.Param(np.zeros((2, 4), np.float32))
+    params = nnx.split_state(nnx.state(model), nnx.Param, ...)[0]
+    tx = T.make_optimizer(cfg)
+    grads = jax.tree.map(lambda p: np.ones_like(p), params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    step = {k: np.abs(np.concatenate([np.ravel(x) for x in jax.tree.leaves(v)])).max()
+            for k, v in nnx.to_pure_dict(updates).items()}  # fmt: skip
+    assert step["image_head"] == pytest.approx(0.03) and step["text_head"] == pytest.approx(0.03)
+    assert step["adapter"] == pytest.approx(0.002) and step["context"] == pytest.approx(0.002)
+    cfg.embed_lr = 0.0  # one group: everything at lr
+    one = T.make_optimizer(cfg)
+    updates, _ = one.update(grads, one.init(params), params)
+    assert max(np.abs(x).max() for x in jax.tree.leaves(updates)) == pytest.approx(0.03)
