@@ -89,3 +89,18 @@ def test_targets_poison_ceiling_is_not_applicable():
     g = compare.targets(t, "blended")
     assert g["fused_poison_tpr_vs_vdc"]["met"] is None
     assert g["fused_tpr_vs_best"]["best"] == 1.0  # no cleanlab column: ours stands in
+
+
+def test_compare_config_arms():
+    from configs.vdc.compare import get_config
+    from vl_jax.errors import ConfigError
+
+    c = get_config("badnets")
+    assert c.job == "vdc_compare" and c.prescreen.clip and not c.prescreen.enabled
+    assert (c.prescreen.min_prob, c.prescreen.neighbours, c.prescreen.min_agree) == (0.9, 10, 0.5)
+    assert c.fusion.mode in fusion.MODES and c.corrupt.noise_rate == 0.2
+    assert dict(c.corrupt.attack_kwargs) == {}
+    cb = get_config("badnets,checkerboard").corrupt.attack_kwargs
+    assert dict(cb) == {"pattern": "checkerboard", "trigger_size": None}
+    with pytest.raises(ConfigError, match="checkerboard"):
+        get_config("blended,checkerboard")

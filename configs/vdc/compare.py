@@ -4,6 +4,7 @@ installed), our confident learning, VDC, pre-screened VDC and the fused detector
 
     python main.py --config configs/vdc/compare.py:badnets --workdir runs/compare_badnets
     python main.py --config configs/vdc/compare.py:blended --workdir runs/compare_blended
+    python main.py --config configs/vdc/compare.py:badnets,checkerboard --workdir runs/cmp_cb
 
 The data, dirt (60 poisons relabelled to circle + 20 % symmetric noise), VLM and questions are
 the offline demo's VDC parts (configs/offline_demo.py); the pre-screen uses the demo CLIP.
@@ -15,11 +16,16 @@ import os
 from configs.common import parse_arg
 from configs.offline_demo import DEMO
 from configs.offline_demo import _vdc as demo_vdc
+from vl_jax.errors import ConfigError
 
 
 def get_config(arg: str = "badnets"):
-    a = parse_arg(arg, attack=("badnets", "blended"))
+    a = parse_arg(arg, attack=("badnets", "blended"), checkerboard=False)
     c = demo_vdc(a.attack)
+    if a.checkerboard and a.attack != "badnets":
+        raise ConfigError("compare.py: 'checkerboard' is a BadNets trigger (badnets,checkerboard)")
+    if a.checkerboard:  # BadNets with this package's earlier trigger: a crisp checkerboard patch
+        c.corrupt.attack_kwargs = {"pattern": "checkerboard", "trigger_size": None}
     c.job = "vdc_compare"
     c.prescreen.clip = os.path.join(DEMO, "clip")
     c.prescreen.batch_size = 64
