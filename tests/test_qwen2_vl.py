@@ -463,3 +463,122 @@ def test_tiny_writer_loads_in_transformers_with_the_same_logits(tmp_path, versio
     real = mask.astype(bool)
     np.testing.assert_allclose(got[real], want[real], atol=ATOL)
     assert tiny.write_qwen2_vl(path, seed=4) == path  # a complete checkpoint is kept
+
+
+# ---- generation through the engine -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("left", [True, False])
+def test_prompt_positions_equal_rope_index(checkpoints, left):
+    """The engine's on-device M-RoPE positions (every image one size) equal `rope_index` (and so
+    HF's `get_rope_index`), per rotary frequency; the offsets equal its deltas."""
+    ref, _ = checkpoints("qwen2_5_vl")
+    cfg = qwen2_vl.Qwen2VLConfig.from_hf(ref.config)
+    model = nnx_abstract(cfg)
+    rows = [["2", 0, "5"], ["1", 0, "3", 0, "1"], ["9"], [0, "4"]]
+    ids, _, grids, mask = batch(GRIDS, rows, 1, left=left)
+    want, deltas = qwen2_vl.rope_index(ids, grids, mask, cfg)
+    pos, offsets = model.prompt_positions(ids, mask, (12 * 4, 8 * 4))  # 12 x 8 patches of 4 px
+    real = mask.astype(bool)
+    np.testing.assert_array_equal(
+        np.asarray(pos)[real], np.asarray(qwen2_vl.rope_positions(want, cfg))[real]
+    )
+    np.testing.assert_array_equal(np.asarray(offsets), deltas)
+
+
+def nnx_abstract(cfg):
+    """A Qwen2VL whose methods that read no parameters can run (prompt_positions)."""
+    from flax import nnx
+
+    return nnx.eval_shape(lambda: qwen2_vl.Qwen2VL(cfg, rngs=nnx.Rngs(0)))
+
+
+def test_encode_images_patchifies_as_the_processor(checkpoints):
+    """The engine's entry (resized images [N, H, W, 3], patchified on device) gives the
+    features of the processor's patches."""
+    from vl_jax.models.qwen2_vl_preprocess import patchify
+
+    _, path = checkpoints("qwen2_5_vl")
+    model = qwen2_vl.from_pretrained(path)
+    v = model.config.vision
+    images = np.random.RandomState(0).randn(2, 24, 40, 3).astype(np.float32)
+    patches = np.stack(
+        [patchify(im, v.patch_size, v.merge_size, v.temporal_patch_size) for im in images]
+    )
+    np.testing.assert_array_equal(np.asarray(qwen2_vl.patchify_on_device(images, v)), patches)
+    got = jax.jit(lambda m, x: m.encode_images(x))(model, images)
+    want = model.image_features(patches.reshape(-1, patches.shape[-1]), [(1, 6, 10)] * 2)
+    np.testing.assert_allclose(np.asarray(got).reshape(want.shape), np.asarray(want), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_engine_generation_equals_hf_generate(tmp_path):
+    """vl_jax.generate on the tiny Qwen2.5-VL = transformers' `generate` token for token: greedy
+    (one image per row, left-padded chat prompts), greedy with rows sharing an image (the
+    engine's shared-prefix path), 3 beams, and text only. A second request with other images
+    of the same size and prompts in the same length bucket does not recompile."""
+    from vl_jax import generate as engine
+    from vl_jax.models import tiny
+
+    path = tiny.write_qwen2_vl(str(tmp_path / "q"), seed=3)
+    ref = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(path).eval()
+    model, proc = qwen2_vl.from_pretrained(path), qwen2_vl.load_processor(path)
+    eos, pad = proc.tokenizer.convert_tokens_to_ids("<|im_end|>"), proc.tokenizer.pad_token_id
+    n = 8
+
+    def chat(q, image=True):
+        content = [{"type": "image"}, {"type": "text", "text": q}] if image else q
+        return proc.apply_chat_template([{"role": "user", "content": content}],
+                                        add_generation_prompt=True)  # fmt: skip
+
+    def hf_generate(enc, **kw):
+        with torch.no_grad():
+            out = ref.generate(
+                **{k: torch.from_numpy(v) for k, v in enc.items()}, max_new_tokens=n,
+                do_sample=False, **kw,
+            )  # fmt: skip
+        out = out[:, enc["input_ids"].shape[1] :].numpy()
+        return np.pad(out, ((0, 0), (0, n - out.shape[1])), constant_values=pad)
+
+    def ours(enc, pixels, **kw):
+        return engine.generate(
+            model, enc["input_ids"], enc["attention_mask"], pixel_values=pixels,
+            max_new_tokens=n, eos_token_id=eos, pad_token_id=pad, **kw,
+        )  # fmt: skip
+
+    qs = ("Is there a circle?", "Describe the image in detail please.", "What is the main object?")
+    rng = np.random.RandomState(0)
+    pics = [rng.randint(0, 256, (70, 90, 3), np.uint8) for _ in range(3)]
+    pixels = np.stack([proc.image_processor.resize(p) for p in pics])
+    enc = proc(images=pics, text=[chat(q) for q in qs])
+    np.testing.assert_array_equal(ours(enc, pixels), hf_generate(enc))
+    np.testing.assert_array_equal(ours(enc, pixels, num_beams=3), hf_generate(enc, num_beams=3))
+    shared = proc(images=[pics[0]] * 3, text=[chat(q) for q in qs])
+    from vl_jax.generate_inputs import shared_prefix
+
+    assert shared_prefix(shared["input_ids"], shared["attention_mask"], np.zeros(3, int),
+                         model.config.image_token_id) > 0  # fmt: skip
+    np.testing.assert_array_equal(
+        ours(shared, pixels[:1], image_index=np.zeros(3, int)), hf_generate(shared)
+    )
+    text = proc(text=[chat(q, image=False) for q in qs])
+    np.testing.assert_array_equal(ours(text, None), hf_generate(text))
+    # Same image size, other pictures, prompts in the same length bucket: no new compilation.
+    run = engine.generator_for(model).run
+    compiled = run._cache_size()
+    pics2 = [rng.randint(0, 256, (68, 92, 3), np.uint8) for _ in range(3)]
+    enc2 = proc(
+        images=pics2,
+        text=[
+            chat(q)
+            for q in (
+                "Is it a square?",
+                "Describe the picture in detail please.",
+                "What is the small object?",
+            )
+        ],
+    )
+    pixels2 = np.stack([proc.image_processor.resize(p) for p in pics2])
+    assert pixels2.shape == pixels.shape
+    np.testing.assert_array_equal(ours(enc2, pixels2), hf_generate(enc2))
+    assert run._cache_size() == compiled

@@ -1,5 +1,5 @@
-"""Batched generation for the Llama-family LLM, LLaVA and InstructBLIP: greedy, sampling, beam
-search.
+"""Batched generation for the Llama-family LLM, LLaVA, InstructBLIP and Qwen2(.5)-VL: greedy,
+sampling, beam search.
 
     new = generate(model, input_ids, attention_mask, max_new_tokens=16, eos_token_id=2)
     new = generate(llava, ids, mask, pixel_values=px, image_index=idx, max_new_tokens=16)
@@ -224,15 +224,24 @@ def _request(graphdef, vlm, mesh, state, scalars, ids, mask, valid, row_ids, *re
     shard = lambda c: (
         c if mesh is None else jax.lax.with_sharding_constraint(c, parallel.batch_sharding(mesh, 4))
     )
+    positions = offsets = None  # default rotary positions; else multimodal (_rope_positions)
     if p:
-        x, cache, prompt_ids, prompt_mask = _prefill_shared_prefix(
+        x, cache, prompt_ids, prompt_mask, offsets = _prefill_shared_prefix(
             model, lm, ids, mask, *rest, n_new=n_new, shard=shard
         )
+        if offsets is not None:
+            positions = p + offsets[:, None] + jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
     else:
         x = _embed_prompt(model, lm, vlm, ids, rest, static.with_images)
         prompt_ids, prompt_mask = ids, mask
         cache = shard(lm.init_cache(b, t + n_new))
-    first_logits, cache, lengths, kv_mask = _prefill(lm, x, mask, prompt_mask, cache, p, n_new)
+        pixels = rest[0] if static.with_images else None
+        positions, offsets = _rope_positions(model, vlm, ids, mask, pixels)
+    first_logits, cache, lengths, kv_mask = _prefill(
+        lm, x, mask, prompt_mask, cache, p, n_new, positions
+    )
+    if offsets is not None:
+        lengths = lengths + offsets  # new tokens continue after the prompt's multimodal positions
     seen = None
     if cfg.use_repetition_penalty:
         seen = _tokens_seen(prompt_ids, prompt_mask, first_logits.shape[-1])
@@ -265,6 +274,16 @@ def _embed_prompt(model, lm, vlm, ids, rest, with_images: bool) -> jax.Array:
     return lm.embed(ids)
 
 
+def _rope_positions(model, vlm, ids, mask, pixels):
+    """(positions [B, T, E/2], offsets [B]) of a model with multimodal rotary positions
+    (Qwen2-VL's M-RoPE: `model.prompt_positions`, every image of pixels' size), else
+    (None, None): positions count the real tokens. A new token's position is its slot's count
+    of real tokens plus the row's offset."""
+    if not (vlm and hasattr(model, "prompt_positions")):
+        return None, None
+    return model.prompt_positions(ids, mask, None if pixels is None else pixels.shape[1:3])
+
+
 def _prefill_shared_prefix(model, lm, ids, mask, pixels, image_index, prefix_ids, *, n_new, shard):
     """Prefills each image's shared prefix once and gives every row a copy of its image's cache,
     so the P image tokens go through the decoder N times, not B times.
@@ -272,30 +291,37 @@ def _prefill_shared_prefix(model, lm, ids, mask, pixels, image_index, prefix_ids
     ids, mask [B, T] the per-row suffixes (no image tokens: `shared_prefix` checks), pixels
     [N, H, W, 3], image_index [B], prefix_ids [N, p]. Returns (x [B, T, D] the suffixes'
     embeddings, cache with B rows of p + T + L slots, [0, p) filled, prompt_ids [B, p + T],
-    prompt_mask [B, p + T]: the whole prompt of each row)."""
+    prompt_mask [B, p + T]: the whole prompt of each row, offsets [B] or None: see
+    `_rope_positions`)."""
     b, t = ids.shape
     n, p = prefix_ids.shape
     x = model.embed_inputs(prefix_ids, model.encode_images(pixels), jnp.arange(n))
-    pos = jnp.broadcast_to(jnp.arange(p), (n, p))
+    pos, offsets = _rope_positions(model, True, prefix_ids, jnp.ones_like(prefix_ids), pixels)
+    if pos is None:
+        pos = jnp.broadcast_to(jnp.arange(p), (n, p))
+    else:
+        offsets = offsets[image_index]
     _, img_cache = lm.forward(x, pos, jnp.ones((n, p + t + n_new), bool),
                               shard(lm.init_cache(n, p + t + n_new)), 0)  # fmt: skip
     cache = shard(jax.tree.map(lambda c: c[image_index], img_cache))
     x = lm.embed(ids)
     prompt_ids = jnp.concatenate([prefix_ids[image_index], ids], axis=1)
     prompt_mask = jnp.concatenate([jnp.ones((b, p), mask.dtype), mask], axis=1)
-    return x, cache, prompt_ids, prompt_mask
+    return x, cache, prompt_ids, prompt_mask, offsets
 
 
-def _prefill(lm, x, mask, prompt_mask, cache, p: int, n_new: int):
+def _prefill(lm, x, mask, prompt_mask, cache, p: int, n_new: int, positions=None):
     """Runs the prompt x [B, T, D] (mask [B, T]) through the decoder into cache slots
     [p, p + T); `prompt_mask` [B, p + T] covers the whole prompt, shared prefix included.
 
     Returns (first_logits [B, V] float32 for the first new token, cache, lengths [B] real
     prompt tokens, kv_mask [B, p + T + L] bool: the prompt mask, then ones; causality over the
-    slots hides the new-token slots not written yet)."""
+    slots hides the new-token slots not written yet). `positions` (default: real tokens counted
+    from p) may be multimodal [B, T, E/2] (see `_rope_positions`)."""
     b = x.shape[0]
     lengths = prompt_mask.sum(-1)
-    positions = p + jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
+    if positions is None:
+        positions = p + jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
     kv_mask = jnp.concatenate([prompt_mask.astype(bool), jnp.ones((b, n_new), bool)], axis=1)
     hidden, cache = lm.forward(x, positions, kv_mask, cache, p)
     first_logits = lm.logits(hidden[:, -1:])[:, 0]

@@ -50,6 +50,7 @@ __all__ = [
     "hf_rules",
     "init",
     "load_processor",
+    "patchify_on_device",
     "rope_index",
     "rope_positions",
 ]
@@ -175,6 +176,16 @@ def rope_positions(positions: jax.Array, cfg: Qwen2VLConfig) -> jax.Array:
     return jnp.moveaxis(jnp.asarray(positions)[section], 0, -1)
 
 
+def patchify_on_device(pixels: jax.Array, cfg) -> jax.Array:
+    """[N, H, W, C] -> [N, L, P]: `qwen2_vl_preprocess.patchify` of each image, in jnp."""
+    n, hh, ww, c = pixels.shape
+    p, m, t = cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size
+    gh, gw = hh // p, ww // p
+    x = pixels.reshape(n, gh // m, m, p, gw // m, m, p, c).transpose(0, 1, 4, 2, 5, 7, 3, 6)
+    x = jnp.broadcast_to(x[:, :, :, :, :, :, None], (*x.shape[:6], t, p, p))
+    return x.reshape(n, gh * gw, c * t * p * p)
+
+
 class Qwen2VL(nnx.Module):
     """Vision tower + Qwen2 decoder with M-RoPE; `dtype` computes, `param_dtype` stores."""
 
@@ -185,9 +196,18 @@ class Qwen2VL(nnx.Module):
         self.visual = VisionTower(cfg.vision, **kw)
         self.language_model = llm.LLM(cfg.text, **kw)
 
-    def encode_images(self, patches: jax.Array, grid_hw: tuple[int, int]) -> jax.Array:
+    def encode_patches(self, patches: jax.Array, grid_hw: tuple[int, int]) -> jax.Array:
         """patches [N, L, P] of N images of `grid_hw` patches (static) -> [N, L / m^2, D]."""
         return self.visual(patches, grid_hw)
+
+    def encode_images(self, pixel_values: jax.Array) -> jax.Array:
+        """Images of one size, resized and normalised (`Qwen2VLPreprocess.resize`) [N, H, W, 3]
+        -> [N, L / m^2, D]: patchified on device as the processor does, then the tower (the
+        engine's entry, `vl_jax.generate`)."""
+        v = self.config.vision
+        hh, ww = pixel_values.shape[1:3]
+        grid = (hh // v.patch_size, ww // v.patch_size)
+        return self.encode_patches(patchify_on_device(pixel_values, v), grid)
 
     def image_features(self, pixel_values, image_grid_thw) -> jax.Array:
         """The processor's concatenated patches [sum L, P] and grids [N, 3] -> [K, D], each
@@ -209,16 +229,52 @@ class Qwen2VL(nnx.Module):
                 out[i] = f
         return jnp.concatenate(out, axis=0)
 
-    def embed_inputs(self, input_ids, features=None) -> jax.Array:
-        """input_ids [B, T] with features [K, D] (or None): the k-th image token of the batch,
-        row by row, gets features[k] (HF's `masked_scatter`) -> [B, T, D]."""
+    def embed_inputs(self, input_ids, features=None, feature_index=None) -> jax.Array:
+        """Token embeddings [B, T, D] with image features spliced into the image tokens.
+
+        features [K, D] (feature_index None): the k-th image token of the batch, row by row,
+        gets features[k] (HF's `masked_scatter`). features [N, P, D] with feature_index [B] (the
+        engine): the k-th image token of row b gets features[feature_index[b], k]."""
         x = self.language_model.embed(input_ids)
         if features is None:
             return x
         is_image = input_ids == self.config.image_token_id
-        k = jnp.clip(jnp.cumsum(is_image.reshape(-1)) - 1, 0, features.shape[0] - 1)
-        picked = features.astype(x.dtype)[k].reshape(x.shape)
+        if feature_index is None:
+            k = jnp.clip(jnp.cumsum(is_image.reshape(-1)) - 1, 0, features.shape[0] - 1)
+            picked = features.astype(x.dtype)[k].reshape(x.shape)
+        else:
+            k = jnp.clip(jnp.cumsum(is_image, axis=1) - 1, 0, features.shape[1] - 1)
+            rows = jnp.asarray(feature_index, jnp.int32)[:, None]
+            picked = features.astype(x.dtype)[rows, k]
         return jnp.where(is_image[..., None], picked, x)
+
+    def prompt_positions(self, input_ids, attention_mask, image_hw=None):
+        """M-RoPE positions of left- or right-padded prompts on device, for the engine
+        (`vl_jax.generate`): every run of image tokens is one image of `image_hw` = (H, W)
+        pixels (static; None: text only). Equal to `rope_index` on such prompts.
+
+        Returns (positions [B, T, E/2] per rotary frequency, offsets [B]: a later token at slot
+        i of a row with n real tokens before it has position n + offset in all sections)."""
+        mask = jnp.asarray(attention_mask).astype(bool)
+        c = jnp.cumsum(mask, axis=1) - 1  # the position if every token counted one
+        pos = jnp.stack([c, c, c])
+        if image_hw is not None:
+            v = self.config.vision
+            gh, gw = (s // v.patch_size // v.merge_size for s in image_hw)
+            p, shift = gh * gw, max(gh, gw) - gh * gw  # an image advances max(h, w), not P
+            is_image = (input_ids == self.config.image_token_id) & mask
+            seen = jnp.cumsum(is_image, axis=1)  # image tokens up to and including this one
+            k = (seen - 1) % p  # index in its image, row-major over the merged grid
+            text = c + (seen // p) * shift
+            start = c - k + ((seen - 1) // p) * shift
+            pos = jnp.stack([
+                jnp.where(is_image, start, text),
+                jnp.where(is_image, start + k // gw, text),
+                jnp.where(is_image, start + k % gw, text),
+            ])  # fmt: skip
+        pos = jnp.where(mask, pos, 0)
+        offsets = pos.max(axis=(0, 2)) + 1 - mask.sum(axis=1)
+        return rope_positions(pos, self.config), offsets.astype(jnp.int32)
 
     def decode(self, x, positions, attention_mask) -> jax.Array:
         """x [B, T, D] embeddings, positions [3, B, T], attention_mask [B, T] -> logits [B, T, V]
@@ -252,7 +308,7 @@ class Qwen2VL(nnx.Module):
 
 
 # Compiled once per model structure and shape (the host-side `__call__` runs these).
-_encode = jax.jit(lambda model, patches, hw: model.encode_images(patches, hw), static_argnums=2)
+_encode = jax.jit(lambda model, patches, hw: model.encode_patches(patches, hw), static_argnums=2)
 _forward = jax.jit(
     lambda model, ids, features, positions, mask: model.decode(
         model.embed_inputs(ids, features), positions, mask

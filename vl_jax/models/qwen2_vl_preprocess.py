@@ -116,7 +116,12 @@ class Qwen2VLPreprocess:
         _, h, w = self.grid(height, width)
         return h * w // self.merge_size**2
 
-    def __call__(self, image) -> tuple[np.ndarray, tuple[int, int, int]]:
+    def resize(self, image) -> np.ndarray:
+        """uint8 [H, W, 3] / PIL image -> float32 [h, w, 3] resized and normalised, before
+        patchifying (the engine patchifies on device: `qwen2_vl.patchify_on_device`).
+
+        Raises:
+          ImageError: an aspect ratio the processor refuses (> 200)."""
         pixels = _as_rgb_uint8(image)
         try:
             size = self.resized_hw(*pixels.shape[:2])
@@ -125,10 +130,13 @@ class Qwen2VLPreprocess:
         resize = ClipPreprocess(
             size=size, do_center_crop=False, mean=self.mean, std=self.std, resample=self.resample
         )
-        patches = patchify(
-            resize(pixels), self.patch_size, self.merge_size, self.temporal_patch_size
-        )
-        return patches, (1, size[0] // self.patch_size, size[1] // self.patch_size)
+        return resize(pixels)
+
+    def __call__(self, image) -> tuple[np.ndarray, tuple[int, int, int]]:
+        """uint8 [H, W, 3] / PIL image -> (patches [L, P], grid (1, h, w)), as the processor."""
+        pixels = self.resize(image)
+        patches = patchify(pixels, self.patch_size, self.merge_size, self.temporal_patch_size)
+        return patches, (1, pixels.shape[0] // self.patch_size, pixels.shape[1] // self.patch_size)
 
     @classmethod
     def from_hf_dir(cls, path: str | os.PathLike) -> Qwen2VLPreprocess:
