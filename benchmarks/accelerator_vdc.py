@@ -169,8 +169,8 @@ def bench_vdc(ctx: Ctx, family: str) -> list[dict]:
     # Outputs first (and compilation). Random weights give flat logits and bf16 rounds both
     # sides differently, so agreement is recorded; a mapping error would make it ~1 / vocab.
     got, each, per_image = run_ours(), hf_each(), hf_per_image()
-    first = float(np.mean(np.concatenate([got[each_rows, 0] == each[:, 0],
-                                          got[: len(per_image), 0] == per_image[:, 0]])))  # fmt: skip
+    same_first = [got[each_rows, 0] == each[:, 0], got[: len(per_image), 0] == per_image[:, 0]]
+    first = float(np.mean(np.concatenate(same_first)))
     rows_equal = float((got[: len(per_image)] == per_image).all(1).mean())
     log.info("%s %s: first tokens equal to HF %.2f, rows equal %.2f", NAME, family, first,
              rows_equal)  # fmt: skip
@@ -183,13 +183,13 @@ def bench_vdc(ctx: Ctx, family: str) -> list[dict]:
     t = time_interleaved(fns, warmup=0, iters=w["iters"])
     answers = {"ours": rows / t["ours"], "hf_each": len(each_rows) / t["hf_each"],
                "hf_per_image": len(per_image) / t["hf_per_image"]}  # fmt: skip
+    size = "tiny" if ctx.tiny else "7B-size"
     params = ctx.params(
-        model=f"{'tiny' if ctx.tiny else '7B-size'} random {family}, bf16", images=n, questions_per_image=q, rows=rows,
+        model=f"{size} random {family}, bf16", images=n, questions_per_image=q, rows=rows,
         image_tokens=p, new_tokens=m, decoding=decoding, hf_each_rows=len(each_rows),
-        hf_per_image_images=len(img_rows), prompt_tokens=[int(mask.sum(1).min()),
-                                                          int(mask.sum(1).max())],
-        first_token_agreement=first, rows_equal_to_hf_per_image=rows_equal,
-        seconds={k: v for k, v in t.items()},
+        hf_per_image_images=len(img_rows),
+        prompt_tokens=[int(mask.sum(1).min()), int(mask.sum(1).max())],
+        first_token_agreement=first, rows_equal_to_hf_per_image=rows_equal, seconds=dict(t),
         timing="median s per call (ours: all rows; HF: the subsets named), interleaved",
     )  # fmt: skip
     hf = f"transformers {type(tmodel).__name__}.generate (torch, bf16)"
@@ -213,7 +213,8 @@ def bench_vdc(ctx: Ctx, family: str) -> list[dict]:
                        bandwidth=bw, bandwidth_kind=bw_kind, measured_copy_bandwidth=ctx.peak_bw,
                        decode_seconds=decode_s,
                        method="(t(new_tokens) - t(1)) over new_tokens - 1 steps; bound = "
-                              "rows * bandwidth / (decoder weights + attended KV bytes)")  # fmt: skip
+                       "rows * bandwidth / (decoder weights + attended KV bytes)")  # fmt: skip
         figs.append(figure(NAME, "llava_decode_tokens_per_second", tps, bound,
-                           "memory-bandwidth bound", higher_is_better=True, params=dparams))  # fmt: skip
+                           "memory-bandwidth bound", higher_is_better=True,
+                           params=dparams))  # fmt: skip
     return figs
