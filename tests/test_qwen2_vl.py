@@ -148,6 +148,23 @@ def test_logits_match_hf(checkpoints, name):
     np.testing.assert_allclose(got[real], want[real], atol=ATOL)
 
 
+@pytest.mark.slow
+def test_bfloat16_compute_is_close(checkpoints):
+    """bfloat16 parameters and compute (the 7B setting): logits within 5% of the logit scale of
+    transformers' float32 ones, the same argmax on most real tokens."""
+    import jax.numpy as jnp
+
+    ref, path = checkpoints("qwen2_5_vl")
+    model = qwen2_vl.from_pretrained(path, dtype=jnp.bfloat16)
+    ids, pixels, grids, mask = batch(GRIDS, ROWS, model.config.vision.patch_dim)
+    got = np.asarray(model(ids, pixels, grids, mask))
+    want = hf_forward(ref, ids, pixels, grids, mask)
+    real = mask.astype(bool)
+    scale = np.abs(want[real]).max()
+    assert np.abs(got[real] - want[real]).max() < 0.05 * scale
+    assert (got[real].argmax(-1) == want[real].argmax(-1)).mean() > 0.9
+
+
 @pytest.mark.parametrize("left", [True, False])
 def test_rope_index_equals_hf(checkpoints, left):
     """M-RoPE positions and deltas equal HF's `get_rope_index`, left or right padded."""
