@@ -599,3 +599,31 @@ def test_engine_generation_equals_hf_generate(tmp_path):
     assert pixels2.shape == pixels.shape
     np.testing.assert_array_equal(ours(enc2, pixels2), hf_generate(enc2))
     assert run._cache_size() == compiled
+
+
+@pytest.mark.slow
+def test_engine_on_the_mesh_equals_one_device(tmp_path, mesh_4x2):
+    """8 fake devices (data 4 x model 2: the batch split, heads split) = one device through the
+    engine, rows sharing an image (the shared-prefix path) and one on its own."""
+    from vl_jax.generate import generate
+    from vl_jax.models import tiny
+
+    path = tiny.write_qwen2_vl(str(tmp_path / "q"), seed=3)
+    proc = qwen2_vl.load_processor(path)
+    chat = lambda q: proc.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
+        add_generation_prompt=True,
+    )
+    rng = np.random.RandomState(0)
+    pics = [rng.randint(0, 256, (70, 90, 3), np.uint8) for _ in range(2)]
+    enc = proc(images=[pics[0], pics[0], pics[1]], text=[chat("Is there a circle?"),
+               chat("What is the main object?"), chat("Describe the image.")])  # fmt: skip
+    kw = dict(
+        pixel_values=np.stack([proc.image_processor.resize(p) for p in pics]),
+        image_index=[0, 0, 1], max_new_tokens=8, pad_token_id=proc.tokenizer.pad_token_id,
+        eos_token_id=proc.tokenizer.convert_tokens_to_ids("<|im_end|>"),
+    )  # fmt: skip
+    one = generate(qwen2_vl.from_pretrained(path), enc["input_ids"], enc["attention_mask"], **kw)
+    model = qwen2_vl.from_pretrained(path, mesh=mesh_4x2)
+    got = generate(model, enc["input_ids"], enc["attention_mask"], mesh=mesh_4x2, **kw)
+    np.testing.assert_array_equal(got, one)
