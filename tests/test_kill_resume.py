@@ -1,4 +1,5 @@
-"""Kill -9 at seeded random points of a real MCLA run, rerun the same command: same outputs.
+"""Kill -9 at seeded random points of a real MCLA run (adapter and prompt context trained),
+rerun the same command: same outputs.
 
 An uninterrupted run with ``VL_JAX_FAULT_TRACE`` lists every fault point it passes
 (`vl_jax.faults`). Then one fresh workdir goes through a chain of runs of the same command, each
@@ -37,7 +38,9 @@ def _args(root, workdir, features, nouns):
             f"--workdir={workdir}", "--config.model.tiny=False", f"--config.model.clip={root / 'clip'}",
             "--config.data.limit=240", f"--config.data.features_dir={features}",
             "--config.data.encode_batch=32", f"--config.space.cache_dir={nouns}",
-            "--config.space.max_tokens=1", "--config.train.epochs=4"]  # fmt: skip
+            "--config.space.max_tokens=1", "--config.train.epochs=4",
+            # MCLA as it runs by default: adapter and prompt context trained (and checkpointed)
+            "--config.train.model.adapter=True", "--config.train.prompt.enabled=True"]  # fmt: skip
 
 
 def _run(args, **env):
@@ -71,6 +74,12 @@ def reference(tmp_path_factory):
         _args(root, root / "ref", root / "features", root / "nouns"), VL_JAX_FAULT_TRACE=str(trace)
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    # the checkpoints hold the trained embeddings: the prompt context and the adapter
+    ckpts = root / "ref" / "seed_0" / "checkpoints"
+    newest = max(ckpts.iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1)
+    keys = json.loads((newest / "state" / "_METADATA").read_text())["tree_metadata"]
+    want = {"('params', 'context', 'value')", "('params', 'adapter', 'kernel', 'value')"}
+    assert want <= set(keys), sorted(keys)
     return root, trace.read_text().split(), _outputs(root / "ref")
 
 
