@@ -209,10 +209,11 @@ def test_image_token_count_is_checked(checkpoints):
 
 
 def test_windows_follow_hf(checkpoints):
-    """Our window of each patch partitions the patches as HF's window index does."""
+    """Our windows partition the patches as HF's window index does, and the gathered layout
+    visits them in HF's order (windows row-major, tokens row-major in each)."""
     from transformers.vision_utils import get_vision_window_index
 
-    from vl_jax.models.qwen2_vl_vision import window_ids
+    from vl_jax.models.qwen2_vl_vision import window_ids, window_layout
 
     ref, _ = checkpoints("qwen2_5_vl")
     cfg = qwen2_vl.Qwen2VLConfig.from_hf(ref.config).vision
@@ -225,6 +226,11 @@ def test_windows_follow_hf(checkpoints):
         for a, b in itertools.pairwise(bounds):
             assert len(set(ours[a:b])) == 1
         assert len(set(ours)) == len(bounds) - 1
+        layout = window_layout(grid[1:], cfg)
+        np.testing.assert_array_equal(layout.gather[layout.valid.reshape(-1)], order)
+        np.testing.assert_array_equal(layout.valid.sum(axis=1), np.diff(bounds))
+        real = layout.gather[layout.scatter]
+        np.testing.assert_array_equal(real, np.arange(grid[1] * grid[2]))
 
 
 # ---- preprocessing and processor ---------------------------------------------------------------

@@ -21,10 +21,12 @@ Differences between the two versions, all read from the checkpoint's config:
 | MLP | fc1 -> act (quick_gelu) -> fc2 | SwiGLU with biases (silu) |
 | attention | full, per image | windows of `window_size` px; `fullatt_block_indexes` full |
 
-HF reorders the patches window by window and attends within `cu_seqlens` segments; we keep the
-patch order and give attention a mask that lets a patch see only its own window. The keys each
-query reads are the same set, so the result is the same up to summation order (and no reordering
-is undone afterwards). Only still images (one temporal patch) are supported.
+HF reorders the whole sequence window by window once and attends within `cu_seqlens` segments;
+we keep the processor's patch order between layers and, inside each windowed attention, gather
+q/k/v into windows padded to the full window size (edge windows hold fewer patches; padding keys
+are masked), attend per window and scatter back (`WindowLayout`). The keys each query reads are
+the same set, so the result is the same up to summation order, at O(L x window) cost instead of
+O(L^2). Only still images (one temporal patch) are supported.
 
 Shape letters: N images of one size, L = h*w patches, P patch vector, C width, H heads, E head
 dim, F MLP width, D output (LLM) width, m merge size.
@@ -33,6 +35,7 @@ dim, F MLP width, D output (LLM) width, m merge size.
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +47,15 @@ from vl_jax.models.llm import RMSNorm
 from vl_jax.models.transformer import HF_ACTIVATIONS, MLP, attention, sharded
 from vl_jax.parallel import MODEL
 
-__all__ = ["VisionConfig", "VisionTower", "patch_positions", "vision_rules", "window_ids"]
+__all__ = [
+    "VisionConfig",
+    "VisionTower",
+    "WindowLayout",
+    "patch_positions",
+    "vision_rules",
+    "window_ids",
+    "window_layout",
+]
 
 _EPS = 1e-6  # both towers' norms (hard-coded in HF's modules, not in the config)
 
@@ -138,6 +149,49 @@ def window_ids(grid_hw: tuple[int, int], cfg: VisionConfig) -> np.ndarray:
     return (pos[:, 0] // ws) * per_row + pos[:, 1] // ws
 
 
+class WindowLayout(NamedTuple):
+    """Static gather / scatter indices of windowed attention over one image's L patches:
+    `gather` [W * S] the patch at each slot of each window (L: a padding slot, reads a zero
+    row), `valid` [W, S] real slots, `scatter` [L] each patch's slot. S = (window in merged
+    tokens)^2 * m^2 patches; windows and their slots in HF's window order (row-major)."""
+
+    gather: np.ndarray
+    valid: np.ndarray
+    scatter: np.ndarray
+
+
+def window_layout(grid_hw: tuple[int, int], cfg: VisionConfig) -> WindowLayout:
+    """The windows of `window_ids` laid out for gathered attention (see `WindowLayout`)."""
+    h, w = grid_hw
+    m, ws = cfg.merge_size, cfg.window_size // cfg.merge_size // cfg.patch_size
+    gh, gw = h // m, w // m
+    nh, nw = -(-gh // ws), -(-gw // ws)
+    token = np.full((nh * ws, nw * ws), -1)  # merged token index on the padded grid
+    token[:gh, :gw] = np.arange(gh * gw).reshape(gh, gw)
+    token = token.reshape(nh, ws, nw, ws).transpose(0, 2, 1, 3).reshape(nh * nw, ws * ws)
+    # Each merged token is m^2 consecutive patches in the processor's order.
+    patch = token[..., None] * m * m + np.arange(m * m)
+    valid = np.repeat(token >= 0, m * m, axis=1)
+    gather = np.where(valid, patch.reshape(valid.shape), h * w).reshape(-1)
+    scatter = np.empty(h * w, np.int64)
+    scatter[gather[gather < h * w]] = np.flatnonzero(gather < h * w)
+    return WindowLayout(gather, valid, scatter)
+
+
+def _windowed(q, k, v, layout: WindowLayout):
+    """Attention within windows: q, k, v [N, L, H, E] -> [N, L, H, E]."""
+    n, _, h, e = q.shape
+    nwin, size = layout.valid.shape
+
+    def gather(a):
+        a = jnp.concatenate([a, jnp.zeros((n, 1, h, e), a.dtype)], axis=1)  # row L: padding
+        return a[:, layout.gather].reshape(n * nwin, size, h, e)
+
+    mask = jnp.tile(jnp.asarray(layout.valid), (n, 1))[:, None, None, :]
+    y = attention(gather(q), gather(k), gather(v), mask)
+    return y.reshape(n, nwin * size, h, e)[:, layout.scatter]
+
+
 def _rope_tables(grid_hw, cfg: VisionConfig) -> tuple[np.ndarray, np.ndarray]:
     """cos, sin [L, E] in float32: frequencies over E/4, the first E/4 angles use the patch row,
     the next E/4 its column, then repeated (HF's half-split rotation over the whole head)."""
@@ -178,14 +232,15 @@ class VisionAttention(nnx.Module):
         )  # fmt: skip
         self.heads, self.dtype = h, dtype
 
-    def __call__(self, x, cos, sin, mask=None):
-        """x [N, L, C]; cos, sin [L, E]; mask None or bool [L, L] -> [N, L, C]."""
+    def __call__(self, x, cos, sin, windows: WindowLayout | None = None):
+        """x [N, L, C]; cos, sin [L, E]; windows None (full attention over the image) or a
+        `WindowLayout` -> [N, L, C]."""
         dt = self.dtype
         qkv = jnp.einsum("nlc,ckhe->nlkhe", x, self.qkv[...].astype(dt))
         qkv = qkv + self.qkv_bias[...].astype(dt)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-        y = attention(q, k, v, None if mask is None else mask[None, None])
+        y = attention(q, k, v) if windows is None else _windowed(q, k, v, windows)
         return self.proj(y.reshape(*y.shape[:2], -1))
 
 
@@ -224,8 +279,8 @@ class VisionBlock(nnx.Module):
         else:
             self.mlp = MLP(cfg.width, cfg.mlp_dim, cfg.act, **kw)
 
-    def __call__(self, x, cos, sin, mask=None):
-        x = x + self.attn(self.norm1(x), cos, sin, mask)
+    def __call__(self, x, cos, sin, windows=None):
+        x = x + self.attn(self.norm1(x), cos, sin, windows)
         return x + self.mlp(self.norm2(x))
 
 
@@ -273,10 +328,7 @@ class VisionTower(nnx.Module):
                 f"patches with sides multiples of {m}"
             )
         cos, sin = (jnp.asarray(t) for t in _rope_tables((h, w), cfg))
-        windowed = None
-        if cfg.window_size is not None:
-            ids = window_ids((h, w), cfg)
-            windowed = jnp.asarray(ids[:, None] == ids[None, :])
+        windowed = None if cfg.window_size is None else window_layout((h, w), cfg)
         x = self.patch_embed(patches.astype(self.dtype))
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, None if i in cfg.fullatt_blocks else windowed)
