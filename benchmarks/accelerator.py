@@ -75,22 +75,23 @@ FULL = dict(
     mcla=dict(n=1_280_000, dim=768, k=1000, batch=512, nouns=2000),
     knn=dict(n=1_280_000, dim=768, k=20, torch_block=4096),
 )  # fmt: skip
+# Tiny: one layer per tower where the structure allows it (compiling is most of a CPU run).
 _TINY_LLAMA = dict(
     hidden_size=64,
     intermediate_size=128,
-    num_hidden_layers=2,
+    num_hidden_layers=1,
     num_attention_heads=4,
-    num_key_value_heads=4,
+    num_key_value_heads=2,
     max_position_embeddings=256,
 )
 TINY = dict(
-    clip=dict(vision=dict(VIT_L14_336, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    clip=dict(vision=dict(VIT_L14_336, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                           num_attention_heads=4, image_size=56, projection_dim=32), batch=8),
     llava=dict(vision=dict(VIT_L14_336, hidden_size=64, intermediate_size=128,
                            num_hidden_layers=2, num_attention_heads=4, image_size=56),
                text=dict(_TINY_LLAMA, vocab_size=300), image_token=299),
     instructblip=dict(
-        vision=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        vision=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                     num_attention_heads=4, image_size=28, patch_size=14, layer_norm_eps=1e-6),
         qformer=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                      num_attention_heads=4, cross_attention_frequency=2, vocab_size=120,

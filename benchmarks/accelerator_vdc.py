@@ -177,9 +177,8 @@ def bench_vdc(ctx: Ctx, family: str) -> list[dict]:
     if not first >= 0.25:
         raise AssertionError(f"{family}: first answer tokens agree with HF on only {first:.2f}")
     fns = {"ours": run_ours, "hf_each": hf_each, "hf_per_image": hf_per_image}
-    if family == "llava":
-        fns["ours_prefill"] = lambda: run_ours(1)
-        fns["ours_prefill"]()  # compiles the one-token program
+    fns["ours_prefill"] = lambda: run_ours(1)
+    fns["ours_prefill"]()  # compiles the one-token program
     t = time_interleaved(fns, warmup=0, iters=w["iters"])
     answers = {"ours": rows / t["ours"], "hf_each": len(each_rows) / t["hf_each"],
                "hf_per_image": len(per_image) / t["hf_per_image"]}  # fmt: skip
@@ -200,21 +199,22 @@ def bench_vdc(ctx: Ctx, family: str) -> list[dict]:
                f"{hf}, one call per image ({q} questions batched)", higher_is_better=True,
                params=params),
     ]  # fmt: skip
-    if family == "llava":
-        decode_s = t["ours"] - t["ours_prefill"]
-        # Timing noise can exceed a tiny model's whole decode: then there is no figure (NaN).
-        tps = rows * (m - 1) / decode_s if decode_s > 0 else float("nan")
-        context = float(mask.sum(1).mean()) + m / 2
-        lm_state = nnx.state(ours.language_model, nnx.Param)
-        step = decode_step_bytes(lm_state, cfg.text, rows, context)
-        bw, bw_kind = ctx.bw_peak()
-        bound = rows * bw / step
-        dparams = dict(params, batch=rows, bytes_per_step=step, mean_context=context,
-                       bandwidth=bw, bandwidth_kind=bw_kind, measured_copy_bandwidth=ctx.peak_bw,
-                       decode_seconds=decode_s,
-                       method="(t(new_tokens) - t(1)) over new_tokens - 1 steps; bound = "
-                       "rows * bandwidth / (decoder weights + attended KV bytes)")  # fmt: skip
-        figs.append(figure(NAME, "llava_decode_tokens_per_second", tps, bound,
-                           "memory-bandwidth bound", higher_is_better=True,
-                           params=dparams))  # fmt: skip
+    # Decode: every step of every sequence (rows x beams) reads the decoder and its KV cache.
+    seqs = rows * decoding["num_beams"]
+    decode_s = t["ours"] - t["ours_prefill"]
+    # Timing noise can exceed a tiny model's whole decode: then there is no figure (NaN).
+    tps = seqs * (m - 1) / decode_s if decode_s > 0 else float("nan")
+    context = float(mask.sum(1).mean()) + m / 2
+    lm_state = nnx.state(ours.language_model, nnx.Param)
+    step = decode_step_bytes(lm_state, cfg.text, seqs, context)
+    bw, bw_kind = ctx.bw_peak()
+    bound = seqs * bw / step
+    dparams = dict(params, batch=seqs, bytes_per_step=step, mean_context=context,
+                   bandwidth=bw, bandwidth_kind=bw_kind, measured_copy_bandwidth=ctx.peak_bw,
+                   decode_seconds=decode_s,
+                   method="(t(new_tokens) - t(1)) over new_tokens - 1 steps; bound = "
+                   "sequences * bandwidth / (decoder weights + attended KV bytes)")  # fmt: skip
+    figs.append(figure(NAME, f"{family}_decode_tokens_per_second", tps, bound,
+                       "memory-bandwidth bound", higher_is_better=True,
+                       params=dparams))  # fmt: skip
     return figs

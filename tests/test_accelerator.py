@@ -91,6 +91,7 @@ def test_device_check_tiny_runs_every_section(tmp_path):
     metrics = {f["metric"] for f in figs}
     assert {"clip_images_per_second", "clip_fraction_of_bf16_peak", "llava_answers_per_second",
             "llava_decode_tokens_per_second", "instructblip_answers_per_second",
+            "instructblip_decode_tokens_per_second",
             "mcla_epoch_seconds", "sic_epoch_seconds", "knn_seconds_n2048"} == metrics  # fmt: skip
     assert all(f["params"]["mesh"] == {"data": 8, "model": 1} for f in figs)
     clip = next(f for f in figs if f["metric"] == "clip_images_per_second")
