@@ -535,16 +535,19 @@ def test_encode_images_patchifies_as_the_processor(checkpoints):
 
 
 @pytest.mark.slow
-def test_engine_generation_equals_hf_generate(tmp_path):
-    """vl_jax.generate on the tiny Qwen2.5-VL = transformers' `generate` token for token: greedy
+@pytest.mark.parametrize("version", ["2.5", "2"])
+def test_engine_generation_equals_hf_generate(tmp_path, version):
+    """vl_jax.generate on the tiny Qwen2.5-VL / Qwen2-VL = transformers' `generate` token for
+    token: greedy
     (one image per row, left-padded chat prompts), greedy with rows sharing an image (the
     engine's shared-prefix path), 3 beams, and text only. A second request with other images
     of the same size and prompts in the same length bucket does not recompile."""
     from vl_jax import generate as engine
     from vl_jax.models import tiny
 
-    path = tiny.write_qwen2_vl(str(tmp_path / "q"), seed=3)
-    ref = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(path).eval()
+    path = tiny.write_qwen2_vl(str(tmp_path / "q"), seed=3, version=version)
+    arch = getattr(transformers, transformers.AutoConfig.from_pretrained(path).architectures[0])
+    ref = arch.from_pretrained(path).eval()
     model, proc = qwen2_vl.from_pretrained(path), qwen2_vl.load_processor(path)
     eos, pad = proc.tokenizer.convert_tokens_to_ids("<|im_end|>"), proc.tokenizer.pad_token_id
     n = 8
@@ -561,7 +564,11 @@ def test_engine_generation_equals_hf_generate(tmp_path):
                 do_sample=False, **kw,
             )  # fmt: skip
         out = out[:, enc["input_ids"].shape[1] :].numpy()
-        return np.pad(out, ((0, 0), (0, n - out.shape[1])), constant_values=pad)
+        out = np.pad(out, ((0, 0), (0, n - out.shape[1])), constant_values=pad)
+        # After its stop token a row is padding. HF's beam search fills it with the stop token
+        # when the pad id is 0 (`pad_token_id or eos_token_id`), ours with the pad id.
+        stopped = np.cumsum(out == eos, axis=1) - (out == eos) > 0
+        return np.where(stopped, pad, out)
 
     def ours(enc, pixels, **kw):
         return engine.generate(
