@@ -90,6 +90,8 @@ def _ours(u, t, knn_idx, method: str = "mcla"):
     cfg = train_config()
     cfg.num_clusters = CLUSTERS
     cfg.batch_size = BATCH
+    cfg.model.adapter = False  # two heads, as in the figures' description (module docstring)
+    cfg.semantic_warmup_epochs = 0  # every timed epoch has all terms on (the torch side does)
     if method == "sic":  # SIC's settings, as the torch loop below
         cfg.method, cfg.lr, cfg.weight_decay, cfg.b2, cfg.warmup_epochs = (
             "sic",
@@ -201,6 +203,7 @@ def _ours_prompts(u, knn_idx, ck, tokens, prompt: bool):
     cfg.num_clusters, cfg.batch_size = CLUSTERS, BATCH
     cfg.prompt.nouns_per_step = PROMPT_PER_STEP
     cfg.model.adapter = prompt
+    cfg.semantic_warmup_epochs = 0  # every timed epoch has all terms on (the torch side does)
     text = prompts.PromptText(ck.model.text, tokens, ck.mesh, cfg.tau.text)
     import jax.numpy as jnp
 
@@ -361,6 +364,7 @@ def _prompt_figures(quick: bool, n: int, iters: int, params: dict) -> list[dict]
     p = {**params, "n": n, "epochs_timed": iters, "nouns": PROMPT_NOUNS[quick],
          "nouns_per_step": PROMPT_PER_STEP, "text_tower": PROMPT_TOWER[quick],
          "prompt_tokens": int(tokens.ids.shape[1]), "ours_heads_only_seconds": tm["ours_heads"],
+         "torch_loss_terms": "MCLA's seven terms, configs/mcla/common.py weights",
          "ours_model": "MCLAModel + adapter + prompt context through our CLIP text tower",
          "torch_model": "the same step: adapter, two heads, context via a token-embedding hook "
                         "in transformers CLIPTextModelWithProjection, torch.optim.Adam",
