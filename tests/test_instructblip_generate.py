@@ -29,14 +29,28 @@ CONFIG = dict(
                      bos_token_id=BOS),
     num_query_tokens=P, image_token_index=IMG,
 )  # fmt: skip
+# A second shape: other widths, an MHA decoder, a gelu_new tower, 9 patches, cross-attention
+# every 2nd Q-Former layer (0, 2), 3 queries; <image> is again the decoder's last id.
+V2, QV2, P2, SIZE2 = 70, 40, 3, 18
+CONFIG2 = dict(
+    vision_config=dict(hidden_size=24, intermediate_size=40, num_hidden_layers=3,
+                       num_attention_heads=3, image_size=SIZE2, patch_size=6,
+                       hidden_act="gelu_new"),
+    qformer_config=dict(vocab_size=QV2, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                        intermediate_size=48, max_position_embeddings=16,
+                        cross_attention_frequency=2, pad_token_id=0),
+    text_config=dict(model_type="llama", vocab_size=V2, hidden_size=24, intermediate_size=36,
+                     num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=256,
+                     pad_token_id=PAD, eos_token_id=EOS, bos_token_id=BOS),
+    num_query_tokens=P2, image_token_index=V2 - 1,
+)  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def blip(tmp_path_factory):
-    """(HF model, ours, pixels [3, 16, 16, 3]): the same weights on both sides."""
+def build(config: dict, directory):
+    """(HF model, ours, pixels [3, S, S, 3]): the same random weights on both sides."""
     torch.manual_seed(0)
     hf = transformers.InstructBlipForConditionalGeneration(
-        transformers.InstructBlipConfig(**CONFIG)
+        transformers.InstructBlipConfig(**config)
     ).eval()
     with torch.no_grad():
         for name, p in hf.named_parameters():
@@ -44,27 +58,40 @@ def blip(tmp_path_factory):
                 p.add_(0.1 * torch.randn_like(p))  # a swapped key would show
             if "embed_tokens" in name or "lm_head" in name:
                 p.normal_(0, 0.3)  # spread-out logits: fp32 argmax / top-k ties are unlikely
-    d = tmp_path_factory.mktemp("instructblip")
-    hf.save_pretrained(d)
-    ours = instructblip.from_pretrained(str(d))
-    pixels = np.random.default_rng(5).standard_normal((3, SIZE, SIZE, 3)).astype(np.float32)
+    hf.save_pretrained(directory)
+    ours = instructblip.from_pretrained(str(directory))
+    s = config["vision_config"]["image_size"]
+    pixels = np.random.default_rng(5).standard_normal((3, s, s, 3)).astype(np.float32)
     return hf, ours, pixels
 
 
-def requests(lengths, q_lengths, seed=0):
-    """As InstructBlipProcessor lays rows out: P image tokens, the left padding, BOS + text
-    (ids, mask [B, T]); the Q-Former instructions right-padded (q_ids, q_mask [B, Qt])."""
+@pytest.fixture(scope="module")
+def blip(tmp_path_factory):
+    """`build(CONFIG)`: (HF model, ours, pixels [3, 16, 16, 3])."""
+    return build(CONFIG, tmp_path_factory.mktemp("instructblip"))
+
+
+@pytest.fixture(scope="module")
+def blip2(tmp_path_factory):
+    """`build(CONFIG2)`: (HF model, ours, pixels [3, 18, 18, 3])."""
+    return build(CONFIG2, tmp_path_factory.mktemp("instructblip2"))
+
+
+def requests(lengths, q_lengths, seed=0, p=P, img=IMG, qv=QV):
+    """As InstructBlipProcessor lays rows out: p image tokens (id `img`), the left padding,
+    BOS + text (ids, mask [B, T]); the Q-Former instructions (ids < `qv`) right-padded
+    (q_ids, q_mask [B, Qt])."""
     rng = np.random.default_rng(seed)
     t, qt = max(lengths) + 1, max(q_lengths)
-    ids = np.full((len(lengths), P + t), PAD, np.int64)
+    ids = np.full((len(lengths), p + t), PAD, np.int64)
     mask = np.zeros_like(ids)
-    ids[:, :P], mask[:, :P] = IMG, 1
+    ids[:, :p], mask[:, :p] = img, 1
     q_ids = np.zeros((len(lengths), qt), np.int64)
     q_mask = np.zeros_like(q_ids)
     for r, (n, q) in enumerate(zip(lengths, q_lengths, strict=True)):
-        ids[r, P + t - n - 1 :] = [BOS, *rng.integers(4, IMG, n)]
-        mask[r, P + t - n - 1 :] = 1
-        q_ids[r, :q], q_mask[r, :q] = rng.integers(1, QV, q), 1
+        ids[r, p + t - n - 1 :] = [BOS, *rng.integers(4, img, n)]
+        mask[r, p + t - n - 1 :] = 1
+        q_ids[r, :q], q_mask[r, :q] = rng.integers(1, qv, q), 1
     return ids, mask, q_ids, q_mask
 
 
@@ -123,6 +150,23 @@ def test_equals_hf_several_questions_per_image(blip, vision_calls, kw):
     np.testing.assert_array_equal(got, want)
     assert vision_calls[-1] == 3  # the 3 distinct images, not the 7 rows
     assert len(set(map(tuple, got))) > 1  # the rows differ: per-row queries are used
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "kw", [dict(), dict(num_beams=5, repetition_penalty=1.5)], ids=["greedy", "beam5"]
+)
+def test_second_shape_equals_hf(blip2, kw):
+    """`CONFIG2` (cross-attention every 2nd layer, 3 queries, MHA decoder): the same request
+    kinds, token for token, 5 beams with the paper's repetition penalty."""
+    hf, ours, pixels = blip2
+    ids, mask, q_ids, q_mask = requests(LENGTHS, Q_LENGTHS, seed=7, p=P2, img=V2 - 1, qv=QV2)
+    want = hf_generate(hf, pixels[INDEX], ids, mask, q_ids, q_mask, eos_token_id=EOS, **kw)
+    got = gen.generate(ours, ids, mask, pixel_values=pixels, image_index=INDEX,
+                       qformer_input_ids=q_ids, qformer_attention_mask=q_mask, max_new_tokens=L,
+                       eos_token_id=EOS, pad_token_id=PAD, **kw)  # fmt: skip
+    np.testing.assert_array_equal(got, want)
+    assert len(set(map(tuple, got))) > 1
 
 
 def test_request_checks(blip):

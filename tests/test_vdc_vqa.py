@@ -18,6 +18,7 @@ import pytest
 
 from vdc_jax.inputs import write_shapes_folder
 from vdc_jax.models import MLLM, stop_tokens
+from vdc_jax.protocol import OFFICIAL_GENERAL
 from vdc_jax.questions import Questions
 from vdc_jax.vqa import (
     DESCRIBE,
@@ -410,10 +411,11 @@ def test_instructblip_answers_equal_hf_generate_per_pair(tiny_blip):
 
 @pytest.mark.slow
 def test_runlocal_instructblip_end_to_end(tmp_path):
-    """`python -m vdc_jax.main --config configs/vdc/runlocal.py:instructblip`: the tiny
-    InstructBLIP written into the workdir, VQG and judge by its Vicuna decoder, VQA with the
-    LAVIS decoding (raw prompt, 5 beams, repetition penalty 1.5), every pair answered, the
-    report written."""
+    """`python -m vdc_jax.main --config configs/vdc/runlocal.py:instructblip`: the paper path
+    in miniature. The tiny InstructBLIP written into the workdir, VQG and judge by its Vicuna
+    decoder, VQA with the LAVIS decoding (raw prompt, 5 beams, repetition penalty 1.5), the
+    official protocol (its rules and general questions, recorded in metrics.json), every pair
+    answered, the report written."""
     import subprocess
     import sys
     from pathlib import Path
@@ -427,9 +429,40 @@ def test_runlocal_instructblip_end_to_end(tmp_path):
     assert (workdir / "tiny_instructblip" / "config.json").exists()
     run = json.loads((workdir / "run_config.json").read_text())
     assert run["model"]["name"] == "tiny-instructblip" and run["vqa"]["prompt"] == "raw"
+    assert (run["vqa"]["num_beams"], run["vqa"]["repetition_penalty"]) == (5, 1.5)
+    assert run["protocol"] == "official"
     answers = [json.loads(line) for line in open(workdir / "answers.jsonl")]
     questions = json.loads((workdir / "questions.json").read_text())
     assert len(answers) == 24 * (len(questions["general"]) + 4)  # 24 images, 4 per class
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert metrics["counts"]["dataset"] == 24 and metrics["counts"]["dirty"] == 4
+    assert metrics["protocol"]["name"] == "official"
+    assert set(OFFICIAL_GENERAL) <= {a["question"] for a in answers}
     assert (workdir / "scores.csv").exists()
+
+
+@pytest.mark.slow
+def test_paper_config_without_weights_is_one_line(tmp_path):
+    """`python -m vdc_jax.main --config configs/vdc/imagenet_dog.py:badnets` (the paper's
+    InstructBLIP-Vicuna-7B, official protocol) on a machine without the weights and without
+    network: one line naming the checkpoint, exit 2, no traceback. Synthetic data stands in for
+    ImageNet so that the model is the first thing missing; an empty hub cache, so that a
+    developer's cached 7B model is not run. (`,llava`'s config: test_vdc_protocol.)"""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    model = "Salesforce/instructblip-vicuna-7b"
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "vdc_jax.main", "--config=configs/vdc/imagenet_dog.py:badnets",
+           "--config.data.kind=synthetic", "--config.data.per_class=2",
+           "--config.corrupt.poison_per_class=1", f"--workdir={tmp_path / 'run'}"]  # fmt: skip
+    hub = str(tmp_path / "hub")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": hub, "HF_HUB_CACHE": hub}
+    p = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert "Traceback" not in p.stderr
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and model in last and "HF_HUB_OFFLINE" in last
+    run = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    assert run["model"]["name"] == model and run["protocol"] == "official"
