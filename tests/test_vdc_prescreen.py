@@ -157,3 +157,17 @@ def test_zero_shot_equals_transformers_on_the_demo_clip(tmp_path, mesh8):
         out = hf(pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2), **enc)
     want = out.logits_per_image.softmax(-1).numpy()
     np.testing.assert_allclose(view.zeroshot, want, atol=1e-4)
+
+
+def test_run_off_by_default_and_needs_a_clip(tmp_path):
+    from configs.vdc.common import vdc_config
+    from vl_jax.errors import ConfigError
+
+    cfg = vdc_config().prescreen
+    assert not cfg.enabled  # every existing config cleans without it
+    assert prescreen.run(cfg, None, [], [], None, str(tmp_path)) is None
+    assert prescreen.run(None, None, [], [], None, str(tmp_path)) is None
+    cfg.enabled = True
+    with pytest.raises(ConfigError, match=r"prescreen\.clip"):
+        prescreen.run(cfg, None, [], [], None, str(tmp_path))
+    assert not os.listdir(tmp_path)
