@@ -71,7 +71,8 @@ FULL = dict(
                      max_position_embeddings=512),
         text=dict(LLAMA_7B, vocab_size=32002), image_token=32001, queries=32,
     ),
-    vdc=dict(images=16, questions=4, new_tokens=16, each_rows=8, per_image_images=4, iters=2),
+    vdc=dict(images=16, questions=4, new_tokens=16, each_rows=8, per_image_images=4, iters=2,
+             decode_iters=5),
     mcla=dict(n=1_280_000, dim=768, k=1000, batch=512, nouns=2000),
     knn=dict(n=1_280_000, dim=768, k=20, torch_block=4096),
 )  # fmt: skip
@@ -98,7 +99,8 @@ TINY = dict(
                      max_position_embeddings=64),
         text=dict(_TINY_LLAMA, vocab_size=300), image_token=299, queries=4,
     ),
-    vdc=dict(images=2, questions=2, new_tokens=4, each_rows=2, per_image_images=1, iters=1),
+    vdc=dict(images=2, questions=2, new_tokens=4, each_rows=2, per_image_images=1, iters=1,
+             decode_iters=2),
     mcla=dict(n=2048, dim=32, k=10, batch=256, nouns=64),
     knn=dict(n=2048, dim=32, k=5, torch_block=512),
 )  # fmt: skip
