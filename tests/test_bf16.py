@@ -240,12 +240,11 @@ def test_float32_where_it_matters(family):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("family", ["llm"], indirect=True)  # every family decodes with the LLM
 def test_greedy_answers_agree_with_fp32(family):
     """Greedy generation (12 left-padded prompts, 8 new tokens) in bf16 and in float32: the
     same answer on the large majority of rows."""
-    name, _, _, models = family
-    if name != "llm":
-        pytest.skip("the decoder path is the LLM's in every family; one is enough here")
+    _, _, _, models = family
     rng = np.random.RandomState(5)
     ids = rng.randint(0, 97, size=(12, 10)).astype(np.int32)
     mask = (np.arange(10)[None] >= rng.randint(0, 6, size=(12, 1))).astype(np.int32)
