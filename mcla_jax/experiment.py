@@ -108,18 +108,20 @@ def load_features(config, workdir: str, split: str, clip: ClipCheckpoint, mesh) 
     ``workdir/features``; point several methods' runs at one folder to encode once;
     ``{workdir}`` in it stands for the workdir) and reused while its fingerprint (model,
     dataset, split, limit) matches (``vl_jax.workdir.Stage``)."""
+    from vl_jax.data.hf import source_name
     from vl_jax.encode import encode_dataset
 
     folder = config.data.features_dir.replace("{workdir}", workdir) or os.path.join(
         workdir, "features"
     )
     out = os.path.join(folder, f"{split}.npz")
-    stage = wd.Stage(out, dict(model=clip.path, data=config.data.source, split=split,
+    source = source_name(config.data)  # data.source, or the hf: name of data.kind = "hf"
+    stage = wd.Stage(out, dict(model=clip.path, data=source, split=split,
                                limit=int(config.data.limit)))  # fmt: skip
     cached = stage.load(_read_npz)
     if cached is not None:
         return cached
-    data = f"{config.data.source}:{split}"
+    data = f"{source}:{split}"
     if config.data.limit:
         data += f"[:{int(config.data.limit)}]"
     r = encode_dataset(

@@ -26,6 +26,7 @@ This module only orchestrates: it reads a config and never builds one (configs/v
                                          skip the MLLM (vdc_jax.prescreen; off by default)
     protocol                             "ours" | "official": the rule set (vdc_jax.protocol)
     threshold                            flag a sample when score < threshold
+    export_hf                            auto | true | false: W/cleaned_hf (vdc_jax.export_hf)
     mesh.data / mesh.model               the device mesh (vl_jax.parallel.mesh_from_config)
 
 Resume: everything expensive is kept in the workdir and reused when the same command runs
@@ -65,7 +66,7 @@ import tempfile
 import ml_collections
 import numpy as np
 
-from vdc_jax import inputs, prescreen, report, scoring
+from vdc_jax import export_hf, inputs, prescreen, report, scoring
 from vdc_jax.models import MLLM, TINY, dtype_of, load_mllm, make_judge, text_llm
 from vdc_jax.protocol import OURS, Rules, get_rules
 from vdc_jax.questions import load_or_generate
@@ -223,6 +224,8 @@ def clean(
     }  # fmt: skip
     m = report.write_report(workdir, table, threshold=config.threshold, config_summary=summary,
                             rules=rules)  # fmt: skip
+    if export_hf.wanted(config) and wd.is_writer():  # W/cleaned_hf: data + label_issue, score
+        export_hf.write(os.path.join(workdir, "cleaned_hf"), table, source)
     _print_summary(m, workdir)
     return m, table
 

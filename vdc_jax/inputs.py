@@ -5,7 +5,7 @@
     data.class_names, data.paths                # paths: [N] str for files, None for TFDS
     view = Subset(data.source, indices)         # the samples at `indices`, as a source
 
-Four kinds of dataset (``config.data.kind``):
+Five kinds of dataset (``config.data.kind``):
 
 - ``tfds``: a name that `vl_jax.data.get_source` knows (ImageNet subsets, CIFAR-10, ...,
   ``image_folder:/path``), with ``split``, ``data_dir``, ``manual_dir``;
@@ -16,6 +16,10 @@ Four kinds of dataset (``config.data.kind``):
   to the CSV's folder, labels class names — or indices into ``data.class_names`` when given);
   ids are the paths as written. A bad row is a `DataError` naming the file and line; a missing
   or unreadable image is skipped when it is read and listed in the run's ``skipped.tsv``;
+- ``hf``: a local Hugging Face dataset at ``path`` (a ``save_to_disk`` folder, an image folder
+  or parquet files; `vl_jax.data.hf`), its ``split``, columns ``image_column`` /
+  ``label_column`` / ``id_column`` (``""`` = ``"<split>/<row>"``); ``class_names`` names
+  integer labels that have no ``ClassLabel``. A hub name is an error, never a download;
 - ``synthetic``: a small generated image folder (coloured circles / squares / triangles on noise)
   written into the workdir (by the writer process), for runlocal.
 
@@ -97,7 +101,7 @@ class Subset:
 def load_dataset(cfg, workdir: str) -> Dataset:
     """The dataset of ``cfg`` (``config.data``); see the module docstring."""
     kind = cfg.kind
-    if kind in ("folder", "csv") and not cfg.path:
+    if kind in ("folder", "csv", "hf") and not cfg.path:
         raise DataError(f"config.data.kind={kind!r} needs config.data.path")
     if kind == "tfds":
         from vl_jax.data import get_source
@@ -120,10 +124,19 @@ def load_dataset(cfg, workdir: str) -> Dataset:
         return _files(FileSource.from_folder(cfg.path, labelled_only=True), "folder")
     if kind == "csv":
         return _files(FileSource.from_csv(cfg.path, list(cfg.class_names) or None), "csv")
+    if kind == "hf":
+        from vl_jax.data.hf import hf_source
+
+        src = hf_source(
+            cfg.path, cfg.split, image_column=cfg.image_column, label_column=cfg.label_column,
+            id_column=cfg.id_column, class_names=list(cfg.class_names) or None,
+            cache_dir=os.path.join(cfg.data_dir, "hf_cache") if cfg.data_dir else None,
+        )  # fmt: skip
+        return Dataset(src, list(src.class_names), None, f"hf {cfg.path}:{cfg.split}")
     if kind == "synthetic":
         root = synthetic_folder(workdir, cfg.per_class, cfg.seed)
         return _files(FileSource.from_folder(root, labelled_only=True), "folder")
-    raise DataError(f"config.data.kind must be tfds, folder, csv or synthetic, got {kind!r}")
+    raise DataError(f"config.data.kind must be tfds, folder, csv, hf or synthetic, got {kind!r}")
 
 
 def _files(src: FileSource, kind: str) -> Dataset:

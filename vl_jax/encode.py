@@ -185,12 +185,26 @@ def encode_dataset(
     `paths` and undecodable examples in the `.skipped.tsv`."""
     from vl_jax.data import get_source  # lazy: TFDS is only needed for datasets
 
-    name, _, split = data.partition(":")
+    name, split = split_data_name(data)
     source = get_source(name, split or "train", data_dir=data_dir, manual_dir=manual_dir)
     return _encode(
         model, source, out, class_names=source.class_names, ignored=[],
         batch_size=batch_size, dtype=dtype, workers=workers, mesh=mesh, progress=progress,
     )  # fmt: skip
+
+
+def split_data_name(data: str) -> tuple[str, str]:
+    """``"NAME[:SPLIT]"`` -> ``(NAME, SPLIT or "")``. The split starts after the last ``:``
+    outside brackets (``"x:train[:10]"``), and a ``prefix:<path>`` name (``image_folder:``,
+    ``hf:``) keeps its own colon: ``"hf:/d"`` has no split, ``"hf:/d:test"`` has ``test``."""
+    depth, cut = 0, -1
+    for i, ch in enumerate(data):
+        depth += (ch == "[") - (ch == "]")
+        if ch == ":" and depth == 0:
+            cut = i
+    if cut < 0 or data[: cut + 1] in ("image_folder:", "hf:"):
+        return data, ""
+    return data[:cut], data[cut + 1 :]
 
 
 def write_npz(out: str, r: EncodeResult) -> None:

@@ -94,6 +94,8 @@ def experiment_config(method: str, arg: str | None) -> ml_collections.ConfigDict
              # train_eval: fit on train, evaluate on eval; train_eq_eval: the older protocol
              protocol="train_eq_eval" if a.train_eq_eval else "train_eval",
              data_dir="", manual_dir="", encode_batch=256,
+             # kind "hf": a local HF dataset at `path` (vl_jax.data.hf) instead of `source`
+             kind="tfds", path="", image_column="image", label_column="label", id_column="",
              limit=800 if a.runlocal else 0,  # images per split (0 = all)
              features_dir="")  # "" = WORKDIR/features; "{workdir}" stands for the workdir
     )  # fmt: skip

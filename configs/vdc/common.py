@@ -44,13 +44,16 @@ def vdc_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.job = "vdc"
     c.data = dict(
-        kind="tfds",  # tfds | folder | csv | synthetic (generated shapes in the workdir)
+        kind="tfds",  # tfds | folder | csv | hf | synthetic (generated shapes in the workdir)
         name="",  # tfds: a vl_jax.data.get_source name (cifar10, imagenet_dog10, ...)
         split="train",  # tfds split
         data_dir="",  # tfds: where the prepared array_record data lives ("" = TFDS default)
         manual_dir="",  # tfds: downloaded archives (ImageNet) for preparation
-        path="",  # folder: the image folder; csv: the CSV of path,label rows
-        class_names=[],  # csv: names that numeric labels index into ([] = the sorted labels)
+        path="",  # folder: the image folder; csv: the CSV of path,label rows; hf: the dataset
+        class_names=[],  # csv / hf: names that numeric labels index into ([] = the sorted labels)
+        image_column="image",  # hf: the column of images (Image feature, bytes or paths)
+        label_column="label",  # hf: the column of labels ("" = unlabelled)
+        id_column="",  # hf: a column of unique ids ("" = "<split>/<row>")
         per_class=8,  # synthetic: images per shape
         seed=0,  # synthetic: image seed
     )
@@ -107,6 +110,9 @@ def vdc_config() -> ml_collections.ConfigDict:
         min_agree=0.5,  # share of those neighbours carrying the sample's label, at least
     )
     c.threshold = 0.5  # flag a sample when its consistency score < threshold
+    # W/cleaned_hf, the scored samples as an HF dataset with label_issue and score columns
+    # (vdc_jax.export_hf): auto = when data.kind is "hf" | true | false
+    c.export_hf = "auto"
     # ours | official (vdc_jax.protocol): the answer-evaluation rules and general questions.
     # official = the paper code's rules (substring "yes", any-token descriptions, empty answers
     # dropped, "Caption"/"Labels" judge, dirty detected at score <= threshold in the metrics);

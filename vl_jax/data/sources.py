@@ -14,7 +14,8 @@ in parallel); sources are plain picklable objects. ``split`` is any TFDS split s
 
 Names (``known_names()``): ``imagenet_subset/<config>`` with aliases ``imagenet_dogs``,
 ``imagenet10``, ``imagenet_dog10``, ``imagenet100``; ``easy_vqa_shapes`` / ``easy_vqa_colors``
-(same images, label = shape / colour); ``image_folder:<path>``; and adapters over TFDS
+(same images, label = shape / colour); ``image_folder:<path>``; ``hf:<path>`` (a local Hugging
+Face dataset, :mod:`vl_jax.data.hf`); and adapters over TFDS
 datasets that must already be prepared (array_record) in ``data_dir`` -- nothing is ever
 downloaded: ``cifar10``, ``cifar100_20`` (coarse labels), ``stl10``, ``stanford_dogs15``.
 """
@@ -32,6 +33,7 @@ import tensorflow_datasets as tfds
 from vl_jax.data import wordnet_ids
 from vl_jax.data.builders import image_folder_builder
 from vl_jax.data.builders.imagenet_subset import ImagenetSubset
+from vl_jax.data.hf import HF_PREFIX, HFSource, HFSpec, hf_source
 from vl_jax.errors import NotFoundError
 from vl_jax.images import decode_rgb
 
@@ -74,7 +76,7 @@ _SPECS = {
 
 def known_names() -> list[str]:
     """Every name :func:`get_source` accepts (``image_folder:<path>`` for any path)."""
-    return sorted(_SPECS) + sorted(ALIASES) + [IMAGE_FOLDER_PREFIX + "<path>"]
+    return sorted(_SPECS) + sorted(ALIASES) + [IMAGE_FOLDER_PREFIX + "<path>", HF_PREFIX + "<path>"]
 
 
 class Source:
@@ -151,11 +153,12 @@ def get_source(
     data_dir: str | os.PathLike | None = None,
     manual_dir: str | os.PathLike | None = None,
     prepare: bool = True,
-) -> Source:
+) -> Source | HFSource:
     """Resolve ``name`` to a :class:`Source` for ``split``.
 
     Args:
-      name: one of :func:`known_names`, or ``"image_folder:<path>"``.
+      name: one of :func:`known_names`, ``"image_folder:<path>"`` or ``"hf:<path>[?image=..&label=..
+        &id=..]"`` (a local HF dataset; :mod:`vl_jax.data.hf`, which documents its errors).
       split: a TFDS split string of that dataset.
       data_dir: TFDS data dir (default: TFDS's, ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
       manual_dir: ILSVRC-2012 folder for ``imagenet_*`` (default ``<data_dir>/downloads/manual``).
@@ -169,6 +172,11 @@ def get_source(
       FileNotFoundError: ILSVRC files missing from ``manual_dir`` (the message names them).
     """
     data_dir = None if data_dir is None else os.fspath(data_dir)
+    if name.startswith(HF_PREFIX):  # a local HF dataset; its Arrow cache (if any) in data_dir
+        s = HFSpec.parse(name)
+        cache = None if data_dir is None else os.path.join(data_dir, "hf_cache")
+        return hf_source(s.path, split, image_column=s.image_column,
+                         label_column=s.label_column, id_column=s.id_column, cache_dir=cache)  # fmt: skip
     if name.startswith(IMAGE_FOLDER_PREFIX):
         builder = image_folder_builder(name[len(IMAGE_FOLDER_PREFIX) :], data_dir=data_dir)
         _ensure_prepared(builder, name, prepare, manual_dir)
