@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import skimage
-from multiprocess import run_processes
+from multihost_procs import run_processes
 
 from vl_jax import encode
 from vl_jax.data.files import FileSource

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import pytest
 import test_mcla_train as synthetic_data  # module access only: its fixtures stay unregistered
-from multiprocess import AUDIT_WRITES, run_processes
+from multihost_procs import AUDIT_WRITES, run_processes
 
 import configs.mcla as mcla_configs
 from configs.mcla.synthetic import get_config

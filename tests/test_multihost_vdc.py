@@ -24,7 +24,7 @@ from pathlib import Path
 import jax
 import ml_collections
 import pytest
-from multiprocess import AUDIT_WRITES, run_processes
+from multihost_procs import AUDIT_WRITES, run_processes
 
 from vdc_jax import cleanse
 from vl_jax import parallel

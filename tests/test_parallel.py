@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
-from multiprocess import run_processes
+from multihost_procs import run_processes
 
 from vl_jax import parallel as par
 
