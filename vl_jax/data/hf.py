@@ -123,10 +123,13 @@ class HFSource:
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for {self!r}")
         i %= len(self)
-        row = int(self.rows[i])
-        where = f"{self.spec.path} [{self.split.split('[', 1)[0]} row {row}, id {self._ids[i]}]"
-        value = self.dataset[row][self.image_column]
-        return {"image": _decode(value, where), "label": self._labels[i], "id": self._ids[i]}
+        row, example_id = int(self.rows[i]), self._ids[i]
+        try:
+            image = _decode(self.dataset[row][self.image_column], example_id)
+        except ImageError as e:  # the id (as other sources), and where the row is
+            where = f"at {self.spec.path}, {self.split.split('[', 1)[0]} row {row}"
+            raise ImageError(example_id, f"{e.reason} ({where})") from e
+        return {"image": image, "label": self._labels[i], "id": example_id}
 
     def labels(self) -> np.ndarray:
         """``int32 [N]``, without decoding any image."""
@@ -301,23 +304,24 @@ def _labels(spec: HFSpec, dataset, class_names) -> tuple[list[str], np.ndarray]:
     raise DataError(f"{spec.path}: label column {col!r} holds {feature}, not class labels")
 
 
-def _decode(value, where: str) -> np.ndarray:
-    """An image cell (``{"bytes", "path"}``, bytes or a path) -> ``uint8 [H, W, 3]``."""
+def _decode(value, name: str) -> np.ndarray:
+    """An image cell (``{"bytes", "path"}``, bytes or a path) -> ``uint8 [H, W, 3]``; an
+    ImageError's reason names the file of a path."""
     if isinstance(value, dict):
         data, path = value.get("bytes"), value.get("path")
         if data:
-            return decode_rgb(data, where)
+            return decode_rgb(data, name)
         value = path
     if isinstance(value, bytes | bytearray):
-        return decode_rgb(bytes(value), where)
+        return decode_rgb(bytes(value), name)
     if not value:
-        raise ImageError(where, "no image in this row")
+        raise ImageError(name, "no image in this row")
     try:
         return load_rgb(value)
     except ImageError as e:
-        raise ImageError(where, f"{value}: {e.reason}") from e
+        raise ImageError(name, f"{value}: {e.reason}") from e
     except OSError as e:  # missing or unreadable file
-        raise ImageError(where, f"{value}: {type(e).__name__}: {e}") from e
+        raise ImageError(name, f"{value}: {type(e).__name__}: {e}") from e
 
 
 def source_name(data) -> str:
