@@ -534,109 +534,19 @@ def test_encode_images_patchifies_as_the_processor(checkpoints):
     np.testing.assert_allclose(np.asarray(got).reshape(want.shape), np.asarray(want), atol=1e-5)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("version", ["2.5", "2"])
-def test_engine_generation_equals_hf_generate(tmp_path, version):
-    """vl_jax.generate on the tiny Qwen2.5-VL / Qwen2-VL = transformers' `generate` token for
-    token: greedy
-    (one image per row, left-padded chat prompts), greedy with rows sharing an image (the
-    engine's shared-prefix path), 3 beams, and text only. A second request with other images
-    of the same size and prompts in the same length bucket does not recompile."""
-    from vl_jax import generate as engine
-    from vl_jax.models import tiny
-
-    path = tiny.write_qwen2_vl(str(tmp_path / "q"), seed=3, version=version)
-    arch = getattr(transformers, transformers.AutoConfig.from_pretrained(path).architectures[0])
-    ref = arch.from_pretrained(path).eval()
-    model, proc = qwen2_vl.from_pretrained(path), qwen2_vl.load_processor(path)
-    eos, pad = proc.tokenizer.convert_tokens_to_ids("<|im_end|>"), proc.tokenizer.pad_token_id
-    n = 8
-
-    def chat(q, image=True):
-        content = [{"type": "image"}, {"type": "text", "text": q}] if image else q
-        return proc.apply_chat_template([{"role": "user", "content": content}],
-                                        add_generation_prompt=True)  # fmt: skip
-
-    def hf_generate(enc, **kw):
-        with torch.no_grad():
-            out = ref.generate(
-                **{k: torch.from_numpy(v) for k, v in enc.items()}, max_new_tokens=n,
-                do_sample=False, **kw,
-            )  # fmt: skip
-        out = out[:, enc["input_ids"].shape[1] :].numpy()
-        out = np.pad(out, ((0, 0), (0, n - out.shape[1])), constant_values=pad)
-        # After its stop token a row is padding. HF's beam search fills it with the stop token
-        # when the pad id is 0 (`pad_token_id or eos_token_id`), ours with the pad id.
-        stopped = np.cumsum(out == eos, axis=1) - (out == eos) > 0
-        return np.where(stopped, pad, out)
-
-    def ours(enc, pixels, **kw):
-        return engine.generate(
-            model, enc["input_ids"], enc["attention_mask"], pixel_values=pixels,
-            max_new_tokens=n, eos_token_id=eos, pad_token_id=pad, **kw,
-        )  # fmt: skip
-
-    qs = ("Is there a circle?", "Describe the image in detail please.", "What is the main object?")
-    rng = np.random.RandomState(0)
-    pics = [rng.randint(0, 256, (70, 90, 3), np.uint8) for _ in range(3)]
-    pixels = np.stack([proc.image_processor.resize(p) for p in pics])
-    enc = proc(images=pics, text=[chat(q) for q in qs])
-    np.testing.assert_array_equal(ours(enc, pixels), hf_generate(enc))
-    np.testing.assert_array_equal(ours(enc, pixels, num_beams=3), hf_generate(enc, num_beams=3))
-    shared = proc(images=[pics[0]] * 3, text=[chat(q) for q in qs])
-    from vl_jax.generate_inputs import shared_prefix
-
-    assert shared_prefix(shared["input_ids"], shared["attention_mask"], np.zeros(3, int),
-                         model.config.image_token_id) > 0  # fmt: skip
+@pytest.mark.parametrize("left", [True, False])
+def test_prompt_positions_with_per_row_sizes_equal_rope_index(checkpoints, left):
+    """Rows whose images differ in size (dynamic resolution in one request: `image_hw` [B, 2]
+    per row) get `rope_index`'s positions and deltas; a text-only row may name any size."""
+    ref, _ = checkpoints("qwen2_5_vl")
+    cfg = qwen2_vl.Qwen2VLConfig.from_hf(ref.config)
+    rows = [["2", 0, "5"], ["1", 1, "3"], ["9"], [1, "4"]]
+    ids, _, grids, mask = batch(GRIDS, rows, 1, left=left)
+    want, deltas = qwen2_vl.rope_index(ids, grids, mask, cfg)
+    hw = np.array([(48, 32), (24, 40), (0, 0), (24, 40)])  # 4 px patches
+    pos, offsets = nnx_abstract(cfg).prompt_positions(ids, mask, hw)
+    real = mask.astype(bool)
     np.testing.assert_array_equal(
-        ours(shared, pixels[:1], image_index=np.zeros(3, int)), hf_generate(shared)
+        np.asarray(pos)[real], np.asarray(qwen2_vl.rope_positions(want, cfg))[real]
     )
-    text = proc(text=[chat(q, image=False) for q in qs])
-    np.testing.assert_array_equal(ours(text, None), hf_generate(text))
-    # Same image size, other pictures, prompts in the same length bucket: no new compilation.
-    run = engine.generator_for(model).run
-    compiled = run._cache_size()
-    pics2 = [rng.randint(0, 256, (68, 92, 3), np.uint8) for _ in range(3)]
-    enc2 = proc(
-        images=pics2,
-        text=[
-            chat(q)
-            for q in (
-                "Is it a square?",
-                "Describe the picture in detail please.",
-                "What is the small object?",
-            )
-        ],
-    )
-    pixels2 = np.stack([proc.image_processor.resize(p) for p in pics2])
-    assert pixels2.shape == pixels.shape
-    np.testing.assert_array_equal(ours(enc2, pixels2), hf_generate(enc2))
-    assert run._cache_size() == compiled
-
-
-@pytest.mark.slow
-def test_engine_on_the_mesh_equals_one_device(tmp_path, mesh_4x2):
-    """8 fake devices (data 4 x model 2: the batch split, heads split) = one device through the
-    engine, rows sharing an image (the shared-prefix path) and one on its own."""
-    from vl_jax.generate import generate
-    from vl_jax.models import tiny
-
-    path = tiny.write_qwen2_vl(str(tmp_path / "q"), seed=3)
-    proc = qwen2_vl.load_processor(path)
-    chat = lambda q: proc.apply_chat_template(
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}],
-        add_generation_prompt=True,
-    )
-    rng = np.random.RandomState(0)
-    pics = [rng.randint(0, 256, (70, 90, 3), np.uint8) for _ in range(2)]
-    enc = proc(images=[pics[0], pics[0], pics[1]], text=[chat("Is there a circle?"),
-               chat("What is the main object?"), chat("Describe the image.")])  # fmt: skip
-    kw = dict(
-        pixel_values=np.stack([proc.image_processor.resize(p) for p in pics]),
-        image_index=[0, 0, 1], max_new_tokens=8, pad_token_id=proc.tokenizer.pad_token_id,
-        eos_token_id=proc.tokenizer.convert_tokens_to_ids("<|im_end|>"),
-    )  # fmt: skip
-    one = generate(qwen2_vl.from_pretrained(path), enc["input_ids"], enc["attention_mask"], **kw)
-    model = qwen2_vl.from_pretrained(path, mesh=mesh_4x2)
-    got = generate(model, enc["input_ids"], enc["attention_mask"], mesh=mesh_4x2, **kw)
-    np.testing.assert_array_equal(got, one)
+    np.testing.assert_array_equal(np.asarray(offsets), deltas)

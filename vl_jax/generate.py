@@ -94,6 +94,8 @@ class Generator:
         # InstructBLIP: image features per row, from the image and the row's instruction.
         self.query = hasattr(model, "query_features")
         self.image_token = model.config.image_token_id if self.vlm else None
+        # Dynamic resolution (Qwen2-VL): images of different sizes, laid out on the host.
+        self.image_layout = getattr(model, "image_layout", None) if self.vlm else None
         self.mesh = mesh
         self.data = 1 if mesh is None else mesh.shape[parallel.DATA]
         graphdef, state = nnx.split(model)
@@ -108,6 +110,8 @@ class Generator:
     def _put(self, x: np.ndarray | jax.Array) -> jax.Array:
         """A request array onto the mesh, split over `data` (a jax.Array is resharded on
         device; a host array is placed shard by shard)."""
+        if hasattr(x, "_fields"):  # a model's image pytree (`image_layout`)
+            return jax.tree.map(self._put, x)
         if self.mesh is None:
             return jnp.asarray(x)
         sharding = parallel.batch_sharding(self.mesh, x.ndim)
@@ -159,6 +163,8 @@ class Generator:
         if b == 0:
             return np.zeros((0, max_new_tokens), np.int32)
         eos = () if eos_token_id is None else tuple(np.atleast_1d(eos_token_id).tolist())
+        if pixel_values is not None and self.image_layout is not None:
+            pixel_values = self.image_layout(pixel_values)
         arrays, prefix = pack_request(
             ids,
             mask,
@@ -168,6 +174,7 @@ class Generator:
             pad=pad_token_id,
             multiple=self.data,
             qformer=qformer,
+            per_image_prefix=self.image_layout is not None,
         )
         args = [self._put(a) for a in arrays]
         scalars = _traced_settings(seed, temperature, top_p, repetition_penalty, eos, self.mesh)
@@ -210,7 +217,8 @@ def _request(graphdef, vlm, mesh, state, scalars, ids, mask, valid, row_ids, *re
     """The whole request on device: [images ->] prefill -> decode.
 
     ids, mask [B, T] left-padded; valid, row_ids [B]; `rest` as `pack_request` orders it:
-    (), (pixels [N, H, W, 3], image_index [B]), those and prefix_ids [N, p], or those and
+    (), (pixels [N, H, W, 3], image_index [B]), those and prefix_ids, prefix_mask [N, p], or
+    those and
     qformer_ids, qformer_mask [B, Qt] (a query model: InstructBLIP). KV cache slots:
     [0, p) the shared image prefix, [p, p + T) the prompt, then L new tokens.
     Returns [B, L] int32."""
@@ -229,14 +237,15 @@ def _request(graphdef, vlm, mesh, state, scalars, ids, mask, valid, row_ids, *re
         x, cache, prompt_ids, prompt_mask, offsets = _prefill_shared_prefix(
             model, lm, ids, mask, *rest, n_new=n_new, shard=shard
         )
-        if offsets is not None:
-            positions = p + offsets[:, None] + jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
+        # The suffix continues after its image's prefix (left-padded: its real tokens count).
+        start = prompt_mask[:, :p].sum(-1) + (0 if offsets is None else offsets)
+        positions = start[:, None] + jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
     else:
         x = _embed_prompt(model, lm, vlm, ids, rest, static.with_images)
         prompt_ids, prompt_mask = ids, mask
         cache = shard(lm.init_cache(b, t + n_new))
-        pixels = rest[0] if static.with_images else None
-        positions, offsets = _rope_positions(model, vlm, ids, mask, pixels)
+        pixels, image_index = rest[:2] if static.with_images else (None, None)
+        positions, offsets = _rope_positions(model, vlm, ids, mask, pixels, image_index)
     first_logits, cache, lengths, kv_mask = _prefill(
         lm, x, mask, prompt_mask, cache, p, n_new, positions
     )
@@ -274,39 +283,50 @@ def _embed_prompt(model, lm, vlm, ids, rest, with_images: bool) -> jax.Array:
     return lm.embed(ids)
 
 
-def _rope_positions(model, vlm, ids, mask, pixels):
+def _rope_positions(model, vlm, ids, mask, pixels, image_index=None):
     """(positions [B, T, E/2], offsets [B]) of a model with multimodal rotary positions
-    (Qwen2-VL's M-RoPE: `model.prompt_positions`, every image of pixels' size), else
-    (None, None): positions count the real tokens. A new token's position is its slot's count
-    of real tokens plus the row's offset."""
+    (Qwen2-VL's M-RoPE: `model.prompt_positions`), else (None, None): positions count the real
+    tokens. A new token's position is its slot's count of real tokens plus the row's offset.
+    Images: pixels' size (one size), or the sizes an image pytree carries (`hw` [N, 2]) of
+    each row's image (`image_index` [B]; None: row i is image i)."""
     if not (vlm and hasattr(model, "prompt_positions")):
         return None, None
-    return model.prompt_positions(ids, mask, None if pixels is None else pixels.shape[1:3])
+    hw = None
+    if pixels is not None:
+        hw = getattr(pixels, "hw", None)
+        if hw is None:
+            hw = tuple(pixels.shape[1:3])
+        elif image_index is not None:
+            hw = hw[image_index]
+    return model.prompt_positions(ids, mask, hw)
 
 
-def _prefill_shared_prefix(model, lm, ids, mask, pixels, image_index, prefix_ids, *, n_new, shard):
+def _prefill_shared_prefix(
+    model, lm, ids, mask, pixels, image_index, prefix_ids, prefix_mask, *, n_new, shard
+):
     """Prefills each image's shared prefix once and gives every row a copy of its image's cache,
     so the P image tokens go through the decoder N times, not B times.
 
     ids, mask [B, T] the per-row suffixes (no image tokens: `shared_prefix` checks), pixels
-    [N, H, W, 3], image_index [B], prefix_ids [N, p]. Returns (x [B, T, D] the suffixes'
-    embeddings, cache with B rows of p + T + L slots, [0, p) filled, prompt_ids [B, p + T],
-    prompt_mask [B, p + T]: the whole prompt of each row, offsets [B] or None: see
+    [N, H, W, 3] (or a model's image pytree), image_index [B], prefix_ids, prefix_mask [N, p]
+    (left-padded when the images' prefixes differ in length). Returns (x [B, T, D] the
+    suffixes' embeddings, cache with B rows of p + T + L slots, [0, p) filled, prompt_ids
+    [B, p + T], prompt_mask [B, p + T]: the whole prompt of each row, offsets [B] or None: see
     `_rope_positions`)."""
-    b, t = ids.shape
     n, p = prefix_ids.shape
+    t = ids.shape[1]
     x = model.embed_inputs(prefix_ids, model.encode_images(pixels), jnp.arange(n))
-    pos, offsets = _rope_positions(model, True, prefix_ids, jnp.ones_like(prefix_ids), pixels)
+    pos, offsets = _rope_positions(model, True, prefix_ids, prefix_mask, pixels)
     if pos is None:
-        pos = jnp.broadcast_to(jnp.arange(p), (n, p))
+        pos = jnp.maximum(jnp.cumsum(prefix_mask, axis=-1) - 1, 0)
     else:
         offsets = offsets[image_index]
-    _, img_cache = lm.forward(x, pos, jnp.ones((n, p + t + n_new), bool),
-                              shard(lm.init_cache(n, p + t + n_new)), 0)  # fmt: skip
+    kv_mask = jnp.concatenate([prefix_mask.astype(bool), jnp.ones((n, t + n_new), bool)], axis=1)
+    _, img_cache = lm.forward(x, pos, kv_mask, shard(lm.init_cache(n, p + t + n_new)), 0)
     cache = shard(jax.tree.map(lambda c: c[image_index], img_cache))
     x = lm.embed(ids)
     prompt_ids = jnp.concatenate([prefix_ids[image_index], ids], axis=1)
-    prompt_mask = jnp.concatenate([jnp.ones((b, p), mask.dtype), mask], axis=1)
+    prompt_mask = jnp.concatenate([prefix_mask[image_index].astype(mask.dtype), mask], axis=1)
     return x, cache, prompt_ids, prompt_mask, offsets
 
 

@@ -71,6 +71,48 @@ def shared_prefix(ids: np.ndarray, mask: np.ndarray, image_index: np.ndarray, im
     return int(p)
 
 
+def image_prefixes(ids: np.ndarray, mask: np.ndarray, image_index: np.ndarray, image_token: int):
+    """{image: p_i}, the length of the prompt prefix that the rows of each image share, or None
+    when sharing does not apply (every image has one row, or some p_i would not cover its rows'
+    image tokens or leave >= 1 token per row). Per image, unlike `shared_prefix`: images of
+    different sizes (dynamic resolution) have prefixes of different lengths."""
+    by_image: dict[int, list[np.ndarray]] = {}
+    for r, i in enumerate(image_index.tolist()):
+        by_image.setdefault(i, []).append(ids[r][mask[r].astype(bool)])
+    if len(by_image) == ids.shape[0]:
+        return None
+    out = {}
+    for i, rows in by_image.items():
+        ref, p = rows[0], min(map(len, rows)) - 1
+        for r in rows[1:]:
+            diff = np.flatnonzero(r[:p] != ref[:p])
+            p = min(p, diff[0]) if len(diff) else p
+        for r in rows:
+            where = np.flatnonzero(r == image_token)
+            if p <= 0 or (len(where) and where[-1] >= p):
+                return None
+        out[i] = int(p)
+    return out
+
+
+def split_prefixes(ids, mask, index, prefixes: dict[int, int], nb: int, pb: int):
+    """`split_prefix` with a prefix length per image (`image_prefixes`), each left-padded to
+    `pb`. Returns (prefix_ids [Nb, pb] int32, prefix_mask [Nb, pb] int32: images no row uses
+    get one masked-in pad token, as pad rows do; mask [B, T] without the prefix tokens)."""
+    prefix_ids = np.zeros((nb, pb), np.int32)
+    prefix_mask = np.zeros((nb, pb), np.int32)
+    prefix_mask[:, -1] = 1
+    keep = np.zeros_like(mask)
+    for r in range(ids.shape[0]):
+        real = np.flatnonzero(mask[r])
+        p = prefixes[int(index[r])]
+        prefix_ids[index[r], pb - p :] = ids[r, real[:p]]
+        prefix_mask[index[r]] = 0
+        prefix_mask[index[r], pb - p :] = 1
+        keep[r, real[p:]] = 1
+    return prefix_ids, prefix_mask, keep
+
+
 def check_request(
     input_ids,
     attention_mask,
@@ -209,6 +251,8 @@ def pad_prompts(ids: np.ndarray, mask: np.ndarray, *, prefix: int, pad: int, mul
 def num_images(pixel_values) -> int:
     """N of pixel_values [N, H, W, 3] without a host copy (it may be a global jax.Array whose
     rows live on other processes)."""
+    if isinstance(pixel_values, tuple) and hasattr(pixel_values, "_fields"):
+        pixel_values = pixel_values[0]  # a model's image pytree (`image_layout`): [N, ...] leaves
     shape = getattr(pixel_values, "shape", None)
     return int(shape[0]) if shape is not None else len(pixel_values)
 
@@ -221,14 +265,19 @@ def pad_images(pixel_values, index: np.ndarray, bb: int, multiple: int):
     processes) stays on device: it is padded there, never copied to the host."""
     n = num_images(pixel_values)
     nb = bucket(n, multiple=multiple)
-    if isinstance(pixel_values, jax.Array):
-        px = pixel_values
-        if nb > n:
-            widths = ((0, nb - n),) + ((0, 0),) * (px.ndim - 1)
-            px = jax.jit(lambda a: jnp.pad(a, widths))(px)
-    else:
-        px = np.asarray(pixel_values)
-        px = np.concatenate([px, np.zeros((nb - n, *px.shape[1:]), px.dtype)])
+
+    def pad(px):
+        if isinstance(px, jax.Array):
+            if nb > n:
+                widths = ((0, nb - n),) + ((0, 0),) * (px.ndim - 1)
+                px = jax.jit(lambda a: jnp.pad(a, widths))(px)
+            return px
+        px = np.asarray(px)
+        return np.concatenate([px, np.zeros((nb - n, *px.shape[1:]), px.dtype)])
+
+    # A model's image pytree (dynamic resolution: canvas, sizes, layout) pads leaf by leaf;
+    # an empty image (zero size, no real patch) is what a padding image is.
+    px = jax.tree.map(pad, pixel_values) if hasattr(pixel_values, "_fields") else pad(pixel_values)
     padded = np.zeros(bb, np.int32)
     padded[: len(index)] = index
     return px, padded
@@ -244,6 +293,7 @@ def pack_request(
     pad: int,
     multiple: int,
     qformer: tuple[np.ndarray, np.ndarray] | None = None,
+    per_image_prefix: bool = False,
 ) -> tuple[list[np.ndarray], int]:
     """The device inputs of a checked request with B >= 1 rows (see `check_request`).
 
@@ -253,21 +303,35 @@ def pack_request(
     also pixels [Nb, H, W, 3] and image_index [Bb] int32; with p > 0 also prefix_ids [Nb, p]
     int32 (then Tb buckets only the per-row suffixes); with `qformer` (ids, mask [B, Qt]) also
     qformer_ids, qformer_mask [Bb, Qb] int32 (`pad_qformer`), and never a shared prefix: the
-    image features differ per row (they depend on the row's instruction)."""
+    image features differ per row (they depend on the row's instruction).
+
+    With a shared prefix also prefix_mask [Nb, p] int32. `per_image_prefix` (a family whose
+    image token count varies per image, dynamic resolution): each image's prefix has its own
+    length (`image_prefixes`), left-padded to p = `bucket(max)`; else every image's prefix has
+    the one length p of `shared_prefix` (prefix_mask all ones)."""
     prefix = 0
     if pixel_values is not None:
         n = num_images(pixel_values)
+        nb = bucket(n, multiple=multiple)
         index = image_rows(image_index, ids.shape[0], n)
-        if qformer is None:
+        if qformer is None and per_image_prefix:
+            prefixes = image_prefixes(ids, mask, index, image_token)
+            if prefixes:
+                prefix = bucket(max(prefixes.values()), minimum=MIN_SUFFIX_BUCKET)
+                prefix_ids, prefix_mask, mask = split_prefixes(
+                    ids, mask, index, prefixes, nb, prefix
+                )
+        elif qformer is None:
             prefix = shared_prefix(ids, mask, index, image_token)
-    if prefix:
-        prefix_ids, mask = split_prefix(ids, mask, index, prefix, bucket(n, multiple=multiple))
+            if prefix:
+                prefix_ids, mask = split_prefix(ids, mask, index, prefix, nb)
+                prefix_mask = np.ones_like(prefix_ids)
     ids, mask, valid, row_ids = pad_prompts(ids, mask, prefix=prefix, pad=pad, multiple=multiple)
     arrays = [ids, mask, valid, row_ids]
     if pixel_values is not None:
         arrays += pad_images(pixel_values, index, len(valid), multiple)
         if prefix:
-            arrays.append(prefix_ids)
+            arrays += [prefix_ids, prefix_mask]
         if qformer is not None:
             arrays += pad_qformer(*qformer, len(valid))
     return arrays, prefix

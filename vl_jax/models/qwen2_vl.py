@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,13 +40,21 @@ from vl_jax.checkpoints import SafetensorsReader, load_model, resolve
 from vl_jax.checkpoints.hub import DEFAULT_PATTERNS
 from vl_jax.checkpoints.mapping import Rule
 from vl_jax.models import llm
-from vl_jax.models.qwen2_vl_vision import VisionConfig, VisionTower, vision_rules
+from vl_jax.models.qwen2_vl_vision import (
+    PaddedLayout,
+    VisionConfig,
+    VisionTower,
+    padded_layout,
+    vision_rules,
+)
 
 __all__ = [
     "ARCHITECTURES",
+    "PaddedImages",
     "Qwen2VL",
     "Qwen2VLConfig",
     "from_pretrained",
+    "gather_patches",
     "hf_ignore",
     "hf_rules",
     "init",
@@ -186,6 +195,41 @@ def patchify_on_device(pixels: jax.Array, cfg) -> jax.Array:
     return x.reshape(n, gh * gw, c * t * p * p)
 
 
+class PaddedImages(NamedTuple):
+    """The engine's images of different sizes in one request (a pytree of [N, ...] arrays):
+    canvas [N, Hc, Wc, 3] float32 (each resized image at the top-left, NaN elsewhere), hw
+    [N, 2] int32 its (h, w) pixels, layout the `PaddedLayout` of its patches padded to the
+    request's Lb slots. Built on the host by `Qwen2VL.image_layout`."""
+
+    canvas: jax.Array | np.ndarray
+    hw: np.ndarray
+    layout: PaddedLayout
+
+
+def num_windows(grid_hw: tuple[int, int], cfg) -> int:
+    """The attention windows of an image of (h, w) patches (0 without windowing)."""
+    if cfg.window_size is None:
+        return 0
+    ws = cfg.window_size // cfg.merge_size // cfg.patch_size
+    gh, gw = (s // cfg.merge_size for s in grid_hw)
+    return -(-gh // ws) * -(-gw // ws)
+
+
+def gather_patches(canvas: jax.Array, layout: PaddedLayout, cfg) -> jax.Array:
+    """canvas [N, Hc, Wc, 3] -> patches [N, Lb, P]: slot j of image i is its patch at
+    layout.positions[i, j] (the processor's order), zeros at padding slots (the NaN outside an
+    image never enters a computation); each patch vector (channel, temporal, row, column)."""
+    n, hh, ww, c = canvas.shape
+    p, t = cfg.patch_size, cfg.temporal_patch_size
+    x = canvas.reshape(n, hh // p, p, ww // p, p, c).transpose(0, 1, 3, 5, 2, 4)
+    x = x.reshape(n, (hh // p) * (ww // p), c, p, p)
+    index = layout.positions[..., 0] * (ww // p) + layout.positions[..., 1]  # [N, Lb]
+    x = jnp.take_along_axis(x, index[:, :, None, None, None], axis=1)
+    x = jnp.where(layout.valid[:, :, None, None, None], x, 0.0)
+    x = jnp.broadcast_to(x[:, :, :, None], (*x.shape[:3], t, p, p))
+    return x.reshape(n, index.shape[1], c * t * p * p)
+
+
 class Qwen2VL(nnx.Module):
     """Vision tower + Qwen2 decoder with M-RoPE; `dtype` computes, `param_dtype` stores."""
 
@@ -200,11 +244,50 @@ class Qwen2VL(nnx.Module):
         """patches [N, L, P] of N images of `grid_hw` patches (static) -> [N, L / m^2, D]."""
         return self.visual(patches, grid_hw)
 
-    def encode_images(self, pixel_values: jax.Array) -> jax.Array:
+    def image_layout(self, pixel_values) -> PaddedImages:
+        """The engine's host-side step for dynamic resolution (`vl_jax.generate` calls it on
+        every request's images): resized images of any sizes -> `PaddedImages`.
+
+        pixel_values: a list of float32 [h_i, w_i, 3] (`Qwen2VLPreprocess.resize`; put on a
+        canvas whose sides are bucketed), or a canvas batch [N, Hc, Wc, 3] (numpy, or a
+        jax.Array such as the input pipeline's batch with `CanvasTransform`: only the sizes,
+        [N, 2] ints, come to the host), or a same-size stack [N, H, W, 3].
+
+        Bucket policy: every image is padded to Lb patch slots, Lb = `bucket(max h_i * w_i)`
+        (four sizes per octave, a multiple of m^2), and the windows to Wb = `bucket(max
+        windows)`; with the canvas shape these are the request's image shapes, so a new mix
+        of sizes within the same buckets does not recompile."""
+        from vl_jax.generate_inputs import bucket
+        from vl_jax.models.qwen2_vl_preprocess import canvas, image_sizes
+
+        v = self.config.vision
+        factor = v.patch_size * v.merge_size
+        if isinstance(pixel_values, (list, tuple)):
+            pixel_values = canvas(pixel_values, factor)
+        if isinstance(pixel_values, jax.Array):
+            from vl_jax import parallel
+
+            hw = np.asarray(parallel.fetch(_canvas_sizes(pixel_values)))
+            if (hw % factor).any():
+                raise ValueError(f"canvas images of {hw.tolist()} px: need multiples of {factor}")
+        else:
+            pixel_values = np.asarray(pixel_values, np.float32)
+            hw = image_sizes(pixel_values, factor)
+        grids = hw // v.patch_size
+        m2 = v.merge_size**2
+        lb = bucket(max(int(grids.prod(axis=1).max(initial=0)), m2), multiple=m2)
+        wb = bucket(max([num_windows(tuple(g), v) for g in grids.tolist()] + [1]))
+        return PaddedImages(pixel_values, hw.astype(np.int32), padded_layout(grids, v, lb, wb))
+
+    def encode_images(self, pixel_values) -> jax.Array:
         """Images of one size, resized and normalised (`Qwen2VLPreprocess.resize`) [N, H, W, 3]
         -> [N, L / m^2, D]: patchified on device as the processor does, then the tower (the
-        engine's entry, `vl_jax.generate`)."""
+        engine's entry, `vl_jax.generate`). `PaddedImages` (images of different sizes) ->
+        [N, Lb / m^2, D], each image's tokens first, then padding tokens."""
         v = self.config.vision
+        if isinstance(pixel_values, PaddedImages):
+            patches = gather_patches(pixel_values.canvas, pixel_values.layout, v)
+            return self.visual.encode_padded(patches, pixel_values.layout)
         hh, ww = pixel_values.shape[1:3]
         grid = (hh // v.patch_size, ww // v.patch_size)
         return self.encode_patches(patchify_on_device(pixel_values, v), grid)
@@ -251,7 +334,8 @@ class Qwen2VL(nnx.Module):
     def prompt_positions(self, input_ids, attention_mask, image_hw=None):
         """M-RoPE positions of left- or right-padded prompts on device, for the engine
         (`vl_jax.generate`): every run of image tokens is one image of `image_hw` = (H, W)
-        pixels (static; None: text only). Equal to `rope_index` on such prompts.
+        pixels (static, every row; or [B, 2] ints, each row's images; None: text only). Equal
+        to `rope_index` on such prompts.
 
         Returns (positions [B, T, E/2] per rotary frequency, offsets [B]: a later token at slot
         i of a row with n real tokens before it has position n + offset in all sections)."""
@@ -260,8 +344,14 @@ class Qwen2VL(nnx.Module):
         pos = jnp.stack([c, c, c])
         if image_hw is not None:
             v = self.config.vision
-            gh, gw = (s // v.patch_size // v.merge_size for s in image_hw)
-            p, shift = gh * gw, max(gh, gw) - gh * gw  # an image advances max(h, w), not P
+            unit = v.patch_size * v.merge_size
+            if isinstance(image_hw, tuple):
+                gh, gw = (s // unit for s in image_hw)
+                p, shift = gh * gw, max(gh, gw) - gh * gw  # an image advances max(h, w), not P
+            else:  # per row [B, 1]; a row without images may name an empty one (kept >= 1)
+                gh, gw = (jnp.asarray(image_hw, jnp.int32)[:, k : k + 1] // unit for k in (0, 1))
+                p = jnp.maximum(gh * gw, 1)
+                shift = jnp.maximum(gh, gw) - p
             is_image = (input_ids == self.config.image_token_id) & mask
             seen = jnp.cumsum(is_image, axis=1)  # image tokens up to and including this one
             k = (seen - 1) % p  # index in its image, row-major over the merged grid
@@ -305,6 +395,15 @@ class Qwen2VL(nnx.Module):
             raise ValueError(f"input_ids hold {n_image} image tokens but no pixel_values")
         positions, _ = rope_index(ids, image_grid_thw, attention_mask, self.config)
         return _forward(self, ids, features, positions, np.asarray(attention_mask))
+
+
+@jax.jit
+def _canvas_sizes(canvas: jax.Array) -> jax.Array:
+    """`qwen2_vl_preprocess.image_sizes` on device: [N, Hc, Wc, 3] -> [N, 2] int32."""
+    real = ~jnp.isnan(canvas[..., 0])
+    hw = jnp.stack([real[:, :, 0].sum(1), real[:, 0, :].sum(1)], axis=-1).astype(jnp.int32)
+    empty = (canvas == 0).reshape(canvas.shape[0], -1).all(axis=1)
+    return jnp.where(empty[:, None], 0, hw)
 
 
 # Compiled once per model structure and shape (the host-side `__call__` runs these).

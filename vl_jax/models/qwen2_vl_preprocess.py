@@ -38,7 +38,14 @@ from vl_jax.preprocess import (
     hf_image_processor_config,
 )
 
-__all__ = ["Qwen2VLPreprocess", "patchify", "smart_resize"]
+__all__ = [
+    "CanvasTransform",
+    "Qwen2VLPreprocess",
+    "canvas",
+    "image_sizes",
+    "patchify",
+    "smart_resize",
+]
 
 
 def smart_resize(
@@ -170,6 +177,83 @@ class Qwen2VLPreprocess:
             if cfg.get(f"image_{key}") is not None:
                 out[key] = tuple(float(v) for v in cfg[f"image_{key}"])
         return cls(**out)
+
+
+def canvas(images, factor: int, hw: tuple[int, int] | None = None) -> np.ndarray:
+    """Resized images of different sizes (float32 [h_i, w_i, 3], sides multiples of `factor`)
+    -> one float32 [N, Hc, Wc, 3] batch, each image at the top-left, NaN elsewhere (the
+    engine's dynamic-resolution input; `image_sizes` reads the sizes back).
+
+    The canvas is `hw`, or each side bucketed (`vl_jax.generate_inputs.bucket` in units of
+    `factor`: four sizes per octave) so that new image sizes reuse a compiled canvas."""
+    from vl_jax.generate_inputs import bucket
+
+    images = [np.asarray(im, np.float32) for im in images]
+    if hw is None:
+        hw = tuple(bucket(-(-max(im.shape[k] for im in images) // factor)) * factor
+                   for k in (0, 1))  # fmt: skip
+    out = np.full((len(images), *hw, 3), np.nan, np.float32)
+    for i, im in enumerate(images):
+        h, w = im.shape[:2]
+        if h > hw[0] or w > hw[1] or h % factor or w % factor:
+            raise ValueError(f"image {h}x{w} does not fit a {hw[0]}x{hw[1]} canvas in "
+                             f"multiples of {factor}")  # fmt: skip
+        out[i, :h, :w] = im
+    return out
+
+
+def image_sizes(canvas, factor: int) -> np.ndarray:
+    """[N, 2] (h, w) pixels of each image of a `canvas` batch [N, Hc, Wc, 3] (numpy): the
+    non-NaN top-left block. A row of zeros (the input pipeline's padding or a skipped image)
+    is no image: (0, 0)."""
+    x = np.asarray(canvas)
+    real = ~np.isnan(x[..., 0])
+    sizes = np.stack([real[:, :, 0].sum(1), real[:, 0, :].sum(1)], axis=-1)
+    sizes[(x == 0).reshape(len(x), -1).all(axis=1)] = 0
+    if (sizes % factor).any():
+        raise ValueError(
+            f"canvas images of {sizes.tolist()} px: sides must be multiples of {factor}"
+        )
+    return sizes.astype(np.int32)
+
+
+class CanvasTransform:
+    """The input pipeline's transform for dynamic resolution: uint8 [H, W, 3] -> float32
+    [Hc, Wc, 3], the image resized as the processor does (`Qwen2VLPreprocess.resize`) at the
+    top-left of a fixed canvas, NaN elsewhere, so that a batch has one shape while its images
+    keep their own sizes (the engine reads them back, `image_sizes`).
+
+    An image whose resized sides do not fit the canvas (an aspect ratio beyond Hc : Wc's
+    reach) is scaled down further to fit, sides multiples of the factor: the only departure
+    from the processor. Picklable (the pipeline's workers)."""
+
+    def __init__(self, pre: Qwen2VLPreprocess, hw: tuple[int, int]):
+        if hw[0] % pre.factor or hw[1] % pre.factor:
+            raise ValueError(f"canvas {hw}: sides must be multiples of {pre.factor}")
+        self.pre, self.output_hw = pre, (int(hw[0]), int(hw[1]))
+
+    @classmethod
+    def for_budget(cls, pre: Qwen2VLPreprocess, aspect: float = 2.0) -> CanvasTransform:
+        """A square canvas that holds every image of aspect ratio up to `aspect` at the
+        processor's `max_pixels` unchanged (side sqrt(max_pixels * aspect), rounded up)."""
+        f = pre.factor
+        side = -(-math.ceil(math.sqrt(pre.max_pixels * aspect)) // f) * f
+        return cls(pre, (side, side))
+
+    def __call__(self, image) -> np.ndarray:
+        pixels = _as_rgb_uint8(image)
+        try:
+            h, w = self.pre.resized_hw(*pixels.shape[:2])
+        except ValueError as e:
+            raise ImageError(f"{pixels.shape[1]}x{pixels.shape[0]} image", str(e)) from None
+        hc, wc = self.output_hw
+        if h > hc or w > wc:
+            f, scale = self.pre.factor, min(hc / h, wc / w)
+            h, w = (max(f, math.floor(s * scale / f) * f) for s in (h, w))
+        p = self.pre
+        resize = ClipPreprocess(size=(h, w), do_center_crop=False, mean=p.mean, std=p.std,
+                                resample=p.resample)  # fmt: skip
+        return canvas([resize(pixels)], p.factor, self.output_hw)[0]
 
 
 class Qwen2VLProcessor:

@@ -48,9 +48,11 @@ from vl_jax.models.transformer import HF_ACTIVATIONS, MLP, attention, sharded
 from vl_jax.parallel import MODEL
 
 __all__ = [
+    "PaddedLayout",
     "VisionConfig",
     "VisionTower",
     "WindowLayout",
+    "padded_layout",
     "patch_positions",
     "vision_rules",
     "window_ids",
@@ -178,37 +180,100 @@ def window_layout(grid_hw: tuple[int, int], cfg: VisionConfig) -> WindowLayout:
     return WindowLayout(gather, valid, scatter)
 
 
+class PaddedLayout(NamedTuple):
+    """Images of different sizes in one batch, each padded to Lb patch slots (a pytree of
+    arrays; see `padded_layout`): positions [N, Lb, 2] (row, column) of each slot's patch,
+    valid [N, Lb] real slots, windows a batched `WindowLayout` (gather [N, Wb * S] slot
+    indices, Lb = padding; valid [N, Wb, S]; scatter [N, Lb]) or None (Qwen2-VL)."""
+
+    positions: np.ndarray
+    valid: np.ndarray
+    windows: WindowLayout | None
+
+
+def padded_layout(grids, cfg: VisionConfig, num_patches: int, num_windows: int) -> PaddedLayout:
+    """The layout of N images of different sizes, each padded to `num_patches` slots (Lb).
+
+    grids [N, 2] (h, w) patches per image (0, 0 for a padding image); `num_patches` >= every
+    h * w and a multiple of m^2 (each merged token is m^2 whole slots, so real tokens come
+    first and padding tokens after them); `num_windows` (Wb) >= every image's window count
+    (ignored without windows). Host numpy; the shapes are the compile-time buckets."""
+    grids = np.asarray(grids, np.int64).reshape(-1, 2)
+    n, lb, m = len(grids), int(num_patches), cfg.merge_size
+    if lb % (m * m) or (grids.prod(axis=1) > lb).any():
+        raise ValueError(f"num_patches {lb}: need a multiple of {m * m} >= {grids.prod(1).max()}")
+    positions = np.zeros((n, lb, 2), np.int32)
+    valid = np.zeros((n, lb), bool)
+    windows = None
+    if cfg.window_size is not None:
+        ws = cfg.window_size // cfg.merge_size // cfg.patch_size
+        size = ws * ws * m * m
+        gather = np.full((n, num_windows * size), lb, np.int32)  # lb: the zero padding row
+        wvalid = np.zeros((n, num_windows, size), bool)
+        scatter = np.zeros((n, lb), np.int32)
+        windows = WindowLayout(gather, wvalid, scatter)
+    for i, (h, w) in enumerate(grids.tolist()):
+        if not h * w:
+            continue
+        positions[i, : h * w] = patch_positions((h, w), m)
+        valid[i, : h * w] = True
+        if windows is not None:
+            one = window_layout((h, w), cfg)
+            if len(one.valid) > num_windows:
+                raise ValueError(f"num_windows {num_windows} < {len(one.valid)} for {h}x{w}")
+            g = one.gather
+            windows.gather[i, : len(g)] = np.where(g == h * w, lb, g)
+            windows.valid[i, : len(one.valid)] = one.valid
+            windows.scatter[i, : h * w] = one.scatter
+    return PaddedLayout(positions, valid, windows)
+
+
 def _windowed(q, k, v, layout: WindowLayout):
-    """Attention within windows: q, k, v [N, L, H, E] -> [N, L, H, E]."""
+    """Attention within windows: q, k, v [N, L, H, E] -> [N, L, H, E]. The layout is one
+    image size's (static numpy, [W * S] / [W, S] / [L]) or per image (batched, [N, ...])."""
     n, _, h, e = q.shape
-    nwin, size = layout.valid.shape
+    nwin, size = layout.valid.shape[-2:]
+    batched = layout.valid.ndim == 3
 
     def gather(a):
         a = jnp.concatenate([a, jnp.zeros((n, 1, h, e), a.dtype)], axis=1)  # row L: padding
-        return a[:, layout.gather].reshape(n * nwin, size, h, e)
+        if batched:
+            a = jnp.take_along_axis(a, layout.gather[:, :, None, None], axis=1)
+        else:
+            a = a[:, layout.gather]
+        return a.reshape(n * nwin, size, h, e)
 
-    mask = jnp.tile(jnp.asarray(layout.valid), (n, 1))[:, None, None, :]
-    y = attention(gather(q), gather(k), gather(v), mask)
-    return y.reshape(n, nwin * size, h, e)[:, layout.scatter]
+    valid = jnp.asarray(layout.valid)
+    valid = valid.reshape(n * nwin, size) if batched else jnp.tile(valid, (n, 1))
+    y = attention(gather(q), gather(k), gather(v), valid[:, None, None, :])
+    y = y.reshape(n, nwin * size, h, e)
+    if batched:
+        return jnp.take_along_axis(y, layout.scatter[:, :, None, None], axis=1)
+    return y[:, layout.scatter]
 
 
-def _rope_tables(grid_hw, cfg: VisionConfig) -> tuple[np.ndarray, np.ndarray]:
+def _rope_tables(grid_hw, cfg: VisionConfig, positions=None, xp=np):
     """cos, sin [L, E] in float32: frequencies over E/4, the first E/4 angles use the patch row,
-    the next E/4 its column, then repeated (HF's half-split rotation over the whole head)."""
+    the next E/4 its column, then repeated (HF's half-split rotation over the whole head).
+    With `positions` [..., L, 2] (row, column; `xp=jnp` for traced ones): [..., L, E]."""
     e = cfg.width // cfg.heads
     half = e // 2
     inv = 1.0 / (cfg.rope_theta ** (np.arange(0, half, 2, dtype=np.float32) / half))
-    pos = patch_positions(grid_hw, cfg.merge_size).astype(np.float32)
-    freqs = np.concatenate([pos[:, :1] * inv, pos[:, 1:] * inv], axis=-1)  # [L, E/2]
-    emb = np.concatenate([freqs, freqs], axis=-1)
-    return np.cos(emb), np.sin(emb)
+    if positions is None:
+        positions = patch_positions(grid_hw, cfg.merge_size)
+    pos = positions.astype(xp.float32)
+    freqs = xp.concatenate([pos[..., :1] * inv, pos[..., 1:] * inv], axis=-1)  # [..., L, E/2]
+    emb = xp.concatenate([freqs, freqs], axis=-1)
+    return xp.cos(emb), xp.sin(emb)
 
 
 def _rotate(x, cos, sin):
-    """x [N, L, H, E] rotated in float32 (HF's `apply_rotary_pos_emb_vision`), back to x.dtype."""
+    """x [N, L, H, E] rotated in float32 (HF's `apply_rotary_pos_emb_vision`), back to x.dtype;
+    cos, sin [L, E] (one image size) or [N, L, E] (per image)."""
     x32 = x.astype(jnp.float32)
     x1, x2 = jnp.split(x32, 2, axis=-1)
-    out = x32 * cos[:, None] + jnp.concatenate([-x2, x1], axis=-1) * sin[:, None]
+    cos, sin = cos[..., None, :], sin[..., None, :]
+    out = x32 * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
     return out.astype(x.dtype)
 
 
@@ -232,15 +297,19 @@ class VisionAttention(nnx.Module):
         )  # fmt: skip
         self.heads, self.dtype = h, dtype
 
-    def __call__(self, x, cos, sin, windows: WindowLayout | None = None):
-        """x [N, L, C]; cos, sin [L, E]; windows None (full attention over the image) or a
-        `WindowLayout` -> [N, L, C]."""
+    def __call__(self, x, cos, sin, windows: WindowLayout | None = None, valid=None):
+        """x [N, L, C]; cos, sin [L, E] or [N, L, E]; windows None (full attention over the
+        image) or a `WindowLayout`; valid [N, L] the real patches (padded images; padding keys
+        are masked in full attention, windows mask their own) -> [N, L, C]."""
         dt = self.dtype
         qkv = jnp.einsum("nlc,ckhe->nlkhe", x, self.qkv[...].astype(dt))
         qkv = qkv + self.qkv_bias[...].astype(dt)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-        y = attention(q, k, v) if windows is None else _windowed(q, k, v, windows)
+        if windows is not None:
+            y = _windowed(q, k, v, windows)
+        else:
+            y = attention(q, k, v, None if valid is None else valid[:, None, None, :])
         return self.proj(y.reshape(*y.shape[:2], -1))
 
 
@@ -279,8 +348,8 @@ class VisionBlock(nnx.Module):
         else:
             self.mlp = MLP(cfg.width, cfg.mlp_dim, cfg.act, **kw)
 
-    def __call__(self, x, cos, sin, windows=None):
-        x = x + self.attn(self.norm1(x), cos, sin, windows)
+    def __call__(self, x, cos, sin, windows=None, valid=None):
+        x = x + self.attn(self.norm1(x), cos, sin, windows, valid)
         return x + self.mlp(self.norm2(x))
 
 
@@ -332,6 +401,24 @@ class VisionTower(nnx.Module):
         x = self.patch_embed(patches.astype(self.dtype))
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, None if i in cfg.fullatt_blocks else windowed)
+        return self.merger(x)
+
+    def encode_padded(self, patches: jax.Array, layout: PaddedLayout) -> jax.Array:
+        """patches [N, Lb, P] of N images of different sizes, each padded to Lb slots (zeros
+        after its h * w patches; `padded_layout`) -> [N, Lb / m^2, D]: image i's merged
+        tokens first, in the processor's order, then padding tokens. The real tokens equal
+        `__call__` on the unpadded image: a real patch attends only to real patches of its
+        image (full layers mask padding keys, windowed layers keep each image's windows)."""
+        cfg = self.cfg
+        lb = patches.shape[1]
+        if patches.shape[2] != cfg.patch_dim or lb % cfg.merge_size**2:
+            raise ValueError(f"patches {patches.shape}: need [N, Lb (x{cfg.merge_size**2}), "
+                             f"{cfg.patch_dim}]")  # fmt: skip
+        cos, sin = _rope_tables(None, cfg, layout.positions, xp=jnp)
+        x = self.patch_embed(patches.astype(self.dtype))
+        for i, block in enumerate(self.blocks):
+            full = i in cfg.fullatt_blocks or layout.windows is None
+            x = block(x, cos, sin, None if full else layout.windows, layout.valid)
         return self.merger(x)
 
 
