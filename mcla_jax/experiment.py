@@ -9,7 +9,9 @@ run stopped: (1) CLIP image features of the train and evaluation splits
 once per seed -- trained methods save an Orbax checkpoint every epoch under
 ``seed_<s>/checkpoints`` and continue from it; (5) evaluation on the evaluation split with the
 *last* epoch (labels never select anything), written to ``metrics.json`` (per seed, mean, std),
-``assignments.csv``, ``confusion.png``, ``log.jsonl`` and TensorBoard files.
+``assignments.csv``, ``confusion.png``, ``clusters.json`` / ``clusters.html`` (per cluster: size,
+nouns, most and least typical members, majority class; ``mcla_jax.report_html``),
+``log.jsonl`` and TensorBoard files.
 
 Methods (``config.method``): ``mcla``, ``sic``, ``tac`` (trained, ``mcla_jax.methods``),
 ``tac_notrain`` (spherical k-means on ``[u ; t~]``), ``kmeans`` (CLIP k-means), ``zeroshot``
@@ -32,7 +34,7 @@ from typing import TYPE_CHECKING
 import ml_collections
 import numpy as np
 
-from mcla_jax import baselines, methods, semantic_space
+from mcla_jax import baselines, methods, report_html, semantic_space
 from mcla_jax import train as train_lib
 from vl_jax import faults, parallel, plots, runlog
 from vl_jax import workdir as wd
@@ -121,17 +123,22 @@ def load_features(config, workdir: str, split: str, clip: ClipCheckpoint, mesh) 
     cached = stage.load(_read_npz)
     if cached is not None:
         return cached
-    data = f"{source}:{split}"
-    if config.data.limit:
-        data += f"[:{int(config.data.limit)}]"
     r = encode_dataset(
-        clip, data, out, data_dir=config.data.data_dir or None,
+        clip, data_name(config, split), out, data_dir=config.data.data_dir or None,
         manual_dir=config.data.manual_dir or None, batch_size=int(config.data.encode_batch),
         mesh=mesh,
     )  # fmt: skip
     stage.record()  # encode_dataset wrote the .npz (writer only); its fingerprint goes after it
     # Every process has the result; only the writer wrote the file (do not read it back here).
     return Features(r.features, r.labels, np.asarray(r.paths, str), list(r.class_names))
+
+
+def data_name(config, split: str) -> str:
+    """``"NAME:SPLIT[:limit]"``: the dataset the features of ``split`` are encoded from."""
+    from vl_jax.data.hf import source_name
+
+    data = f"{source_name(config.data)}:{split}"  # data.source, or the hf: name of kind "hf"
+    return data + (f"[:{int(config.data.limit)}]" if config.data.limit else "")
 
 
 def _read_npz(path: str) -> Features:
@@ -409,6 +416,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         }  # fmt: skip
     if wd.is_writer():
         _write_outputs(workdir, evals, assign[seeds[0]])
+        _write_clusters(config, workdir, evals, assign[seeds[0]], nouns, summary["splits"]["eval"])
     runlog.write_json(os.path.join(workdir, "metrics.json"), summary)
     m, s = summary["mean"], summary["std"]
     print(
@@ -437,6 +445,23 @@ def _write_outputs(workdir: str, evals: Features, pred: np.ndarray) -> None:
     names = [class_names[c] if 0 <= c < len(class_names) else str(c) for c in classes]
     plots.confusion_png(os.path.join(workdir, "confusion.png"), counts[:, order], row_names=names,
                         col_names=[str(clusters[j]) for j in order], title="evaluation split")  # fmt: skip
+
+
+def _write_clusters(config, workdir: str, evals: Features, pred, nouns, split: str) -> None:
+    """``clusters.json`` and ``clusters.html`` (`mcla_jax.report_html`) of the first seed."""
+    from vl_jax.encode import split_data_name
+
+    names = report_html.read_space_names(workdir) if nouns is not None else None
+    if names is not None and len(names) != len(nouns.embeddings):
+        names = None  # a semantic_space.tsv of another run: list no nouns rather than wrong ones
+    clusters = report_html.summarise(
+        evals.features, pred, evals.ids, evals.labels, evals.class_names,
+        noun_embeddings=None if names is None else nouns.embeddings, noun_names=names,
+    )  # fmt: skip
+    name, split = split_data_name(data_name(config, split))
+    data = {"name": name, "split": split, "data_dir": config.data.data_dir,
+            "manual_dir": config.data.manual_dir}  # fmt: skip
+    report_html.write(workdir, clusters, data, f"{config.method} on {config.data.name}")
 
 
 def _csv(s: str) -> str:

@@ -26,6 +26,9 @@ writes (atomically, via `vl_jax.fileio.atomic_open`; on the writer process only,
   header only when nothing was skipped, so a stale list never outlives its run;
 - ``scores_hist.png`` (score histograms, clean vs each dirt kind, or all samples without ground
   truth) and ``roc.png`` (overall and per kind; with ground truth only).
+- ``report.html``: the browsable report of `vdc_jax.report_html` (flagged samples with their
+  images as judged, every question and answer; filters), regenerated without the model by
+  ``python -m vdc_jax.report_html --workdir DIR``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import os
 
 import numpy as np
 
+from vdc_jax import report_html
 from vdc_jax.detection import compute_metrics
 from vdc_jax.protocol import OURS, Rules
 from vdc_jax.scoring import Table
@@ -123,4 +127,6 @@ def write_report(
         groups = {"all samples": t.score}
     plots.histograms_png(path("scores_hist.png"), groups, threshold=threshold,
                          title="VDC consistency score", xlabel="score (consistent / asked)")  # fmt: skip
+    # Last: the page is built from the files above (the same code as its regenerate command).
+    report_html.write(workdir, require_answers=False)
     return m

@@ -3,7 +3,7 @@
     _CONFIG, _WORKDIR = cli.define_flags("VDC config file (configs/vdc/*.py[:arg])")
 
     def main(argv):
-        cli.start(argv)          # quiet logs, jax.distributed when asked
+        cli.start(argv)          # quiet logs (quiet()), jax.distributed when asked
         cli.run(run, _CONFIG.value, _WORKDIR.value)   # a UserError: one line, exit 2
 
 Used by main.py, `python -m mcla_jax.main` and `python -m vdc_jax.main`, so the three accept the
@@ -14,6 +14,7 @@ TPU pod or SLURM cluster.
 from __future__ import annotations
 
 import logging
+import os
 import re
 
 from absl import app, flags
@@ -47,11 +48,26 @@ def start(argv) -> None:
     Call before anything touches the JAX backend."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    # JAX logs at INFO that it found no TPU on every non-TPU machine; Orbax and TFDS log every
-    # save and read at INFO. None of that is news to a user.
+    quiet()
+    parallel.initialize_distributed(_COORD.value, _NPROC.value, _PID.value, auto=_AUTO.value)
+
+
+def quiet() -> None:
+    """Silences library noise that says nothing to a user of these commands; called by the
+    entry points only (importing the libraries changes no global setting).
+
+    - JAX logs at INFO that it found no TPU on every non-TPU machine; Orbax and TFDS log every
+      save and read at INFO (absl verbosity WARNING keeps their warnings).
+    - transformers warns at import that PyTorch was not found: we never use its PyTorch models
+      (only tokenizers and configs), so the advice is wrong here. It is an "advisory" warning,
+      which transformers' own switch turns off (set before transformers is first imported;
+      the jobs import it lazily, after this).
+    - TensorFlow's C++ start-up logs (when a dependency pulls TensorFlow in) below ERROR.
+    """
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     absl_logging.set_verbosity(absl_logging.WARNING)
-    parallel.initialize_distributed(_COORD.value, _NPROC.value, _PID.value, auto=_AUTO.value)
 
 
 def run(fn, config, workdir: str):
@@ -64,7 +80,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     """``app.run(main, flags_parser=cli.parse_flags)``: absl's flag parsing under the one exit
     policy. A bad flag, a mistyped config override, or a config file whose ``get_config``
     rejects its argument (a ``ConfigError``) is one ``error: ...`` line and exit status 2
-    instead of absl's multi-line report with the config file's traceback."""
+    instead of absl's multi-line report with the config file's traceback. Quiets the
+    libraries first (`quiet`): parsing --config imports the config file."""
+    quiet()
     try:
         return flags.FLAGS(argv)
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as exc:

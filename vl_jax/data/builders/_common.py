@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import sys
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -121,6 +122,17 @@ class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     def __init__(self, *, file_format: str | None = None, **kwargs):
         super().__init__(file_format=file_format or "array_record", **kwargs)
         self._skips = SkipRecord()
+
+    # TFDS prints "Downloading and preparing dataset ..." and "... downloaded and prepared"
+    # (termcolor, straight to stdout) around every build: our builders read local files and
+    # download nothing, so one stage line on stderr says what actually happens instead.
+    def _log_download_bytes(self) -> None:
+        print(
+            f"preparing {self.name} from local files into {self.data_dir} (once)", file=sys.stderr
+        )
+
+    def _log_download_done(self) -> None:
+        log.info("%s prepared in %s", self.name, self.data_dir)
 
     def _download_and_prepare(self, dl_manager, download_config, **kwargs):
         self._skips = SkipRecord()
