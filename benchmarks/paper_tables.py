@@ -265,8 +265,8 @@ def render(cells: list[Cell], published: dict, header: dict) -> str:
     lines = [
         "# Paper tables: ours beside the published numbers",
         "",
-        f"Generated {header['date']} by `python -m benchmarks.paper_tables"
-        f"{' --quick' if header['quick'] else ''}` on {header['machine']}; seeds "
+        f"Generated {header['date']} by `python -m benchmarks.paper_tables{header['flags']}` "
+        f"on {header['machine']}; seeds "
         f"{header['seeds']} (mean ± std over seeds, %). Foreign CPU load while each cell ran "
         "is in paper_tables.json (`foreign_cpu_cores`). `missing: ...` = data or weights not "
         "on this machine (never downloaded). The easy-VQA rows are the offline demo's data and "
