@@ -7,6 +7,7 @@ input is one `error: ...` line on stderr and exit status 2, as for every entry p
 
 import importlib
 import os
+import sys
 
 from absl import app
 
@@ -34,13 +35,19 @@ def main(argv):
         if part.job not in JOBS:
             raise app.UsageError(f"unknown job '{part.job}' in config; known: {sorted(JOBS)}")
     done = []
-    for name, part in parts:
+    for k, (name, part) in enumerate(parts, 1):
         module, fn = JOBS[part.job].split(":")
         workdir = os.path.join(_WORKDIR.value, name) if name else _WORKDIR.value
+        if len(parts) > 1:  # one line per part; each job prints its own stages and result
+            print(f"[{k}/{len(parts)}] {name} ({part.job})", file=sys.stderr, flush=True)
         cli.run(getattr(importlib.import_module(module), fn), part, workdir)
         done.append(workdir)
     if len(done) > 1:
         print("\noutputs (metrics.json, plots, per-sample files) in:", *done, sep="\n  ")
+        pages = [p for w in done for p in (os.path.join(w, "report.html"),
+                                            os.path.join(w, "clusters.html")) if os.path.exists(p)]  # fmt: skip
+        if pages:
+            print("reports to open in a browser:", *pages, sep="\n  ")
 
 
 if __name__ == "__main__":

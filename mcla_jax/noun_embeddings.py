@@ -212,7 +212,11 @@ def embed_nouns(
         encoder = make_noun_encoder(ck.model, mesh, combine)
         parts = final + ".parts" if cache and wd.is_writer() else None
         bar = tqdm(
-            total=len(texts), initial=len(texts) - len(todo), unit="noun", disable=not progress
+            total=len(texts),
+            initial=len(texts) - len(todo),
+            unit="noun",
+            desc="noun embeddings",
+            disable=not progress,
         )
         with bar:
             for rows, e in _encode(encoder, ids, mask, todo, mesh, batch_size):

@@ -43,6 +43,7 @@ def _subset_acc(parts, data, tmp_path):
         c.data.features_dir = str(tmp_path / "features")
         c.space.cache_dir = str(tmp_path / "nouns")
         acc[method] = experiment.run(c, str(tmp_path / method))["mean"]["acc"]
+        assert (tmp_path / method / "clusters.html").exists()  # the demo's browsable report
     return acc
 
 
@@ -75,7 +76,8 @@ def test_vdc_bounds(parts, tmp_path):
     o = m["overall"]
     assert m["counts"]["dirty"] >= 60  # 20 poisons + ~20 % noise of 300
     assert o["tpr"] >= 0.95 and o["fpr"] <= 0.05, o
-    for name in ("scores.csv", "kept_ids.txt", "label_issues.npy", "cleaned.csv", "roc.png"):
+    for name in ("scores.csv", "kept_ids.txt", "label_issues.npy", "cleaned.csv", "roc.png",
+                 "report.html"):  # fmt: skip
         assert (tmp_path / name).exists(), name
 
 
