@@ -23,7 +23,7 @@ Columns: ``image_column`` holds an ``Image`` feature, encoded bytes, or file pat
 values); ``id_column`` (``""`` = ``"<split>/<row>"``, the row in the whole split) any column
 with unique values. A missing column is a :class:`~vl_jax.data.files.DataError` that lists the
 columns there are. ``split`` is a split string as ``datasets`` spells it (``"train"``,
-``"test[:50]"``, ``"train[:10%]+test"``).
+``"test[:50]"``, ``"train[10%:20%]"``; one split at a time).
 
 Images stay encoded in the Arrow table and are decoded in ``__getitem__`` with
 :mod:`vl_jax.images` (same rules as every other source); an undecodable or missing image raises
