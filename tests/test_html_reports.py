@@ -239,6 +239,21 @@ def test_vdc_report_reads_errors_as_one_line(tmp_path):
     }
 
 
+def test_thumbnails_keep_small_images_exact_and_shrink_photos():
+    from vl_jax.html_report import esc, image_uri
+
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    uri = image_uri(small)
+    assert uri.startswith("data:image/png;base64,")
+    np.testing.assert_array_equal(_pixels(uri), small)
+    big = rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    uri = image_uri(big)
+    assert uri.startswith("data:image/jpeg;base64,") and _pixels(uri).shape == (128, 85, 3)
+    assert _pixels(image_uri(np.full((4, 4, 1), 0.5, np.float32)))[0, 0, 0] == 128  # float, 1 ch
+    assert esc('<a href="x">&</a>') == "&lt;a href=&quot;x&quot;&gt;&amp;&lt;/a&gt;"
+
+
 # --------------------------------------------------------------------------------- MCLA
 
 

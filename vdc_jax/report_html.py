@@ -44,7 +44,7 @@ from vl_jax.workdir import read_json
 
 log = logging.getLogger(__name__)
 
-MAX_CARDS = 2000  # per gallery (flagged, kept): the lowest scores; scores.csv lists every sample
+MAX_CARDS = 1000  # per gallery (flagged, kept): the lowest scores; scores.csv lists every sample
 PAGE = 60  # cards per page
 _NEEDED = ("index", "id", "label", "class", "score", "flagged", "consistent", "total")
 

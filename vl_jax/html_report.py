@@ -117,10 +117,10 @@ def esc(x) -> str:
 
 
 def image_uri(image: np.ndarray, *, max_side: int = THUMB) -> str:
-    """A ``data:image/png`` URI of an image ``[H, W, C]`` or ``[H, W]`` (uint8, or float in
-    [0, 1]), shrunk so that its longest side is at most ``max_side`` (never enlarged: the page
+    """A ``data:`` URI of an image ``[H, W, C]`` or ``[H, W]`` (uint8, or float in [0, 1]): PNG
+    of the image itself when its longest side is at most ``max_side`` (never enlarged: the page
     scales small images up with ``image-rendering: pixelated``, so a trigger's pixels stay
-    visible as they are)."""
+    visible as they are), else a JPEG shrunk to ``max_side``."""
     from PIL import Image
 
     a = np.asarray(image)
@@ -130,11 +130,15 @@ def image_uri(image: np.ndarray, *, max_side: int = THUMB) -> str:
     if a.ndim == 3 and a.shape[-1] == 1:
         a = a[..., 0]
     im = Image.fromarray(a)
-    if max(im.size) > max_side:
-        im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
-    im.save(buf, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    if max(im.size) > max_side:  # a photo: shrunk, and JPEG keeps a page of them small
+        im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        im.convert("RGB").save(buf, format="JPEG", quality=90)
+        kind = "jpeg"
+    else:  # kept pixel for pixel (PNG): a small trigger stays exactly as the model saw it
+        im.save(buf, format="PNG", optimize=True)
+        kind = "png"
+    return f"data:image/{kind};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def png_file_uri(path: str | os.PathLike) -> str | None:
