@@ -1,6 +1,6 @@
 """The cleanser's models as objects, each loaded once per run.
 
-    mllm = load_mllm(config.model, workdir, mesh)      # LLaVA or InstructBLIP: MLLM object
+    mllm = load_mllm(config.model, workdir, mesh)      # LLaVA, InstructBLIP, Qwen2(.5)-VL
     mllm.transform                                      # its image preprocessing (pipeline)
     ask = text_llm(config.vqg.llm, mllm, dtype, mesh, max_new_tokens=256)  # VQG (or None)
     judge = make_judge(config.judge, mllm, dtype, mesh)                     # VAE judge (or None)
@@ -40,14 +40,21 @@ log = logging.getLogger(__name__)
 
 TINY = "tiny-random"  # config.model.name: a random tiny LLaVA written into the workdir
 TINY_INSTRUCTBLIP = "tiny-instructblip"  # a random tiny InstructBLIP-Vicuna, likewise
+TINY_QWEN2_5_VL = "tiny-qwen2_5_vl"  # a random tiny Qwen2.5-VL, likewise
 # config.model.name -> (the workdir folder it is written to, its vl_jax.models.tiny writer)
 TINY_MODELS = {TINY: ("tiny_llava", "write_llava"),
-               TINY_INSTRUCTBLIP: ("tiny_instructblip", "write_instructblip")}  # fmt: skip
+               TINY_INSTRUCTBLIP: ("tiny_instructblip", "write_instructblip"),
+               TINY_QWEN2_5_VL: ("tiny_qwen2_5_vl", "write_qwen2_vl")}  # fmt: skip
 # config.json `architectures` -> the MLLM family (its vl_jax.models module)
 FAMILIES = {
     "LlavaForConditionalGeneration": "llava",
     "InstructBlipForConditionalGeneration": "instructblip",
+    "Qwen2VLForConditionalGeneration": "qwen2_vl",
+    "Qwen2_5_VLForConditionalGeneration": "qwen2_vl",
 }
+# config.json `model_type` of a config saved without `architectures` -> family
+MODEL_TYPES = {"llava": "llava", "instructblip": "instructblip", "qwen2_vl": "qwen2_vl",
+               "qwen2_5_vl": "qwen2_vl"}  # fmt: skip
 MLLM_LLM = "mllm"  # config.vqg.llm / judge.llm: the MLLM's own language model
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -70,7 +77,8 @@ class MLLM:
         InstructBLIP also the Q-Former's tokenizer).
       path: the local checkpoint directory (a hub id resolved to its snapshot).
       stop_tokens: [K] token ids that end an answer (tokenizer EOS + generation_config's).
-      family: "llava" | "instructblip" (`FAMILIES`, from config.json's `architectures`).
+      family: "llava" | "instructblip" | "qwen2_vl" (`FAMILIES`, from config.json's
+        `architectures`).
       transform: (computed once) the checkpoint's image preprocessing as an input-pipeline
         transform, uint8 [H, W, 3] -> float32 [h, w, 3] (`image_transform`).
     """
@@ -104,9 +112,15 @@ def image_transform(path: str, processor):
     """The pipeline transform of the checkpoint at `path` (uint8 [H, W, 3] -> float32 [h, w, 3]).
 
     A CLIP image processor (LLaVA-1.5) -> `ClipPreprocess.from_hf_dir(path)`: numpy, equal to
-    transformers' PIL-backend processor value for value, and picklable. Anything else, or CLIP
+    transformers' PIL-backend processor value for value, and picklable. Qwen2-VL's dynamic
+    resolution -> `CanvasTransform` (the processor's resize, at the top-left of a fixed canvas
+    of side sqrt(2 max_pixels): float32 [Hc, Wc, 3], NaN outside the image). Anything else, or CLIP
     settings ClipPreprocess cannot reproduce -> `HFImageProcessor(processor.image_processor)`,
     the checkpoint's processor run per image (it must have a fixed output size)."""
+    from vl_jax.models.qwen2_vl_preprocess import CanvasTransform, Qwen2VLPreprocess
+
+    if isinstance(processor.image_processor, Qwen2VLPreprocess):  # dynamic resolution
+        return CanvasTransform.for_budget(processor.image_processor)
     try:
         cfg, file = hf_image_processor_config(path)
     except FileNotFoundError:
@@ -131,11 +145,13 @@ def stop_tokens(path: str, tokenizer) -> list[int]:
 
 
 def load_mllm(cfg, workdir: str, mesh) -> MLLM:
-    """The MLLM of ``config.model`` on ``mesh``: LLaVA or InstructBLIP (Vicuna), told apart by
-    the checkpoint's ``config.json`` (`mllm_family`).
+    """The MLLM of ``config.model`` on ``mesh``: LLaVA, InstructBLIP (Vicuna) or Qwen2(.5)-VL,
+    told apart by the checkpoint's ``config.json`` (`mllm_family`). ``config.model.max_pixels``
+    (Qwen2-VL only; 0 or absent = the checkpoint's) caps each image's pixel budget.
 
-    "tiny-random" / "tiny-instructblip" write a random tiny LLaVA / InstructBLIP to
-    ``workdir/tiny_llava`` / ``workdir/tiny_instructblip`` once (the writer process, into a
+    "tiny-random" / "tiny-instructblip" / "tiny-qwen2_5_vl" write a random tiny LLaVA /
+    InstructBLIP / Qwen2.5-VL to ``workdir/tiny_llava`` / ``tiny_instructblip`` /
+    ``tiny_qwen2_5_vl`` once (the writer process, into a
     temporary folder renamed into place: a killed write leaves no half checkpoint; the others
     wait at a barrier)."""
     import importlib
@@ -160,11 +176,23 @@ def load_mllm(cfg, workdir: str, mesh) -> MLLM:
         shardings=functools.partial(parallel.param_shardings, mesh=mesh),
     )
     processor = module.load_processor(path)
+    max_pixels = int(cfg.get("max_pixels", 0) or 0)
+    if max_pixels:
+        if family != "qwen2_vl":
+            raise ConfigError(
+                f"config.model.max_pixels is for dynamic-resolution MLLMs (Qwen2-VL), not {family}"
+            )
+        pre = processor.image_processor
+        # The budget is the throughput knob: it bounds each image's patches (docs/generation.md).
+        processor.image_processor = dataclasses.replace(
+            pre, max_pixels=max_pixels, min_pixels=min(pre.min_pixels, max_pixels)
+        )
     return MLLM(model, processor, path, tuple(stop_tokens(path, processor.tokenizer)), family)
 
 
 def mllm_family(path: str) -> str:
-    """The MLLM family of the checkpoint at ``path``, "llava" or "instructblip", from its
+    """The MLLM family of the checkpoint at ``path``, "llava", "instructblip" or "qwen2_vl"
+    (Qwen2-VL and Qwen2.5-VL), from its
     ``config.json``'s ``architectures``; ConfigError for anything else, naming it
     (InstructBLIP with a Flan-T5 decoder by name)."""
     file = os.path.join(path, "config.json")
@@ -175,8 +203,8 @@ def mllm_family(path: str) -> str:
         raise ConfigError(f"{file}: not a readable checkpoint config ({e})") from None
     archs = hf.get("architectures") or []
     families = {FAMILIES[a] for a in archs if a in FAMILIES}
-    if not families and hf.get("model_type") in ("llava", "instructblip"):
-        families = {hf["model_type"]}  # a config saved without `architectures`
+    if not families and hf.get("model_type") in MODEL_TYPES:
+        families = {MODEL_TYPES[hf["model_type"]]}  # a config saved without `architectures`
     if len(families) != 1:
         raise ConfigError(
             f"{path}: architectures {archs} is not one of the supported MLLMs "

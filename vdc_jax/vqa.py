@@ -106,6 +106,8 @@ class VQA:
       penalize_prompt: whether the repetition penalty counts the prompt's tokens (HF
         `generate` with input_ids) or only the new ones (LAVIS, which passes inputs_embeds
         only); default: only the new ones with the "raw" prompt, the prompt too with "chat".
+      yes_no_instruction: appended to every yes/no question in its prompt (e.g. "Answer Yes or
+        No first, then give a short reason.", as VDC 2.0 asks); "" = the question alone.
       eos_token_id: stop token(s); default the tokenizer's (`vdc_jax.models.stop_tokens` adds
         the checkpoint's generation_config ones, e.g. Qwen's "<|im_end|>").
       mesh: optional `parallel.create_mesh()` mesh (images and rows are sharded over `data`;
@@ -127,6 +129,7 @@ class VQA:
         prompt: str = "chat",
         penalize_prompt: bool | None = None,
         eos_token_id: int | Sequence[int] | None = None,
+        yes_no_instruction: str = "",
         mesh=None,
     ):
         self.model, self.processor, self.mesh = model, processor, mesh
@@ -157,14 +160,16 @@ class VQA:
         self.image_token = getattr(processor, "image_token", None) or "<image>"
         if not isinstance(self.image_token, str):  # InstructBLIP's processor: an AddedToken
             self.image_token = self.image_token.content
-        self.num_image_tokens = model.config.num_image_tokens
+        # None: each image has its own count (dynamic resolution, Qwen2-VL: `image_layout`).
+        self.num_image_tokens = getattr(model.config, "num_image_tokens", None)
+        self.yes_no_instruction = yes_no_instruction
         eos = self.tokenizer.eos_token_id if eos_token_id is None else eos_token_id
         pad = self.tokenizer.pad_token_id
         self.eos = eos
         self.pad = int(
             pad if pad is not None else (np.atleast_1d(eos)[0] if eos is not None else 0)
         )
-        self._ids: dict[str, np.ndarray] = {}  # question -> prompt ids (questions repeat a lot)
+        self._ids: dict[tuple, np.ndarray] = {}  # (question, P) -> prompt ids (they repeat a lot)
         self._qids: dict[str, np.ndarray] = {}  # question -> Q-Former instruction ids
 
     @classmethod
@@ -180,7 +185,8 @@ class VQA:
         the constructor's defaults; ``batch_size`` is `answer_dataset`'s)."""
         get = cfg.get if hasattr(cfg, "get") else lambda k, d=None: getattr(cfg, k, d)
         names = ("yes_no_tokens", "describe_tokens", "min_new_tokens", "num_beams",
-                 "repetition_penalty", "length_penalty", "prompt", "penalize_prompt")  # fmt: skip
+                 "repetition_penalty", "length_penalty", "prompt", "penalize_prompt",
+                 "yes_no_instruction")  # fmt: skip
         kwargs = {k: get(k) for k in names if get(k) is not None}
         return cls.from_mllm(mllm, mesh=mesh, **kwargs)
 
@@ -211,29 +217,31 @@ class VQA:
                 )
         return FALLBACK_PROMPT.format(question=question)
 
-    def prompt_ids(self, question: str) -> np.ndarray:
+    def prompt_ids(self, question: str, num_image_tokens: int | None = None) -> np.ndarray:
         """int32 [T]: the prompt's token ids with P image tokens, exactly as the family's
-        processor tokenizes it (cached per question): LLaVA's `<image>` expanded in place;
-        InstructBLIP's P image tokens before the tokenized text (BOS included), as
-        `InstructBlipProcessor` and LAVIS (query outputs, then the prompt) lay them out."""
-        ids = self._ids.get(question)
+        processor tokenizes it (cached per question and P): LLaVA's (and Qwen2-VL's) image
+        token expanded in place; InstructBLIP's P image tokens before the tokenized text (BOS
+        included), as `InstructBlipProcessor` and LAVIS (query outputs, then the prompt) lay
+        them out. P is the model's, or `num_image_tokens` (dynamic resolution: the image's)."""
+        count = num_image_tokens or self.num_image_tokens
+        ids = self._ids.get((question, count))
         if ids is None:
             text = self.prompt(question)
             if self.query:
-                p = [self.model.config.image_token_id] * self.num_image_tokens
+                p = [self.model.config.image_token_id] * count
                 ids = np.asarray(p + list(self.tokenizer(text)["input_ids"]), np.int32)
             else:
                 if text.count(self.image_token) != 1:
                     raise ValueError(f"prompt must hold one {self.image_token!r}: {text!r}")
-                text = text.replace(self.image_token, self.image_token * self.num_image_tokens)
+                text = text.replace(self.image_token, self.image_token * count)
                 ids = np.asarray(self.tokenizer(text)["input_ids"], np.int32)
             n = int(np.sum(ids == self.model.config.image_token_id))
-            if n != self.num_image_tokens:
+            if n != count:
                 raise ValueError(
-                    f"tokenizer gives {n} image tokens for {self.num_image_tokens} "
+                    f"tokenizer gives {n} image tokens for {count} "
                     f"{self.image_token!r} (image_token_id {self.model.config.image_token_id})"
                 )
-            self._ids[question] = ids
+            self._ids[question, count] = ids
         return ids
 
     def qformer_ids(self, question: str) -> np.ndarray:
@@ -256,11 +264,24 @@ class VQA:
         bad images, answered samples — are encoded too: at most one batch's worth). One
         generate call per kind present. Returns one stripped string per pair."""
         out = [""] * len(pairs)
+        counts = None
+        if hasattr(self.model, "image_layout"):  # dynamic resolution: a token count per image
+            pixels = self.model.image_layout(pixels)
+            counts = self.model.image_token_counts(pixels)
         for kind in (DESCRIBE, YES_NO):
             rows = [r for r, p in enumerate(pairs) if p[2] == kind]
             if not rows:
                 continue
-            ids, mask = _pad([self.prompt_ids(pairs[r][1]) for r in rows], self.pad, "left")
+            extra = (
+                f" {self.yes_no_instruction}" if kind == YES_NO and self.yes_no_instruction else ""
+            )
+            prompts = [
+                self.prompt_ids(
+                    pairs[r][1] + extra, None if counts is None else counts[pairs[r][0]]
+                )
+                for r in rows
+            ]
+            ids, mask = _pad(prompts, self.pad, "left")
             instruction = {}
             if self.query:
                 q_ids, q_mask = _pad([self.qformer_ids(pairs[r][1]) for r in rows], 0, "right")

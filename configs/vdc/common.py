@@ -3,7 +3,8 @@
     c = vdc_config()                                   # every field the driver reads
     a = parse_arg(arg, attack=ATTACK_NAMES, **PAPER_FLAGS)
     c.corrupt.attack = a.attack
-    paper_setting(c, a)       # InstructBLIP in the official protocol; `,llava` / `,ours` / `,small`
+    paper_setting(c, a)       # InstructBLIP in the official protocol; `,llava` / `,ours` /
+                              # `,small` / `,qwen2_5_vl` / `,qwen2_5_vl_3b`
 
 The driver (``vdc_jax.cleanse``) only reads a config; this module is the one place one is
 built. The schema is documented field by field below and in docs/vdc.md.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs.common import mesh
+from vl_jax.errors import ConfigError
 
 # The MLLMs: LLaVA-1.5-7B (the library default), a 0.5B LLaVA (the configs' `small` flag) and
 # the paper's InstructBLIP-Vicuna-7B (the paper configs' default, in the official protocol).
@@ -21,7 +23,17 @@ MLLMS = {
     "7b": "llava-hf/llava-1.5-7b-hf",
     "small": "llava-hf/llava-interleave-qwen-0.5b-hf",
     "instructblip": "Salesforce/instructblip-vicuna-7b",
+    # Qwen2.5-VL, the MLLM VDC 2.0 recommends (`qwen_setting`); the 3B for smaller machines.
+    "qwen2_5_vl": "Qwen/Qwen2.5-VL-7B-Instruct",
+    "qwen2_5_vl_3b": "Qwen/Qwen2.5-VL-3B-Instruct",
 }
+# VDC 2.0's way of asking a label-specific question: an explicit verdict first, then a reason
+# (the answer reader takes the leading yes/no; greedy decoding fixes it before the reason).
+YES_NO_FIRST = "Answer Yes or No first, then give a short reason."
+# Qwen2-VL's pixel budget per image in the VDC configs (the processor's default is 1280 x 28^2):
+# 448^2 px = at most 1024 patches, 256 image tokens; ImageNet photos (~500 x 375) keep their
+# size, only larger ones are scaled down. A fixed throughput setting, not tuned on any labels.
+QWEN_MAX_PIXELS = 448 * 448
 # config.protocol: the rule sets of vdc_jax.protocol ("ours" is the default).
 PROTOCOLS = ("ours", "official")
 # The paper's six attacks (vdc_jax.corrupt.ATTACKS).
@@ -169,11 +181,39 @@ def official_protocol(c: ml_collections.ConfigDict, mllm: str = "instructblip"):
     return c
 
 
+def qwen_setting(c: ml_collections.ConfigDict, mllm: str = "qwen2_5_vl"):
+    """Qwen2.5-VL-Instruct (``mllm``: "qwen2_5_vl" = 7B, "qwen2_5_vl_3b" = 3B) as VDC 2.0 runs
+    it: our rules (`protocol = "ours"`: the leading yes/no is read), the checkpoint's chat
+    template around the question, greedy, yes/no questions with `YES_NO_FIRST` appended, and
+    the same model writing the questions and judging descriptions (its decoder, text only).
+    Two Qwen-only fields: ``model.max_pixels`` (`QWEN_MAX_PIXELS`: each image's pixel budget,
+    the throughput knob of dynamic resolution) and ``vqa.yes_no_instruction``."""
+    c.protocol = "ours"
+    c.model.name = MLLMS[mllm]
+    c.model.max_pixels = QWEN_MAX_PIXELS
+    v = c.vqa
+    v.prompt, v.num_beams, v.repetition_penalty, v.length_penalty = "chat", 1, 1.0, 1.0
+    v.min_new_tokens = 0
+    v.yes_no_instruction = YES_NO_FIRST
+    c.vqg.llm = MLLM
+    c.judge.kind, c.judge.llm = "llm", MLLM
+    return c
+
+
 def paper_setting(c: ml_collections.ConfigDict, a) -> ml_collections.ConfigDict:
     """The paper configs' model and protocol flags: default InstructBLIP-Vicuna-7B in the
     official protocol; ``llava`` = LLaVA-1.5-7B in the official protocol; ``ours`` = our rules
     and decoding (llava-1.5-7b, the library defaults); ``small`` = the 0.5B LLaVA with ours
-    (``llava,small``: the 0.5B LLaVA in the official protocol)."""
+    (``llava,small``: the 0.5B LLaVA in the official protocol); ``qwen2_5_vl`` /
+    ``qwen2_5_vl_3b`` = Qwen2.5-VL-7B / 3B-Instruct as VDC 2.0 runs it (`qwen_setting`)."""
+    qwen = [k for k in ("qwen2_5_vl", "qwen2_5_vl_3b") if a.get(k)]
+    if qwen:
+        if len(qwen) > 1 or a.llava or a.small:
+            raise ConfigError(
+                f"config arg: {', '.join(qwen)} picks the MLLM; it does not combine with "
+                "llava, small or another Qwen"
+            )
+        return qwen_setting(c, qwen[0])
     if a.ours or (a.small and not a.llava):
         return use_small(c, a.small)
     official_protocol(c, "llava" if a.llava else "instructblip")
@@ -181,7 +221,7 @@ def paper_setting(c: ml_collections.ConfigDict, a) -> ml_collections.ConfigDict:
 
 
 # The flags `paper_setting` reads, for parse_arg.
-PAPER_FLAGS = dict(llava=False, ours=False, small=False)
+PAPER_FLAGS = dict(llava=False, ours=False, small=False, qwen2_5_vl=False, qwen2_5_vl_3b=False)
 
 
 def use_small(c: ml_collections.ConfigDict, small: bool) -> ml_collections.ConfigDict:

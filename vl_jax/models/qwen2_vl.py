@@ -260,6 +260,8 @@ class Qwen2VL(nnx.Module):
         from vl_jax.generate_inputs import bucket
         from vl_jax.models.qwen2_vl_preprocess import canvas, image_sizes
 
+        if isinstance(pixel_values, PaddedImages):
+            return pixel_values  # laid out already (a caller that needed the token counts)
         v = self.config.vision
         factor = v.patch_size * v.merge_size
         if isinstance(pixel_values, (list, tuple)):
@@ -278,6 +280,14 @@ class Qwen2VL(nnx.Module):
         lb = bucket(max(int(grids.prod(axis=1).max(initial=0)), m2), multiple=m2)
         wb = bucket(max([num_windows(tuple(g), v) for g in grids.tolist()] + [1]))
         return PaddedImages(pixel_values, hw.astype(np.int32), padded_layout(grids, v, lb, wb))
+
+    def image_token_counts(self, images: PaddedImages) -> np.ndarray:
+        """[N] image tokens each image of `image_layout`'s result takes in a prompt (h * w /
+        (patch * merge)^2; 0 for an empty image)."""
+        v = self.config.vision
+        return (np.asarray(images.hw).prod(axis=1) // (v.patch_size * v.merge_size) ** 2).astype(
+            int
+        )
 
     def encode_images(self, pixel_values) -> jax.Array:
         """Images of one size, resized and normalised (`Qwen2VLPreprocess.resize`) [N, H, W, 3]
