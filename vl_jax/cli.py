@@ -63,11 +63,16 @@ def quiet() -> None:
       which transformers' own switch turns off (set before transformers is first imported;
       the jobs import it lazily, after this).
     - TensorFlow's C++ start-up logs (when a dependency pulls TensorFlow in) below ERROR.
+    - A warning that remains is one short line, "WARNING <logger>: <message>", without absl's
+      date, thread id and source-file prefix.
     """
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     absl_logging.set_verbosity(absl_logging.WARNING)
+    absl_logging.get_absl_handler().python_handler.setFormatter(
+        logging.Formatter("%(levelname)s %(name)s: %(message)s")
+    )
 
 
 def run(fn, config, workdir: str):
