@@ -234,6 +234,7 @@ def _torch_prompts(u, knn_idx, ck, tokens):
     import transformers
 
     from configs.mcla.common import train_config
+    from mcla_jax import prompts
 
     torch.manual_seed(0)
     cfg = train_config()
@@ -251,10 +252,21 @@ def _torch_prompts(u, knn_idx, ck, tokens):
         )
     )
 
-    def embed(rows):
+    def embed(rows, length=None):
+        # Cut at the rows' longest prompt (the tokens past it are padding, which a causal tower's
+        # end-of-text feature never sees): the same truncation our side gets.
+        length = length or int(mask[rows].sum(1).max())
         return F.normalize(
-            tower(input_ids=ids[rows], attention_mask=mask[rows]).text_embeds, dim=-1
+            tower(input_ids=ids[rows, :length], attention_mask=mask[rows, :length]).text_embeds,
+            dim=-1,
         )
+
+    # The same per-step noun draw and length groups as ours (prompts.subset_groups), and the
+    # bank in chunks of similar length, so both sides embed the same tokens.
+    plan = prompts.PromptText(ck.model.text, tokens, ck.mesh).with_subset(PROMPT_PER_STEP)
+    by_length = torch.from_numpy(np.argsort(tokens.mask.sum(1), kind="stable"))
+    groups = [(g.width, plan.prefix_len + g.length) for g in plan.subset]
+    rng = np.random.default_rng(0)
 
     adapter = torch.nn.Linear(DIM, DIM)
     torch.nn.init.zeros_(adapter.weight), torch.nn.init.zeros_(adapter.bias)
@@ -297,8 +309,10 @@ def _torch_prompts(u, knn_idx, ck, tokens):
 
     def epoch():
         with torch.no_grad():  # the epoch targets from the current context
-            bank = torch.cat([embed(torch.arange(i, min(i + 256, m_nouns)))
-                              for i in range(0, m_nouns, 256)])  # fmt: skip
+            bank = torch.empty(m_nouns, DIM)
+            for i in range(0, m_nouns, 256):
+                rows = by_length[i : i + 256]
+                bank[rows] = embed(rows)
             raw_t = counterpart(u_raw, bank)
             tmean = raw_t.mean(0)
             t_all = F.normalize(raw_t - tmean, dim=-1)
@@ -308,12 +322,15 @@ def _torch_prompts(u, knn_idx, ck, tokens):
             proto_txt = F.normalize(lt.softmax(-1).T @ t_all, dim=-1)
             centres = F.normalize(t_all[li.topk(m, dim=0).indices].mean(0), dim=-1)
         perm = torch.randperm(n)[: steps * BATCH].view(steps, BATCH)
-        walk = torch.randperm(m_nouns)
+        walk = torch.from_numpy(plan.noun_rows(rng, steps)).long()  # [steps, s]
         total = 0.0
         for s, a in enumerate(perm):
             j = nb_all[a, torch.randint(0, nb_all.shape[1], (len(a),))]
-            w = walk[(s * PROMPT_PER_STEP + torch.arange(PROMPT_PER_STEP)) % m_nouns]
-            bank_s = bank.index_copy(0, w, embed(w))
+            w, lo, fresh = walk[s], 0, []
+            for width, length in groups:
+                fresh.append(embed(w[lo : lo + width], length))
+                lo += width
+            bank_s = bank.index_copy(0, w, torch.cat(fresh))
             tb = F.normalize(counterpart(u_raw[a], bank_s) - tmean, dim=-1)
             tn = F.normalize(counterpart(u_raw[j], bank_s) - tmean, dim=-1)
             z = z_of(u_all[a])

@@ -19,11 +19,20 @@ text prototypes become functions of ``ctx``. How they are refreshed (docs/mcla.m
 learning"): once per epoch all ``M`` nouns are embedded (the *bank*, no gradient) and with it
 every row's counterpart, their train mean (the centring of ``prepare``) and the epoch targets;
 at every step ``nouns_per_step`` nouns (0 = all) are re-embedded with gradient and spliced into
-the bank, and the batch's counterparts are computed from that bank.
+the bank, and the batch's counterparts are computed from that bank. A step's nouns are drawn
+per length group (``subset_groups``: each group's share of the step, walking its own
+permutation), so each group is read at its own length.
+
+Cost (why the text path is not a plain tower call): every prompt shares its first ``1 + n``
+tokens and the tower is causal, so ``TextTower.pool_shared_prefix`` computes that prefix once
+per call and each noun only from there to its end-of-text token; nouns are grouped by that
+length (``length_buckets``). At CLIP ViT-B/32's tower with 1,000 WordNet nouns this is ~4 instead
+of 16 token positions per noun (docs/benchmarks.md, ``mcla_epoch``).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Sequence
 
@@ -102,12 +111,22 @@ class PromptText:
       tokens: ``prompt_tokens(...)`` of the ``M`` space nouns, in the row order of the noun
         embeddings the counterparts use.
       mesh: the run's mesh. tau: the counterparts' softmax temperature (``tau.text``).
+      max_buckets: at most this many suffix lengths for ``all_rows`` (see below).
 
-    ``arrays()`` are the jit arguments (tower state, ids, mask; never differentiated);
-    ``init_context()`` the ``[n_ctx, D]`` initial context (token embeddings of ``init``).
+    ``arrays()`` are the jit arguments (tower state, token suffixes, pooled positions; never
+    differentiated); ``init_context()`` the ``[n_ctx, D]`` initial context (token embeddings of
+    ``init``).
+
+    Every prompt starts with the same ``P = 1 + n_ctx`` tokens (BOS, then the context), so the
+    embeddings go through ``TextTower.pool_shared_prefix``: the prefix once per call, each noun
+    only from position ``P`` to its end-of-text token (``embed`` is the plain full-sequence
+    path, the reference it is tested against). ``embed_rows`` (any subset of rows, one static
+    shape) reads suffixes of the space's longest length; ``all_rows`` (every noun) groups the
+    nouns by suffix length into at most ``max_buckets`` buckets, each read at its own length.
     """
 
-    def __init__(self, text_tower: nnx.Module, tokens: PromptTokens, mesh, tau: float = 0.005):
+    def __init__(self, text_tower: nnx.Module, tokens: PromptTokens, mesh, tau: float = 0.005,
+                 max_buckets: int = 4):  # fmt: skip
         self.graphdef, state = nnx.split(text_tower)
         self.state = parallel.shard_state(state, mesh)
         self.tokens, self.mesh, self.tau = tokens, mesh, float(tau)
@@ -115,41 +134,90 @@ class PromptText:
         self._init = np.asarray(
             jax.device_get(text_tower.tok_embed.embedding[...][tokens.init_ids]), np.float32
         )
+        ids, p = tokens.ids, 1 + tokens.n_ctx
+        eot = np.asarray(text_tower.pool_index(ids), np.int64)
+        if np.any(eot < p) or np.any(ids[:, 0] != ids[0, 0]):
+            raise ValueError("prompt rows must share BOS and end after the context")
+        self.prefix_len = p
+        self._bos = ids[:1, 0].astype(np.int32)  # [1]
+        self._eot = (eot - p).astype(np.int32)  # [M] pooled position within the suffix
+        self._suffix = ids[:, p : int(eot.max()) + 1].astype(np.int32)  # [M, S_max]
+        self.buckets = length_buckets(self._eot + 1, max_buckets)
+        order = np.concatenate([rows for rows, _ in self.buckets])
+        self._where = np.argsort(order).astype(np.int32)  # noun row -> position in `order`
+        self.subset: tuple[SubsetGroup, ...] | None = None  # set by `with_subset`
+
+    def with_subset(self, per_step: int) -> PromptText:
+        """This text path re-embedding ``per_step`` nouns per step (``0`` or ``>= M``: every
+        noun, ``subset`` None), drawn by length group (``subset_groups``)."""
+        out = copy.copy(self)
+        per = int(per_step)
+        every = per <= 0 or per >= self.num_nouns
+        out.subset = None if every else subset_groups(self._eot + 1, per, self.mesh.shape[DATA])
+        return out
+
+    def noun_rows(self, rng: np.random.Generator, steps: int) -> np.ndarray:
+        """``[steps, s]`` int32 noun rows re-embedded at each step (``subset`` layout)."""
+        return noun_rows(rng, self.subset, steps)
 
     def init_context(self) -> np.ndarray:
         return self._init.copy()
 
     def arrays(self) -> dict:
         rep = parallel.replicated(self.mesh)
-        return dict(
-            tower=self.state,
-            ids=jax.device_put(self.tokens.ids, rep),
-            mask=jax.device_put(self.tokens.mask, rep),
-        )
+        host = dict(bos=self._bos, suffix=self._suffix, eot=self._eot)
+        return dict(tower=self.state, **jax.device_put(host, rep))
 
     # -------------------------------------------------------- pure functions (inside a jit)
 
+    def _embed(self, frozen: dict, ctx: jax.Array, rows: jax.Array, length: int) -> jax.Array:
+        """Unit embeddings ``[b, E]`` of noun ``rows`` ``[b]`` with suffixes cut to ``length``
+        (at least each row's end-of-text position + 1)."""
+        tower = nnx.merge(self.graphdef, frozen["tower"])
+        bos = tower.tok_embed(frozen["bos"])  # [1, D]
+        prefix = jnp.concatenate([bos, ctx.astype(bos.dtype)])  # [P, D]
+        suffix = tower.tok_embed(frozen["suffix"][rows, :length])  # [b, S, D]
+        pooled = tower.pool_shared_prefix(prefix, suffix, frozen["eot"][rows])
+        return l2_normalize(tower.proj(pooled).astype(jnp.float32))
+
     def embed_rows(self, frozen: dict, ctx: jax.Array, rows: jax.Array) -> jax.Array:
         """``t_w(ctx)`` ``[b, E]`` of noun ``rows`` ``[b]`` (split over ``data`` if ``rows`` is)."""
-        tower = nnx.merge(self.graphdef, frozen["tower"])
-        return embed(tower, ctx, frozen["ids"][rows], frozen["mask"][rows])
+        return self._embed(frozen, ctx, rows, self._suffix.shape[1])
+
+    def embed_subset(self, frozen: dict, ctx: jax.Array, w: jax.Array) -> jax.Array:
+        """Embeddings ``[s, E]`` of one step's rows ``w`` ``[s]`` (``noun_rows`` layout: the
+        columns of each ``subset`` group together, each group read at its own length)."""
+        parts, lo = [], 0
+        spec = NamedSharding(self.mesh, P(DATA))
+        for g in self.subset:
+            r = jax.lax.with_sharding_constraint(w[lo : lo + g.width], spec)
+            parts.append(self._embed(frozen, ctx, r, g.length))
+            lo += g.width
+        return jnp.concatenate(parts)
+
+    def all_rows(self, frozen: dict, ctx: jax.Array, chunk: int = 1024) -> jax.Array:
+        """All ``M`` noun embeddings ``[M, E]`` under ``ctx`` (differentiable in ``ctx``): per
+        length bucket, ``chunk`` nouns at a time, each chunk split over ``data``."""
+        d = self.mesh.shape[DATA]
+        spec = NamedSharding(self.mesh, P(DATA))
+        parts = []
+        for rows, length in self.buckets:
+            size = -(-min(chunk, len(rows)) // d) * d
+            count = -(-len(rows) // size)
+            idx = np.resize(rows, count * size).reshape(count, size).astype(np.int32)
+
+            def one(r, length=length):
+                r = jax.lax.with_sharding_constraint(r, spec)
+                return self._embed(frozen, ctx, r, length)
+
+            idx = jnp.asarray(idx)
+            out = one(idx[0])[None] if count == 1 else jax.lax.map(one, idx)
+            parts.append(out.reshape(count * size, -1)[: len(rows)])
+        return jnp.concatenate(parts)[self._where]
 
     def bank(self, frozen: dict, ctx: jax.Array, chunk: int = 1024) -> jax.Array:
-        """All ``M`` noun embeddings ``[M, E]`` under ``ctx``, ``chunk`` nouns at a time, each
-        chunk split over ``data`` (no gradient is taken through it)."""
-        d = self.mesh.shape[DATA]
-        m = self.num_nouns
-        chunk = -(-min(chunk, m) // d) * d
-        count = -(-m // chunk)
-        rows = np.minimum(np.arange(count * chunk), m - 1).reshape(count, chunk).astype(np.int32)
-        spec = NamedSharding(self.mesh, P(DATA))
-
-        def one(r):
-            r = jax.lax.with_sharding_constraint(r, spec)
-            return self.embed_rows(frozen, ctx, r)
-
-        out = jax.lax.map(one, jnp.asarray(rows))  # [count, chunk, E]
-        return jax.lax.stop_gradient(out.reshape(count * chunk, -1)[:m])
+        """``all_rows`` with no gradient: the epoch's noun bank ``[M, E]``."""
+        return jax.lax.stop_gradient(self.all_rows(frozen, ctx, chunk))
 
     def counterparts(self, r: jax.Array, bank: jax.Array, mean: jax.Array) -> jax.Array:
         """Prepared text counterparts ``n(t~(r) - mean)`` ``[B, E]`` of image features ``r``
@@ -174,18 +242,90 @@ class PromptText:
         return l2_normalize(raw - mean), mean
 
 
-def noun_rows(rng: np.random.Generator, num_nouns: int, steps: int, per_step: int,
-              multiple: int) -> np.ndarray:  # fmt: skip
-    """``[steps, s]`` int32 noun rows re-embedded with gradient at each step: ``per_step`` (0 or
-    >= M: all ``M``) nouns, walking a random permutation so that an epoch covers the nouns
-    evenly; ``s`` is rounded up to ``multiple`` (the ``data`` axis) by repeating rows (a
-    repeated row gets the same value twice)."""
-    per = num_nouns if per_step <= 0 or per_step >= num_nouns else per_step
-    s = -(-per // multiple) * multiple
-    if per == num_nouns:
-        row = np.resize(np.arange(num_nouns), s)
-        return np.broadcast_to(row, (steps, s)).astype(np.int32).copy()
-    reps = -(-steps * per // num_nouns)
-    walk = np.concatenate([rng.permutation(num_nouns) for _ in range(reps)])[: steps * per]
-    walk = walk.reshape(steps, per)
-    return walk[:, np.resize(np.arange(per), s)].astype(np.int32)
+@dataclasses.dataclass(frozen=True)
+class SubsetGroup:
+    """Nouns of similar prompt length drawn together at every step.
+
+    Attributes:
+      rows: ``[n_g]`` the group's noun rows. count: nouns drawn from it per step.
+      width: ``count`` rounded up to the ``data`` axis (columns in ``noun_rows``).
+      length: the suffix length the group is read at (its longest).
+    """
+
+    rows: np.ndarray
+    count: int
+    width: int
+    length: int
+
+
+def subset_groups(lengths: np.ndarray, per_step: int, multiple: int,
+                  max_groups: int = 4) -> tuple[SubsetGroup, ...]:  # fmt: skip
+    """The per-step draw of ``per_step`` of ``M`` nouns, stratified by suffix length
+    ``lengths`` ``[M]``: ``length_buckets`` groups, each drawing a share of ``per_step``
+    proportional to its size (largest remainders), groups whose share would be below one noun
+    merged into the next longer one. So a step's nouns are read at their group's length
+    instead of all at the space's longest, and every noun is still refreshed about every
+    ``M / per_step`` steps, as with an unstratified draw."""
+    m = len(lengths)
+    groups = [rows for rows, _ in length_buckets(lengths, max_groups)]
+    while len(groups) > 1:
+        small = [i for i, r in enumerate(groups) if len(r) * per_step < m]
+        if not small:
+            break
+        i = small[0]
+        k = i + 1 if i + 1 < len(groups) else i - 1  # the next longer group (or the previous)
+        groups[min(i, k)] = np.sort(np.concatenate([groups[i], groups[k]]))
+        del groups[max(i, k)]
+    share = np.array([len(r) * per_step / m for r in groups])
+    count = np.floor(share).astype(int)
+    count[np.argsort(-(share - count), kind="stable")[: per_step - count.sum()]] += 1
+    return tuple(
+        SubsetGroup(
+            r.astype(np.int32), int(c), -(-int(c) // multiple) * multiple, int(lengths[r].max())
+        )
+        for r, c in zip(groups, count)
+    )
+
+
+def noun_rows(rng: np.random.Generator, groups, steps: int) -> np.ndarray:
+    """``[steps, sum(width)]`` int32 noun rows re-embedded with gradient at each step: for each
+    ``SubsetGroup`` in turn, ``count`` rows walking random permutations of its rows (so an epoch
+    covers each group evenly), padded to ``width`` by repeating rows (a repeated row gets the
+    same value twice)."""
+    cols = []
+    for g in groups:
+        reps = -(-steps * g.count // len(g.rows))
+        walk = np.concatenate([rng.permutation(g.rows) for _ in range(reps)])
+        walk = walk[: steps * g.count].reshape(steps, g.count)
+        cols.append(walk[:, np.resize(np.arange(g.count), g.width)])
+    return np.concatenate(cols, axis=1).astype(np.int32)
+
+
+def length_buckets(lengths: np.ndarray, max_buckets: int) -> list[tuple[np.ndarray, int]]:
+    """Rows grouped by ``lengths`` ``[M]`` into at most ``max_buckets`` groups ``(rows, L)``,
+    every row of a group read at the group's largest length ``L``: the grouping with the fewest
+    padded positions (dynamic programme over the distinct lengths; each group is one more
+    compiled shape, hence the cap)."""
+    values, counts = np.unique(lengths, return_counts=True)
+    n, g = len(values), max(1, min(int(max_buckets), len(values)))
+    # cost[i][j]: padding when distinct lengths i..j-1 share values[j-1]
+    cum = np.concatenate([[0], np.cumsum(counts)])
+    wsum = np.concatenate([[0], np.cumsum(counts * values)])
+
+    def cost(i, j):
+        return int((cum[j] - cum[i]) * values[j - 1] - (wsum[j] - wsum[i]))
+
+    best = {(0, 0): (0, [])}
+    for k in range(1, g + 1):
+        for j in range(1, n + 1):
+            cands = [(best[(k - 1, i)][0] + cost(i, j), best[(k - 1, i)][1] + [j])
+                     for i in range(j) if (k - 1, i) in best]  # fmt: skip
+            if cands:
+                best[(k, j)] = min(cands)
+    cuts = min(best[(k, n)] for k in range(1, g + 1) if (k, n) in best)[1]
+    out, lo = [], 0
+    for hi in cuts:
+        rows = np.flatnonzero((lengths >= values[lo]) & (lengths <= values[hi - 1]))
+        out.append((rows.astype(np.int32), int(values[hi - 1])))
+        lo = hi
+    return out

@@ -35,7 +35,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mcla_jax import losses as L
-from mcla_jax import methods, prompts
+from mcla_jax import methods
 from mcla_jax.methods import MCLAModel, Method, mcla_loss_terms
 from mcla_jax.prompts import PromptText
 from mcla_jax.rowpass import Blocks
@@ -143,10 +143,13 @@ def make_epoch_targets(graphdef, method: Method, blocks: Blocks, cfg,
 def text_batch(text: PromptText, model, batch: dict, targets: dict, frozen: dict) -> dict:
     """``batch`` with its text counterparts (``t``, ``t_nb``, ``t_nbt``) recomputed from the
     context: the nouns ``batch["w"]`` are re-embedded (gradient flows to ``model.context`` only)
-    and spliced into the epoch's noun bank, and each row's counterpart is taken over that bank
-    from its raw image feature (``r``, ``r_nb``, ...)."""
-    fresh = text.embed_rows(frozen, model.context[...], batch["w"])
-    bank = targets["bank"].at[batch["w"]].set(fresh)
+    and spliced into the epoch's noun bank -- or, without ``w``, every noun is -- and each row's
+    counterpart is taken over that bank from its raw image feature (``r``, ``r_nb``, ...)."""
+    if "w" in batch:
+        fresh = text.embed_subset(frozen, model.context[...], batch["w"])
+        bank = targets["bank"].at[batch["w"]].set(fresh)
+    else:  # every noun at every step (nouns_per_step = 0): the whole bank is fresh
+        bank = text.all_rows(frozen, model.context[...])
     out = dict(batch)
     for sfx in ("", "_nb", "_nbt"):
         if "r" + sfx in batch:
@@ -345,6 +348,8 @@ class Trainer:
         )
         if text is not None:  # the frozen tower and prompt tokens: jit arguments, no gradient
             self._feats["frozen"] = text.arrays()
+        if text is not None:  # the nouns re-embedded per step (mcla_jax.prompts.subset_groups)
+            text = text.with_subset(int(cfg.prompt.nouns_per_step))
         self.text = text
         self._aux = jax.device_put(
             {k: np.asarray(v, np.float32) for k, v in (aux or {}).items()}, rep
@@ -369,9 +374,8 @@ class Trainer:
         rng = np.random.default_rng([int(cfg.seed), ep])
         rows = _batches(rng, self._n, self._knn, self._bsz, self._knn_txt)
         if self.text is not None:  # after the batch draws: the same batches as without prompts
-            steps, d = rows["a"].shape[0], self.mesh.shape[DATA]
-            per = int(cfg.prompt.nouns_per_step)
-            rows["w"] = prompts.noun_rows(rng, self.text.num_nouns, steps, per, d)
+            if self.text.subset is not None:  # else every noun, in length buckets (text_batch)
+                rows["w"] = self.text.noun_rows(rng, rows["a"].shape[0])
         index = jax.device_put(rows, self._steps_sharding)
         # The semantic CE may start later than the other target-reading terms (MCLA only).
         sem = max(int(cfg.warmup_epochs), int(cfg.get("semantic_warmup_epochs", 0)))

@@ -65,13 +65,66 @@ def test_initial_context_equals_transformers_text_tower(clip_ck, mesh8):
     assert np.abs(other - ref).max() > 1e-2
 
 
-def test_noun_rows_cover_the_nouns():
+def test_noun_rows_cover_each_length_group():
     rng = np.random.default_rng(0)
-    w = prompts.noun_rows(rng, 10, steps=5, per_step=4, multiple=8)
-    assert w.shape == (5, 8) and w.max() < 10
-    assert set(w[:, :4].ravel()) == set(range(10))  # 20 draws walk two permutations of 10
-    every = prompts.noun_rows(rng, 10, steps=3, per_step=0, multiple=8)
-    assert every.shape == (3, 16) and (every[:, :10] == np.arange(10)).all()
+    lengths = np.array([3] * 6 + [4] * 3 + [9])  # the 9 is too rare for a share of its own
+    groups = prompts.subset_groups(lengths, per_step=4, multiple=8)
+    assert sum(g.count for g in groups) == 4 and all(g.width == 8 for g in groups)
+    assert sorted(np.concatenate([g.rows for g in groups])) == list(range(10))
+    assert all(g.length == lengths[g.rows].max() for g in groups)
+    w = prompts.noun_rows(rng, groups, steps=5)
+    assert w.shape == (5, 8 * len(groups))
+    lo = 0
+    for g in groups:  # each group's columns walk permutations of its rows only
+        real = w[:, lo : lo + g.count].ravel()
+        assert set(real) == set(g.rows.tolist())
+        lo += g.width
+
+
+def test_length_buckets_partition_with_least_padding():
+    lengths = np.array([3, 3, 3, 4, 4, 6, 10, 3])
+    one = prompts.length_buckets(lengths, 1)
+    assert len(one) == 1 and one[0][1] == 10
+    four = prompts.length_buckets(lengths, 4)
+    assert sorted(np.concatenate([r for r, _ in four])) == list(range(8))
+    assert [length for _, length in four] == [3, 4, 6, 10]
+    two = prompts.length_buckets(lengths, 2)  # best cut: {3, 4} | {6, 10} (8 padded slots)
+    assert [length for _, length in two] == [4, 10]
+
+
+@pytest.mark.slow
+def test_shared_prefix_path_equals_the_full_sequence_path(clip_ck, mesh8):
+    """``pool_shared_prefix`` (prefix once, suffixes cut at end-of-text, buckets, stratified
+    subsets) against ``prompts.embed`` (the whole padded sequence through ``from_embeddings``)
+    at a context away from its initial value: embeddings and context gradients at 1e-5."""
+    nouns = [*NOUNS, "dark olive green thing", "pale violet red"]
+    tokens = prompts.prompt_tokens(clip_ck.tokenizer, nouns, clip_ck.config.text.context_length)
+    text = prompts.PromptText(clip_ck.model.text, tokens, mesh8).with_subset(6)
+    assert len(text.buckets) > 1 and len(text.subset) > 1
+    frozen = text.arrays()
+    tower = nnx.merge(text.graphdef, frozen["tower"])
+    ids, mask = jnp.asarray(tokens.ids), jnp.asarray(tokens.mask)
+    ctx = jnp.asarray(text.init_context()) + 0.3 * jax.random.normal(
+        jax.random.key(1), (tokens.n_ctx, text.init_context().shape[1])
+    )
+    ref = np.asarray(prompts.embed(tower, ctx, ids, mask))
+    rows = jnp.arange(len(nouns))
+    np.testing.assert_allclose(jax.jit(text.embed_rows)(frozen, ctx, rows), ref, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(text.bank)(frozen, ctx), ref, atol=1e-5)
+    w = text.noun_rows(np.random.default_rng(0), 1)[0]
+    sub = jax.jit(text.embed_subset)(frozen, ctx, jnp.asarray(w))
+    np.testing.assert_allclose(sub, ref[w], atol=1e-5)
+    probe = jax.random.normal(jax.random.key(2), ref.shape)
+
+    def plain(c):
+        return jnp.sum(prompts.embed(tower, c, ids, mask) * probe)
+
+    def fast(c):
+        return jnp.sum(text.all_rows(frozen, c) * probe)
+
+    g_ref, g = jax.jit(jax.grad(plain))(ctx), jax.jit(jax.grad(fast))(ctx)
+    np.testing.assert_allclose(g, g_ref, atol=1e-5)
+    assert np.abs(g_ref).max() > 1e-3
 
 
 def _data(ck, n_per=64, seed=0):

@@ -15,6 +15,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from vl_jax.checkpoints import (
@@ -37,7 +38,7 @@ from vl_jax.models.clip_config import (
     from_open_clip_dict,
     to_open_clip_dict,
 )
-from vl_jax.models.transformer import Encoder, EncoderConfig
+from vl_jax.models.transformer import Encoder, EncoderConfig, attention
 
 __all__ = [
     "CLIP",
@@ -134,6 +135,81 @@ class TextTower(nnx.Module):
             idx = jnp.argmax(input_ids == self.cfg.eos_token_id, axis=-1)
         # Pool first, then normalise: LayerNorm is per token, so this equals HF and saves work.
         return self.ln_final(x[jnp.arange(b), idx])
+
+    def pool_index(self, input_ids):
+        """The pooled (end-of-text) position of each row of ``input_ids`` ``[B, L]`` -> ``[B]``,
+        as ``from_embeddings`` picks it (numpy in, numpy out; jax in, jax out)."""
+        xp = jnp if isinstance(input_ids, jax.Array) else np
+        if self.cfg.pooling == "argmax":
+            return xp.argmax(input_ids, axis=-1)
+        return xp.argmax(input_ids == self.cfg.eos_token_id, axis=-1)
+
+    def pool_shared_prefix(self, prefix: jax.Array, suffix: jax.Array, eot: jax.Array) -> jax.Array:
+        """Pooled ``[B, D]`` of ``B`` sequences that share their first ``P`` token embeddings.
+
+        Args:
+          prefix: ``[P, D]`` token embeddings (``tok_embed`` rows or learned context, before
+            positions) at positions ``0 .. P-1`` of every sequence.
+          suffix: ``[B, S, D]`` each sequence's token embeddings at positions ``P .. P+S-1``.
+          eot: ``[B]`` int, the pooled (end-of-text) position minus ``P`` (``0 <= eot < S``).
+
+        Equals ``from_embeddings(concat(prefix, suffix))`` at the pooled tokens (up to float
+        summation order) with less work, because the tower is causal: (1) the prefix's hidden
+        states are the same in every sequence, so they are computed once (batch 1) and each
+        suffix token attends to the prefix's keys/values plus its own causal ones; (2) tokens
+        after ``eot`` never reach the pooled token, so padding costs nothing past ``S``; (3) in
+        the last block only the pooled token's attention output, projection and MLP are needed
+        (every token's keys/values still are). Padding masks are not needed: a right-padded
+        sequence's pooled token attends to real tokens only.
+        """
+        p, s = prefix.shape[0], suffix.shape[1]
+        b = suffix.shape[0]
+        dt = self.tok_embed.dtype
+        pos = self.pos[: p + s].astype(dt)
+        xp = (prefix.astype(dt) + pos[:p])[None]  # [1, P, D]
+        xs = suffix.astype(dt) + pos[p:]  # [B, S, D]
+        causal_p = jnp.tril(jnp.ones((p, p), bool))[None, None]
+        # Suffix query i (position P + i) sees every prefix key and suffix keys j <= i.
+        key = jnp.arange(p + s)
+        causal_s = (key[None, :] < p) | (key[None, :] - p <= jnp.arange(s)[:, None])
+        causal_s = causal_s[None, None]  # [1, 1, S, P+S]
+        rows = jnp.arange(b)
+        blocks = list(self.encoder.layers)
+        for i, blk in enumerate(blocks):
+            att = blk.attn
+            qkv_p = _qkv(att, blk.ln1(xp))  # [1, P, 3, H, E]
+            qkv_s = _qkv(att, blk.ln1(xs))  # [B, S, 3, H, E]
+            k = jnp.concatenate(
+                [jnp.broadcast_to(qkv_p[:, :, 1], (b, *qkv_p.shape[1:2], *qkv_p.shape[3:])),
+                 qkv_s[:, :, 1]], axis=1)  # fmt: skip
+            v = jnp.concatenate(
+                [jnp.broadcast_to(qkv_p[:, :, 2], (b, *qkv_p.shape[1:2], *qkv_p.shape[3:])),
+                 qkv_s[:, :, 2]], axis=1)  # fmt: skip
+            if i == len(blocks) - 1:  # only the pooled token from here on
+                q = qkv_s[rows, eot, 0][:, None]  # [B, 1, H, E]
+                mask = (key[None, :] < p + eot[:, None] + 1)[:, None, None]  # [B, 1, 1, P+S]
+                x = xs[rows, eot][:, None] + _attn_out(att, attention(q, k, v, mask))
+                x = x + blk.mlp(blk.ln2(x))
+                return self.ln_final(x[:, 0])
+            xp = xp + _attn_out(att, attention(qkv_p[:, :, 0], qkv_p[:, :, 1], qkv_p[:, :, 2],
+                                               causal_p))  # fmt: skip
+            xp = xp + blk.mlp(blk.ln2(xp))
+            xs = xs + _attn_out(att, attention(qkv_s[:, :, 0], k, v, causal_s))
+            xs = xs + blk.mlp(blk.ln2(xs))
+        raise ValueError("pool_shared_prefix needs a tower with at least one block")
+
+
+def _qkv(att, x: jax.Array) -> jax.Array:
+    """``transformer.Attention``'s fused projection: x ``[B, T, D]`` -> ``[B, T, 3, H, E]``."""
+    dt = att.dtype
+    w, bias = att.qkv[...].astype(dt), att.qkv_bias[...].astype(dt)
+    return jnp.einsum("btd,dkhe->btkhe", x, w) + bias
+
+
+def _attn_out(att, y: jax.Array) -> jax.Array:
+    """``transformer.Attention``'s output projection: ``[B, T, H, E]`` -> ``[B, T, D]``."""
+    dt = att.dtype
+    return jnp.einsum("bthe,hed->btd", y, att.out[...].astype(dt)) + att.out_bias[...].astype(dt)
 
 
 class CLIP(nnx.Module):
