@@ -101,6 +101,10 @@ def missing_weights(model: str) -> str:
     return "" if isinstance(found, str) else f"weights: {model} is not in the local HF cache"
 
 
+def _why(*reasons: str) -> str:
+    return "; ".join(r for r in reasons if r)
+
+
 # ----------------------------------------------------------------------------------- cells
 def clustering_cells(seeds: list[int], quick: bool, data_dir: str | None, out: str):
     import configs.mcla as mcla_configs
@@ -112,7 +116,9 @@ def clustering_cells(seeds: list[int], quick: bool, data_dir: str | None, out: s
         source, train, evals, _ = DATASETS[dataset]
         for method in CLUSTER_METHODS:
             c = mcla_configs.get(method, dataset)
-            why = missing_data(source, (train, evals), data_dir) or missing_weights(c.model.clip)
+            why = _why(
+                missing_data(source, (train, evals), data_dir), missing_weights(c.model.clip)
+            )
             cells.append(Cell("clustering", method, dataset, "", None if why else c, why))
     for dataset in DEMO_CLUSTERING[:1] if quick else DEMO_CLUSTERING:
         features = os.path.join(out, "runs", f"features_{dataset}")
@@ -140,7 +146,7 @@ def vdc_cells(quick: bool, data_dir: str | None):
         get = runpy.run_path(os.path.join(HERE, "..", "configs", "vdc", file))["get_config"]
         c0 = get(ATTACKS[0])
         name, split, _ = DATASETS[dataset]
-        why = missing_data(name, (split,), data_dir) or missing_weights(c0.model.name)
+        why = _why(missing_data(name, (split,), data_dir), missing_weights(c0.model.name))
         for attack in ATTACKS:
             cells.append(Cell("vdc", "vdc", dataset, attack, None if why else get(attack), why))
     noise = runpy.run_path(os.path.join(HERE, "..", "configs", "vdc", "noise.py"))["get_config"]
@@ -148,7 +154,7 @@ def vdc_cells(quick: bool, data_dir: str | None):
         name, split, _ = DATASETS[dataset]
         for kind in ("sym", "asym"):
             c = noise(f"{dataset},{kind}")
-            why = missing_data(name, (split,), data_dir) or missing_weights(c.model.name)
+            why = _why(missing_data(name, (split,), data_dir), missing_weights(c.model.name))
             cells.append(Cell("vdc", "vdc", dataset, f"noise {kind} 0.4", None if why else c, why))
     for attack in DEMO_ATTACKS[:1] if quick else DEMO_ATTACKS:
         c = demo_config().parts[f"vdc_{attack}"]
