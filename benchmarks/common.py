@@ -11,7 +11,6 @@ import functools
 import logging
 import math
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -85,23 +84,32 @@ def figure(
 
 
 def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from benchmarks.machine import cpu_model as model
+
+    return model()
 
 
 @functools.cache
 def device_string() -> str:
-    """E.g. 'cpu:cpu | AMD EPYC | 2 cores' (JAX platform:device kind | host CPU | cores)."""
-    import jax
+    """E.g. 'cpu:cpu | AMD EPYC | 2 cores | avx2,fma,avx512f,avx512_bf16 | jax 0.10.2': JAX
+    platform:device kind, host CPU, cores, the ISA flags that decide GEMM speed, jax version
+    (`benchmarks.machine.short`)."""
+    from benchmarks import machine
 
-    d = jax.devices()[0]
-    return f"{d.platform}:{d.device_kind} | {cpu_model()} | {os.cpu_count()} cores"
+    return machine.short(machine.static_record())
+
+
+@functools.cache
+def device_record(quick: bool = True) -> dict:
+    """The machine a process's figures were measured on (`benchmarks.machine.describe`): CPU
+    model, ISA flags, cores, library versions (numpy's BLAS and its kernel included) and the
+    best fp32 GEMM GFLOP/s of JAX, torch and numpy measured once, here, at the first call
+    (~5 s quick). Benchmarks that compare against GEMM speed put it in ``params.machine``."""
+    from benchmarks import machine
+
+    rec = machine.describe(quick=quick)
+    log.info("machine: %s; best fp32 GEMM %s", machine.short(rec), rec["gemm"]["best_gflops"])
+    return rec
 
 
 def _block(out):

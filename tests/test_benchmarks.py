@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks import clip_encode, common, run
@@ -207,3 +208,82 @@ def test_vqa_generate_instructblip_tiny_end_to_end():
         assert f["params"]["rows_equal_to_hf_per_pair"] == 1.0
         assert f["params"]["rows_equal_to_hf_per_image"] == 1.0
         assert f["params"]["query_tokens"] == 8 and f["params"]["num_beams"] == 5
+
+
+def test_machine_record_names_cpu_isa_versions_and_blas():
+    from benchmarks import machine
+
+    rec = machine.static_record()
+    assert rec["cores"] >= 1 and rec["cpu_model"]
+    assert set(rec["isa"]) <= set(machine.ISA_FLAGS)
+    assert rec["versions"]["jax"] and rec["versions"]["numpy"]
+    assert rec["numpy_blas"] is None or rec["numpy_blas"]["package"] == "numpy.libs"
+    line = common.device_string()
+    assert line.startswith("cpu") and f"{rec['cores']} cores" in line and "jax " in line
+    json.dumps(rec)
+
+
+def test_gemm_probe_reports_each_library_and_the_best():
+    from benchmarks import machine
+
+    g = machine.gemm_probe(True, shapes=((64, 32, 48), (32, 16, 8)))
+    assert set(g["64x32x48"]) >= {"jax", "numpy"} and g["32x16x8"]["jax"] > 0
+    assert g["best"] == max(g["best_gflops"].values()) == g["best_gflops"][g["best_by"]]
+    assert g["best_gflops"]["jax"] == max(g["64x32x48"]["jax"], g["32x16x8"]["jax"])
+
+
+def test_knn_faiss_peer_agrees_and_tie_check_fails_on_real_differences():
+    from benchmarks import knn as kb
+    from vl_jax.cluster import knn
+
+    x, _ = kb.clip_like_features(300, dim=32)
+    for metric in ("cosine", "l2"):
+        ours, dist = knn(x, 5, metric)
+        ref, ref_dist = kb.faiss_fn(x, metric, 5)()
+        check = kb.same_neighbours(x, metric, ours, ref)
+        assert check["rows"] == 300 and check["max_tie_gap"] <= kb.TIE_TOL
+        np.testing.assert_allclose(dist, ref_dist, atol=1e-4)
+    wrong = ours.copy()
+    wrong[0, 0] = ours[0, -1] + 1 if ours[0, -1] + 1 not in ours[0] else 299
+    with pytest.raises(AssertionError, match="beyond float32 ties"):
+        kb.same_neighbours(x, "l2", wrong, ours)
+
+
+def test_kmeans_faiss_peer_inertia_rule():
+    from benchmarks import kmeans as kmb
+    from benchmarks.knn import clip_like_features
+    from vl_jax.cluster import kmeans
+
+    x, _ = clip_like_features(600, dim=16)
+    c, _, ours = kmeans(x, kmb.CLUSTERS, n_init=2, seed=0)
+    assert kmb.inertia(x, c) == pytest.approx(ours, rel=1e-4)
+    niter, got = kmb.faiss_at_same_inertia(x, ours)
+    assert niter in kmb.FAISS_NITER
+    assert got <= kmb.SAME_INERTIA * ours or niter == kmb.FAISS_NITER[-1]
+    assert kmb.faiss_fn(x, 5)().shape == (kmb.CLUSTERS, 16)
+
+
+@pytest.mark.slow
+def test_knn_and_kmeans_benchmarks_tiny_end_to_end(monkeypatch):
+    from benchmarks import kmeans as kmb
+    from benchmarks import knn as kb
+    from benchmarks import machine
+
+    fake = {**machine.static_record(), "gemm": {"best": 100.0}}
+    monkeypatch.setattr(kb, "device_record", lambda: fake)
+    monkeypatch.setattr(kmb, "device_record", lambda: fake)
+    figs = kb.knn_bench(True, n=400, growth=False)
+    assert [f["metric"] for f in figs] == [
+        "seconds_cosine",
+        "seconds_cosine_vs_sklearn",
+        "fraction_of_best_gemm",
+    ]
+    assert figs[0]["baseline_name"].startswith("faiss IndexFlatIP")
+    assert figs[0]["params"]["rows_vs_faiss"] == 400
+    assert figs[2]["params"]["best_gemm_seconds"] == pytest.approx(2 * 400**2 * 512 / 1e11)
+    figs = kmb.kmeans_bench(True, n=600, growth=False)
+    assert [f["metric"] for f in figs] == ["seconds_to_same_inertia", "seconds_to_sklearn_inertia"]
+    p = figs[0]["params"]
+    assert p["faiss_niter"] in kmb.FAISS_NITER and p["inertia_faiss"] > 0
+    for f in figs:
+        json.dumps(f, allow_nan=False)

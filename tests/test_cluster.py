@@ -139,3 +139,37 @@ def test_kmeans_rejects_bad_arguments():
         kmeans(x, 2, n_init=0)
     with pytest.raises(ValueError, match="NaN"):
         kmeans(np.full((5, 2), np.nan), 2)
+
+
+@pytest.mark.parametrize("g", [1, 2, 4, 8])
+def test_block_candidates_hold_the_exact_top_k_with_ties(g):
+    import jax
+
+    from vl_jax.cluster.knn import _block_candidates
+
+    # Integer scores in a narrow range: many ties, so the lower-column rule is exercised.
+    rng = np.random.default_rng(g)
+    s = rng.integers(0, 12, (40, 64)).astype(np.float32)
+    s[3] = -np.inf  # a row of padding scores
+    s[4, :40] = -np.inf
+    k = 6
+    want_v, want_i = jax.lax.top_k(s, k)
+    vals, cols = _block_candidates(s, k, g)
+    assert vals.shape == cols.shape == (40, k * g if g > 1 else 64)  # g = 1: the whole block
+    assert (np.diff(np.asarray(cols), axis=1) > 0).all()  # ascending columns
+    np.testing.assert_array_equal(np.take_along_axis(s, np.asarray(cols), 1), vals)
+    got_v, j = jax.lax.top_k(vals, k)
+    np.testing.assert_array_equal(got_v, want_v)
+    np.testing.assert_array_equal(np.take_along_axis(np.asarray(cols), np.asarray(j), 1), want_i)
+
+
+@pytest.mark.parametrize("db_block", [64, 200])
+def test_knn_small_database_blocks_equal_one_block(features, db_block, mesh8):
+    x = features.copy()
+    x[300] = x[7]
+    x[400] = x[7]  # duplicates in different database blocks: ties across the running list
+    ref = knn(x, K_NN, "l2", mesh=mesh8, block=64)  # one database block of 576 rows
+    got = knn(x, K_NN, "l2", mesh=mesh8, block=64, db_block=db_block)
+    np.testing.assert_array_equal(got[0], ref[0])
+    np.testing.assert_allclose(got[1], ref[1], atol=1e-6)
+    assert list(got[0][7, :2]) == [300, 400]
