@@ -25,6 +25,7 @@ stage that needs it is not cached.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -195,12 +196,31 @@ def noun_space(config, workdir: str, clip: ClipCheckpoint, train_u: np.ndarray, 
     return Nouns(emb[space.indices], space)
 
 
+def neighbour_search(config):
+    """``(x, k, metric, mesh) -> (indices [N, k], ...)`` as ``config.knn_search`` picks it:
+    ``exact`` (`vl_jax.cluster.knn`) or ``ivf`` (`vl_jax.cluster.knn_ivf`, approximate, for
+    large N; ``nlist`` / ``nprobe`` 0 = its default rules)."""
+    from vl_jax.cluster import knn, knn_ivf
+
+    ks = config.get("knn_search", None)
+    kind = "exact" if ks is None else str(ks.kind)
+    if kind == "exact":
+        return knn
+    if kind != "ivf":
+        raise ConfigError(f"config.knn_search.kind must be exact or ivf, got {kind!r}")
+    nlist, nprobe = int(ks.get("nlist", 0)), int(ks.get("nprobe", 0))
+    if nlist < 0 or nprobe < 0:
+        raise ConfigError(
+            f"config.knn_search: nlist and nprobe must be >= 0, got {nlist}, {nprobe}"
+        )
+    return functools.partial(knn_ivf, nlist=nlist or None, nprobe=nprobe or None)
+
+
 def prepare_inputs(config, train_u, eval_u, nouns: np.ndarray, mesh) -> PreparedInputs:
     """The :class:`PreparedInputs` of a trained method, computed once for all seeds (without
     the prompt text path: :func:`prompt_text` adds it)."""
-    from vl_jax.cluster import knn
-
     method = methods.get_method(config.train.method)
+    knn = neighbour_search(config)
     tau = config.train.tau.text
     u, mean = methods.prepare(train_u, method.prepare)
     t, tmean = methods.prepare(

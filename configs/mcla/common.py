@@ -111,6 +111,9 @@ def experiment_config(method: str, arg: str | None) -> ml_collections.ConfigDict
              gamma_u=0.05, tac_per_centre=5, max_tokens=0, rule="nearest")
     )  # fmt: skip
     c.knn = 20
+    # Neighbour lists: "exact" (vl_jax.cluster.knn, O(N^2 D)) or "ivf" (vl_jax.cluster.knn_ivf:
+    # approximate, for N in the 100k-1M range; nlist / nprobe 0 = its default rules).
+    c.knn_search = ml_collections.ConfigDict(dict(kind="exact", nlist=0, nprobe=0))
     c.kmeans_n_init = 10
     c.train = train_config()
     c.train.num_clusters = k
