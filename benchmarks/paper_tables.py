@@ -3,6 +3,7 @@
     python -m benchmarks.paper_tables --out runs/paper_tables                 # 3 seeds
     python -m benchmarks.paper_tables --out /tmp/pt --quick                   # a small slice
     python -m benchmarks.paper_tables --out DIR --data_dir /data/tfds --seeds 0,1,2,3,4
+    python -m benchmarks.paper_tables --out DIR --render_only                 # tables anew
 
 Writes ``DIR/paper_tables.md`` (the tables) and ``DIR/paper_tables.json`` (every cell: per-seed
 values, seconds, the foreign CPU load while it ran), each run's workdir under ``DIR/runs/``.
@@ -342,6 +343,9 @@ def main(argv=None) -> int:
         help="comma-separated words: run only the cells whose "
         "'method dataset setting' contains one (missing cells are still listed)",
     )
+    ap.add_argument("--render_only", action="store_true", help="run nothing: rewrite "
+                    "OUT/paper_tables.md from the values in OUT/paper_tables.json (e.g. after "
+                    "published.csv changed), with availability checked now")  # fmt: skip
     a = ap.parse_args(argv)
     try:
         seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
@@ -358,6 +362,8 @@ def main(argv=None) -> int:
     words = [w.strip() for w in a.only.split(",") if w.strip()]
     if words:
         cells = [c for c in cells if c.missing or any(w in " ".join(c.key[1:]) for w in words)]
+    if a.render_only:
+        return _render_only(cells, a.out)
     runnable = sum(c.config is not None for c in cells)
     print(f"paper_tables: {runnable} of {len(cells)} cells have their data and weights here",
           file=sys.stderr)  # fmt: skip
@@ -379,6 +385,29 @@ def main(argv=None) -> int:
     with atomic_open(os.path.join(a.out, "paper_tables.json"), "w", encoding="utf-8") as f:
         json.dump(record, f, indent=1)
     print(f"paper_tables: wrote {os.path.join(a.out, 'paper_tables.md')}", file=sys.stderr)
+    return 0
+
+
+def _render_only(cells: list[Cell], out: str) -> int:
+    """``--render_only``: the recorded run's values and header, tables rendered anew."""
+    from vl_jax.fileio import atomic_open
+
+    path = os.path.join(out, "paper_tables.json")
+    if not os.path.isfile(path):
+        print(f"error: --render_only needs {path} from an earlier run", file=sys.stderr)
+        return 2
+    with open(path, encoding="utf-8") as f:
+        record = json.load(f)
+    ran = {(r["task"], r["method"], r["dataset"], r["setting"]): r for r in record["cells"]}
+    for cell in cells:
+        r = ran.get(cell.key)
+        if r is not None and r["values"]:
+            cell.values, cell.seconds = r["values"], r["seconds"]
+            cell.foreign_cpu_cores, cell.missing = r["foreign_cpu_cores"], ""
+    text = render(cells, read_published(), record)
+    with atomic_open(os.path.join(out, "paper_tables.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+    print(f"paper_tables: re-rendered {os.path.join(out, 'paper_tables.md')}", file=sys.stderr)
     return 0
 
 

@@ -77,3 +77,21 @@ def test_quick_run_on_a_slice(tmp_path):
     assert [(c["method"], c["dataset"]) for c in ran] == [("kmeans", "easy_vqa_shapes")]
     assert "foreign_cpu_cores" in ran[0] and ran[0]["seconds"] > 0
     assert not any(c["method"] == "mcla" and not c["missing"] for c in record["cells"])
+
+
+def test_render_only_rewrites_the_tables_from_the_record(tmp_path, capsys):
+    assert pt.main(["--out", str(tmp_path), "--render_only"]) == 2  # no record yet
+    assert "needs" in capsys.readouterr().err
+    cell = {"task": "clustering", "method": "tac", "dataset": "easy_vqa_colors", "setting": "",
+            "missing": "", "values": {"acc": [95.0, 97.0], "nmi": [1.0, 1.0], "ari": [2.0, 4.0]},
+            "seconds": 3.0, "foreign_cpu_cores": 0.1}  # fmt: skip
+    record = {"date": "2026-01-01 00:00 UTC", "machine": "M", "seeds": "0,1", "flags": "",
+              "foreign_cpu_cores": 0.1, "cells": [cell]}  # fmt: skip
+    (tmp_path / "paper_tables.json").write_text(json.dumps(record))
+    args = ["--out", str(tmp_path), "--render_only", "--data_dir", str(tmp_path / "tfds")]
+    assert pt.main(args) == 0
+    text = (tmp_path / "paper_tables.md").read_text()
+    assert "| tac | easy_vqa_colors | 96.00 ± 1.00 | 1.00 ± 0.00 | 3.00 ± 1.00 |" in text
+    assert "Generated 2026-01-01 00:00 UTC" in text
+    assert "| mcla | easy_vqa_colors | - | - | - |" in text  # in the run's cells, not recorded
+    assert "| kmeans | cifar10 | missing: data: cifar10 (train) is not prepared" in text
