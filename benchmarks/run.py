@@ -17,6 +17,7 @@ import sys
 import time
 
 MODULES = (
+    "benchmarks.ann",
     "benchmarks.clip_encode",
     "benchmarks.input_pipeline",
     "benchmarks.knn",

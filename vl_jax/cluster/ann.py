@@ -1,30 +1,36 @@
 """Approximate k nearest neighbours of every row among the other rows: an inverted-file index.
 
 Exact kNN costs ``2 N^2 D`` flop (2.5 h at 1.28M x 512 on 2 CPU cores). An IVF index cuts the
-database into ``nlist`` cells (k-means centroids) and searches each query only in the
-``nprobe`` cells whose centroids are nearest to it, scoring every row of those cells exactly::
+rows into ``nlist`` cells (k-means centroids) and searches each query only in ``nprobe`` cells,
+scoring every row of those cells exactly::
 
     1. centroids [nlist, D]  = k-means (vl_jax.cluster.kmeans) of a uniform sample of rows
-    2. probe     [N, nprobe] = the nprobe nearest centroids of every row (blocked GEMM + top-k)
-    3. the rows, sorted by their nearest centroid ("home" cell), cut into chunks of B rows
-       (every cell padded to whole chunks): the index, one [C B, D] array
-    4. queries = the same sorted rows, in blocks of bq rows (whole chunks). A block scans the
-       union of its rows' probed cells in tiles of G chunks: one [bq, D] x [D, G B] GEMM per
-       tile, scores outside a query's own nprobe cells masked to -inf, running top-k merge
-       (as the exact kNN). Sorting puts rows of the same cell in the same block, so the union
-       stays a few times nprobe cells and the work is GEMMs, not per-query gathers.
+    2. home [N]              = every row's nearest centroid (blocked GEMM + argmax)
+    3. probe [nlist, nprobe] = for each cell, the nprobe cells whose centroids are nearest to
+       its own centroid (itself first); a query probes the cells of its home cell
+    4. the rows, sorted by home cell, cut into chunks of B rows (every cell padded to whole
+       chunks, B ~ the mean cell size): the index, one [C B, D] array
+    5. queries = the same sorted rows, in blocks of whole chunks (bq rows). A block scans the
+       chunks of its cells' probed cells in tiles of G chunks: one [bq, D] x [D, G B] GEMM per
+       tile, scores outside a query's own probed cells masked to -inf, running top-k merge
+       (as the exact kNN).
 
-Search semantics are faiss's ``IndexIVFFlat`` (each query scores exactly the rows of its own
-``nprobe`` nearest cells) with the search run over all rows at once; ``nprobe = nlist`` is the
-exact kNN. A row whose probed cells hold fewer than ``k`` other rows is searched exhaustively
-(host numpy), so every row gets ``k`` real neighbours.
+Why probe by the home cell and not, as faiss's ``IndexIVFFlat``, by the query's own nearest
+centroids: then all queries of a cell share one probe set, so a block of queries is one GEMM
+against ``nprobe`` cells. With per-query probe sets a block must scan the union of its rows'
+sets, which on data whose far cells are all about equally far (high-dimensional blobs) is close
+to every cell -- the exact cost with extra work. The price is recall for queries near a cell's
+border: their neighbours across the border count only if that cell is among the home cell's
+``nprobe``. ``nprobe = nlist`` is the exact kNN. A row whose probed cells hold fewer than ``k``
+other rows is searched exhaustively (host numpy), so every row gets ``k`` real neighbours.
 
 Why hand-written and not faiss: faiss-cpu is an optional peer (the benchmark's baseline), not a
 dependency of the library, and this runs on the same mesh and devices (CPU, GPU, TPU) as
 the rest of the pipeline.
 
 Memory: the index is one padded copy of the prepared rows on the device (the host copy is
-freed once placed) plus ``[N, nprobe]`` probe lists; per device one ``[bq, G B]`` score tile.
+freed once placed) plus ``[N, nprobe]`` int32 probe lists; per device one ``[bq, G B]`` score
+tile; the coarse pass and the k-means sample are blocked / small.
 """
 
 from __future__ import annotations
