@@ -102,6 +102,7 @@ class HFSource:
         self.name, self.split = spec.name, split
         self.spec = spec
         self.dataset = dataset
+        self._images = dataset.select_columns([spec.image_column])  # rows read: this column only
         self.rows = np.asarray(rows, np.int64)
         self.class_names = list(class_names)
         self._labels = np.asarray(labels, np.int32)
@@ -125,7 +126,7 @@ class HFSource:
         i %= len(self)
         row, example_id = int(self.rows[i]), self._ids[i]
         try:
-            image = _decode(self.dataset[row][self.image_column], example_id)
+            image = _decode(self._images[row][self.image_column], example_id)
         except ImageError as e:  # the id (as other sources), and where the row is
             where = f"at {self.spec.path}, {self.split.split('[', 1)[0]} row {row}"
             raise ImageError(example_id, f"{e.reason} ({where})") from e
