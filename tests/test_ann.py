@@ -116,3 +116,18 @@ def test_mcla_driver_takes_ivf_by_config(clustered, mesh1):
     config.knn_search.kind = "hnsw"
     with pytest.raises(ConfigError, match="exact or ivf"):
         experiment.prepare_inputs(config, u, u[:10], nouns, mesh1)
+
+
+@pytest.mark.slow
+def test_benchmark_quick_tier():
+    # benchmarks.ann --quick end to end (its figures, not its timings): 8k x 64 in 100 blobs
+    from benchmarks.ann import ann_bench
+
+    figs = {f["metric"]: f for f in ann_bench(True)}
+    assert {"seconds_n8000", "recall20_n8000"} <= set(figs)
+    sec = figs["seconds_n8000"]
+    assert sec["ours"] > 0 and sec["baseline"] > 0 and sec["params"]["exact_extrapolated"] is False
+    assert "foreign_cpu_cores" in sec["params"] and sec["params"]["nlist"] == default_nlist(8000)
+    assert figs["recall20_n8000"]["ours"] >= 0.95
+    if "seconds_vs_faiss_n8000" in figs:  # faiss-cpu installed
+        assert figs["recall20_n8000"]["baseline"] > 0.5
