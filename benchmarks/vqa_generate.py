@@ -1,7 +1,9 @@
 """`vqa_generate`: answers/s of our generation engine on a VDC-like VQA workload (N images x 6
 questions, answers of up to 16 new tokens) against transformers' PyTorch `generate` on the same
-random-weight LLaVA (CLIP tower + Llama decoder), and on a random InstructBLIP-Vicuna-shaped
-model (ViT, Q-Former, Llama decoder) with the paper's decoding: 5 beams, repetition penalty 1.5.
+random-weight LLaVA (CLIP tower + Llama decoder), on a random InstructBLIP-Vicuna-shaped
+model (ViT, Q-Former, Llama decoder) with the paper's decoding: 5 beams, repetition penalty 1.5,
+and on a random Qwen2.5-VL-shaped model with images of two sizes in one batch
+(`benchmarks.vqa_generate_qwen`).
 
 Baselines, as VDC's code and its re-implementation call HF:
   (a) one `generate` call per (image, question) (batch 1), as the official code does;
@@ -78,15 +80,21 @@ def vqa_generate(
     iters: int | None = None,
     beams: int = 3,
     blip_spec: dict | None = None,
-    families: tuple[str, ...] = ("llava", "instructblip"),
+    families: tuple[str, ...] = ("llava", "instructblip", "qwen2_5_vl"),
+    qwen_spec: dict | None = None,
 ) -> list[dict]:
     """LLaVA (`spec`): greedy ours vs (a) and (b), beam search (`beams`) ours vs (b);
-    InstructBLIP (`blip_spec`): the paper's 5 beams, ours vs (a) and (b)."""
+    InstructBLIP (`blip_spec`): the paper's 5 beams, ours vs (a) and (b); Qwen2.5-VL
+    (`qwen_spec`): two image sizes in one batch, greedy, ours vs (a) and (b)."""
     figs = []
     if "llava" in families:
         figs += _llava(quick, spec=spec, iters=iters, beams=beams)
     if "instructblip" in families:
         figs += _instructblip(quick, spec=blip_spec, iters=iters)
+    if "qwen2_5_vl" in families:
+        from benchmarks.vqa_generate_qwen import qwen2_5_vl
+
+        figs += qwen2_5_vl(quick, spec=qwen_spec, iters=iters)
     return figs
 
 
