@@ -9,6 +9,8 @@ Tolerance: tokens exactly equal; the padded vision tower's real tokens within 1e
 the unpadded tower's.
 """
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -28,11 +30,14 @@ class Tiny:
 
     def __init__(self, path):
         self.path = path
-        arch = getattr(transformers, transformers.AutoConfig.from_pretrained(path).architectures[0])
-        self.ref = arch.from_pretrained(path).eval()
         self.model, self.proc = qwen2_vl.from_pretrained(path), qwen2_vl.load_processor(path)
         self.eos = self.proc.tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.pad = self.proc.tokenizer.pad_token_id
+
+    @functools.cached_property
+    def ref(self):
+        arch = transformers.AutoConfig.from_pretrained(self.path).architectures[0]
+        return getattr(transformers, arch).from_pretrained(self.path).eval()
 
     def chat(self, q, image=True):
         content = [{"type": "image"}, {"type": "text", "text": q}] if image else q
@@ -81,6 +86,7 @@ def pictures(seed, sizes):
 # ---- dynamic resolution: layout and padding ----------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", ["2.5", "2"])
 def test_padded_images_equal_each_image_alone(tiny_models, version):
     """Images of three sizes (one cut by the window edge) and an empty padding image in one
