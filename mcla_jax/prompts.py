@@ -261,23 +261,17 @@ class SubsetGroup:
 def subset_groups(lengths: np.ndarray, per_step: int, multiple: int,
                   max_groups: int = 4) -> tuple[SubsetGroup, ...]:  # fmt: skip
     """The per-step draw of ``per_step`` of ``M`` nouns, stratified by suffix length
-    ``lengths`` ``[M]``: ``length_buckets`` groups, each drawing a share of ``per_step``
-    proportional to its size (largest remainders), groups whose share would be below one noun
-    merged into the next longer one. So a step's nouns are read at their group's length
-    instead of all at the space's longest, and every noun is still refreshed about every
-    ``M / per_step`` steps, as with an unstratified draw."""
+    ``lengths`` ``[M]``: ``length_buckets`` groups (at most ``min(max_groups, per_step)``),
+    each drawing a share of ``per_step`` proportional to its size (largest remainders) and at
+    least one noun (a rare length is then refreshed more often than its share). So a step's
+    nouns are read at their group's length instead of all at the space's longest, and every
+    noun is still refreshed at least about every ``M / per_step`` steps."""
     m = len(lengths)
-    groups = [rows for rows, _ in length_buckets(lengths, max_groups)]
-    while len(groups) > 1:
-        small = [i for i, r in enumerate(groups) if len(r) * per_step < m]
-        if not small:
-            break
-        i = small[0]
-        k = i + 1 if i + 1 < len(groups) else i - 1  # the next longer group (or the previous)
-        groups[min(i, k)] = np.sort(np.concatenate([groups[i], groups[k]]))
-        del groups[max(i, k)]
+    groups = [rows for rows, _ in length_buckets(lengths, min(max_groups, per_step))]
     share = np.array([len(r) * per_step / m for r in groups])
-    count = np.floor(share).astype(int)
+    count = np.maximum(np.floor(share).astype(int), 1)
+    while count.sum() > per_step:  # the minimum of one took nouns from the largest shares
+        count[np.argmax(np.where(count > 1, share - count, -np.inf))] -= 1
     count[np.argsort(-(share - count), kind="stable")[: per_step - count.sum()]] += 1
     return tuple(
         SubsetGroup(
