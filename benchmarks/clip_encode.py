@@ -12,7 +12,15 @@ from __future__ import annotations
 import os
 import tempfile
 
-from benchmarks.common import ForeignLoad, figure, log, matmul_fns, register, time_interleaved
+from benchmarks.common import (
+    ForeignLoad,
+    device_record,
+    figure,
+    log,
+    matmul_fns,
+    register,
+    time_interleaved,
+)
 
 NAME = "clip_encode"
 
@@ -165,6 +173,7 @@ def clip_encode(
         "cpu_count": threads,
         "torch_attn_implementation": attn_impl,
         "max_abs_diff": max_abs_diff,
+        "machine": device_record(),
     }
     baseline = f"transformers CLIPVisionModelWithProjection (torch, {attn_impl})"
     figs = [
