@@ -249,6 +249,7 @@ def test_knn_faiss_peer_agrees_and_tie_check_fails_on_real_differences():
         kb.same_neighbours(x, "l2", wrong, ours)
 
 
+@pytest.mark.slow
 def test_kmeans_faiss_peer_inertia_rule():
     from benchmarks import kmeans as kmb
     from benchmarks.knn import clip_like_features
@@ -259,7 +260,13 @@ def test_kmeans_faiss_peer_inertia_rule():
     assert kmb.inertia(x, c) == pytest.approx(ours, rel=1e-4)
     niter, got = kmb.faiss_at_same_inertia(x, ours)
     assert niter in kmb.FAISS_NITER
-    assert got <= kmb.SAME_INERTIA * ours or niter == kmb.FAISS_NITER[-1]
+    ladder = {it: kmb.inertia(x, kmb.faiss_fn(x, it)()) for it in kmb.FAISS_NITER}
+    assert got == ladder[niter] and got <= kmb.SAME_INERTIA * max(ours, min(ladder.values()))
+    assert all(
+        ladder[it] > kmb.SAME_INERTIA * max(ours, min(ladder.values()))
+        for it in ladder
+        if it < niter
+    )
     assert kmb.faiss_fn(x, 5)().shape == (kmb.CLUSTERS, 16)
 
 
