@@ -9,12 +9,12 @@ build ``[B, h, w, 3]`` batches:
 - :class:`HFImageProcessor` — any transformers image processor with a fixed output size (BLIP,
   SigLIP, ...) wrapped as a transform: the processor itself runs on each image.
 
-Dynamic resolution (Qwen-VL style: the output size, hence the number of image tokens, varies
-per image) does not fit one ``[B, h, w, 3]`` batch, and is not built. It would plug in as a
-transform that resizes an image to one of a few fixed buckets (e.g. three aspect ratios at one
-pixel budget, sides multiples of the patch size): the consumer groups its items by bucket
-(chosen from the image header, before decoding) and runs one pipeline per bucket with that
-bucket's fixed-size transform, so every batch keeps one shape and each bucket compiles once.
+Dynamic resolution (Qwen2-VL / Qwen2.5-VL: the output size, hence the number of image tokens,
+varies per image) is the one exception to a fixed output size, and it lives with its family:
+``vl_jax.models.qwen2_vl_preprocess.CanvasTransform`` resizes as the checkpoint's processor does
+and places the image at the top-left of a fixed NaN canvas, so a batch keeps one shape; the
+engine reads each image's size back from the border and pads its patches to a bucket
+(docs/generation.md, the Qwen2-VL section).
 
 CLIP preprocessing, channels-last:
 
