@@ -1,7 +1,8 @@
 """The README's main command (configs/offline_demo.py) on a reduced subset: its bounds hold.
 
 The full command runs every part on the whole easy-VQA splits; here each part keeps its settings
-but reads fewer images, so the suite stays within CI time. Bounds: MCLA on shapes ACC
+but reads fewer images, so the suite stays within CI time (colours reads the whole split: on a
+subset its margin over k-means is within run-to-run noise). Bounds: MCLA on shapes ACC
 >= 0.95 and not below CLIP k-means on the same features; on colours above it; VDC TPR >= 0.95 at
 FPR <= 0.05. "Not below" on shapes, not "above": k-means misses one image of this subset
 (test/852, a small yellow circle on a pale background) that every classifier *trained with the
@@ -33,13 +34,15 @@ def test_suite_lists_the_demo_parts(parts):
         assert os.path.isdir(parts[name].model.get("clip", parts[name].model.get("name")))
 
 
-def _subset_acc(parts, data, tmp_path):
+def _subset_acc(parts, data, tmp_path, limit=800):
+    """ACC of CLIP k-means and MCLA on ``data`` reading ``limit`` images (0: the whole split)."""
     from mcla_jax import experiment
 
     acc = {}
     for method in ("kmeans", "mcla"):
         c = parts[f"{method}_{data}"]
-        c.data.limit = 800
+        if limit:
+            c.data.limit = limit
         c.data.features_dir = str(tmp_path / "features")
         c.space.cache_dir = str(tmp_path / "nouns")
         acc[method] = experiment.run(c, str(tmp_path / method))["mean"]["acc"]
@@ -61,8 +64,11 @@ def test_mcla_shapes_bounds(parts, tmp_path):
 
 @pytest.mark.slow
 def test_mcla_colors_above_kmeans(parts, tmp_path):
-    acc = _subset_acc(parts, "colors", tmp_path)
-    assert acc["mcla"] >= acc["kmeans"] + 0.03, acc  # measured 0.579 vs 0.513
+    # The whole split, as the demo runs it: on an 800-image subset the outcome flipped
+    # (0.579 -> 0.518 vs k-means 0.513) under a change equal to 1e-7 in the text path plus
+    # exact-kNN tie order, so the subset was testing chance. Full split: 0.779 vs 0.463.
+    acc = _subset_acc(parts, "colors", tmp_path, limit=0)
+    assert acc["mcla"] >= acc["kmeans"] + 0.03, acc
 
 
 @pytest.mark.slow
