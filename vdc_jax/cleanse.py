@@ -160,15 +160,24 @@ def clean(
             source.write_manifest(os.path.join(workdir, "manifest.tsv"))
         truth = (source.is_dirty, source.kinds)
         log.info("injected: %r", source)
+    _stage(
+        f"data: {len(source)} samples of {len(data.class_names)} classes ({data.description})"
+        + (f", {int(np.sum(truth[0]))} made dirty" if truth is not None else "")
+    )
     wd.require_same(os.path.join(workdir, "run_config.json"), fingerprint(config), what="answers")
 
     mesh = parallel.mesh_from_config(config.mesh.to_dict())
     dtype = dtype_of(config.model.dtype)
     if mllm is None:
+        _stage(f"model: loading {config.model.name}")
         mllm = load_mllm(config.model, workdir, mesh)
     ask = text_llm(config.vqg.llm, mllm, dtype, mesh, config.vqg.max_new_tokens)
     questions = vqg(config.vqg, os.path.join(workdir, "questions.json"), data.class_names, ask,
                     general=rules.general_questions)  # fmt: skip
+    _stage(
+        f"questions: {config.vqg.n} per class, from {config.vqg.llm or 'templates'}"
+        f" ({rules.name} protocol)"
+    )
 
     ids, labels = source.ids(), np.asarray(source.labels(), np.int64)
     items = [Item(i, ids[i], int(labels[i])) for i in range(len(ids)) if labels[i] >= 0]
@@ -178,7 +187,7 @@ def clean(
     screen = prescreen.run(config.get("prescreen"), source, data.class_names, items, mesh,
                            workdir)  # fmt: skip
     if screen is not None:
-        log.info("pre-screen: %d of %d samples skip the MLLM", screen.skip.sum(), len(items))
+        _stage(f"pre-screen: {int(screen.skip.sum())} of {len(items)} samples skip the MLLM")
         items = screen.asked
     vqa = VQA.from_config(mllm, config.vqa, mesh=mesh)
     # keep=False: the answers stay on disk (read back for scoring), not in memory.
@@ -201,6 +210,7 @@ def clean(
 
     # The other processes read answers.jsonl back for scoring: the writer's last append first.
     wd.written("vdc: answers.jsonl complete")
+    _stage(f"scoring: answers judged by {config.judge.kind}, dirty below {config.threshold}")
     judge = judge_of(config.judge, rules, mllm, dtype, mesh)
     left_out = {s.index for s in skipped}
     scored = [it for it in items if it.index not in left_out]
@@ -228,6 +238,13 @@ def clean(
         export_hf.write(os.path.join(workdir, "cleaned_hf"), table, source)
     _print_summary(m, workdir)
     return m, table
+
+
+def _stage(line: str) -> None:
+    """One line per stage on stdout (the writer process only): what the run is doing, for a
+    person watching it; the details go to metrics.json."""
+    if wd.is_writer():
+        print(f"vdc: {line}", flush=True)
 
 
 def judge_of(cfg, rules: Rules, mllm: MLLM, dtype, mesh):
