@@ -230,3 +230,31 @@ def test_threshold_and_metrics_on_a_hand_made_example():
     assert math.isnan(empty["tpr"]) and empty["fpr"] == 0.0 and math.isnan(empty["f1"])
     with pytest.raises(ValueError, match="shape"):
         detection_metrics([True], [True, False])
+
+
+def test_judge_decisions_are_kept_for_the_report():
+    # The judge's per-description decisions travel with the result (scoring -> judgements.jsonl)
+    # and the HTML report shows them instead of recomputing "judge" placeholders.
+    from vdc_jax.protocol import OURS
+    from vdc_jax.report_html import verdicts
+
+    res = score_samples(_samples(), judge=llm_judge(FakeAsk(), batch_size=64))
+    assert [(d, c) for d, c, _ in res[1].judged] == [
+        ("A retriever on grass.", True),
+        ("A cat.", False),
+    ]
+    assert res[3].judged == []  # keyword hits never reach the judge
+    records = {(r.id, d): (c, why) for r in res for d, c, why in r.judged}
+    s = _samples()[1]
+    answers = {"b": [{"kind": "describe", "question": "Describe.", "answer": d} for d in s.descriptions]
+               + [{"kind": "yes_no", "question": "Is it a golden retriever?", "answer": a}
+                  for a in s.yes_no]}  # fmt: skip
+    for recorded, pending in ((records, 0), ({}, 2)):
+        rows = [{"id": "b", "class": "golden retriever"}]
+        qa = verdicts(rows, answers, OURS, judged=True, judgements=recorded)["b"]
+        assert rows[0]["pending"] == pending
+        if recorded:
+            assert [v for _, _, v, _ in qa] == ["yes", "no", "no", "yes"]
+            assert rows[0]["recount"] == sum(res[1].consistent)
+        else:
+            assert [v for _, _, v, _ in qa][:2] == ["judge", "judge"]

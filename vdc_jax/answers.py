@@ -464,6 +464,8 @@ class Result:
     consistent: list[bool]
     how: list[str]
     dropped: int = 0
+    # (description, consistent, the judge's reason) for each description the judge decided
+    judged: list[tuple[str, bool, str]] = dataclasses.field(default_factory=list)
 
     @property
     def score(self) -> float:
@@ -508,7 +510,8 @@ def score_samples(
         results.append(r)
     if pending:
         verdicts = judge([p[2] for p in pending], [p[3] for p in pending])
-        for (r, i, _, _), v in zip(pending, verdicts, strict=True):
+        for (r, i, d, _), v in zip(pending, verdicts, strict=True):
             r.consistent[i] = v.value == YES
             r.how[i] = f"no keyword; {v.value} ({v.reason})"
+            r.judged.append((d, v.value == YES, v.reason))
     return results

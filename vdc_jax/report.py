@@ -24,6 +24,8 @@ writes (atomically, via `vl_jax.fileio.atomic_open`; on the writer process only,
   be read (missing, truncated, not an image): it is not scored, so it is neither kept nor
   flagged (False in ``label_issues.npy``, absent from ``cleaned.csv``). Written on every run,
   header only when nothing was skipped, so a stale list never outlives its run;
+- ``judgements.jsonl``: one JSON line per description the judge decided (``id, description,
+  consistent, reason``), for the report; empty without a judge;
 - ``scores_hist.png`` (score histograms, clean vs each dirt kind, or all samples without ground
   truth) and ``roc.png`` (overall and per kind; with ground truth only).
 - ``report.html``: the browsable report of `vdc_jax.report_html` (flagged samples with their
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 
 import numpy as np
@@ -96,6 +99,9 @@ def write_report(
         f.write(_csv_text(header, rows))
     write_json(path("metrics.json"), m)
     write_skipped(path("skipped.tsv"), t.skipped)
+    with atomic_open(path("judgements.jsonl"), "w", encoding="utf-8") as f:  # for report.html
+        f.writelines(json.dumps({"id": i, "description": d, "consistent": bool(c), "reason": why})
+                     + "\n" for i, d, c, why in t.judged)  # fmt: skip
 
     kept = ~t.flagged
     with atomic_open(path("kept_ids.txt"), "w", encoding="utf-8") as f:

@@ -15,9 +15,10 @@ with its answer and per-answer verdict; filters by class, dirt kind and verdict.
 Per-answer verdicts are recomputed with the run's protocol (``metrics.json`` names it; keyword
 match and yes/no parsing, `vdc_jax.answers.score_samples` without a judge), which is exactly
 what the run did when ``judge.kind`` is ``"none"`` (the recomputed count is checked against
-``scores.csv``). With a judge, the descriptions without a keyword hit went to it; its per-answer
-replies are not stored, so such an answer shows "judge" and what the sample's count in
-``scores.csv`` implies about them (all consistent, none, or k of m).
+``scores.csv``). With a judge, the descriptions without a keyword hit went to it; its
+decisions are read from ``judgements.jsonl`` (written by the run: id, description, verdict,
+reason). A workdir from before that file existed shows such an answer as "judge" and what the
+sample's count in ``scores.csv`` implies about them (all consistent, none, or k of m).
 
 A missing or malformed ``scores.csv`` / ``answers.jsonl`` / ``metrics.json`` is one
 ``error: ...`` line and exit status 2. A dataset that cannot be read any more (moved, another
@@ -96,10 +97,30 @@ def read_answers(path: str) -> dict[str, list[dict]]:
     return dict(out)
 
 
-def verdicts(rows: list[dict], answers: dict, rules, judged: bool) -> dict[str, list[tuple]]:
+def read_judgements(path: str) -> dict[tuple[str, str], tuple[bool, str]]:
+    """``judgements.jsonl`` -> {(sample id, description): (consistent, the judge's reason)};
+    empty when the file is absent (a run without a judge, or from before the file existed)."""
+    if not os.path.exists(path):
+        return {}
+    out = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                j = json.loads(line)
+                out[(str(j["id"]), j["description"])] = (bool(j["consistent"]), str(j["reason"]))
+            except (ValueError, KeyError, TypeError):
+                raise DataError(f"{path}, line {n}: not a judgement record") from None
+    return out
+
+
+def verdicts(
+    rows: list[dict], answers: dict, rules, judged: bool, judgements: dict | None = None
+) -> dict[str, list[tuple]]:
     """Per sample id: ``[(question, answer, verdict, how)]`` with ``verdict`` in {"yes", "no",
-    "judge", "dropped"} (see the module docstring); also sets ``row["recount"]``, the count of
-    consistent answers the rules alone give (the judge's part excluded)."""
+    "judge", "dropped"} (see the module docstring); ``judgements``: `read_judgements`. Also sets
+    ``row["recount"]``, the count of consistent answers the rules and the recorded judge
+    decisions give, and ``row["pending"]``, the judged answers without a record."""
+    judgements = judgements or {}
     out, names = {}, {}  # names: class -> the names a description may use (a WordNet scan)
     for r in rows:
         recs = answers.get(r["id"])
@@ -114,17 +135,21 @@ def verdicts(rows: list[dict], answers: dict, rules, judged: bool) -> dict[str, 
                        questions=[a["question"] for a in yn])  # fmt: skip
         res = vae.score_samples([s], judge=None, rules=rules)[0]
         got = iter(zip(res.consistent, res.how))
-        items = []
+        items, recount = [], 0  # recount: the judge's recorded "consistent" decisions
         for a in desc + yn:
             if rules.drop_empty and not a["answer"].strip():
                 items.append((a["question"], a["answer"], "dropped", "empty answer, not counted"))
                 continue
             ok, how = next(got)
             pending = judged and a["kind"] == "describe" and not ok
+            record = judgements.get((r["id"], a["answer"])) if pending else None
+            if record is not None:
+                pending, ok, how = False, record[0], f"no keyword; judge: {record[1]}"
+                recount += ok
             items.append(
                 (a["question"], a["answer"], "judge" if pending else ("yes" if ok else "no"), how)
             )
-        r["recount"] = sum(res.consistent)
+        r["recount"] = sum(res.consistent) + recount
         r["pending"] = sum(v == "judge" for _, _, v, _ in items)
         out[r["id"]] = items
     return out
@@ -172,7 +197,7 @@ def _thumbs(source, rows: list[dict]) -> tuple[dict[int, str], str]:
     return out, ""
 
 
-def _card(r: dict, thumb: str | None, qa: list[tuple] | None, known: bool, judged: bool) -> str:
+def _card(r: dict, thumb: str | None, qa: list[tuple] | None, known: bool) -> str:
     flagged, kind = r["flagged"], (r["kind"] or "clean")
     lines = [f"label: <b>{H.esc(r['class'])}</b>",
              f"score {r['score']:.3f} ({r['consistent']}/{r['total']} consistent)",
@@ -195,7 +220,7 @@ def _card(r: dict, thumb: str | None, qa: list[tuple] | None, known: bool, judge
             details += (
                 f'<p class="muted">judge: {k} of {m} undecided description(s) judged consistent</p>'
             )
-        elif not judged and r["recount"] != r["consistent"]:
+        elif r["recount"] != r["consistent"]:
             details += '<p class="no">recomputed verdicts differ from scores.csv</p>'
     attrs = {"cls": r["class"], "verdict": "flagged" if flagged else "kept"}
     if known:
@@ -240,7 +265,8 @@ def write(workdir: str, *, require_answers: bool = True) -> str:
     except UserError as e:  # an unknown protocol name in a hand-edited file
         raise DataError(f"metrics.json: {e}") from None
     judged = metrics.get("config", {}).get("judge", "none") not in ("none", "")
-    qa = verdicts(rows, answers, rules, judged)
+    qa = verdicts(rows, answers, rules, judged,
+                  read_judgements(os.path.join(workdir, "judgements.jsonl")))  # fmt: skip
     known = any(r["kind"] is not None for r in rows)
     order = sorted(rows, key=lambda r: (np.nan_to_num(r["score"], nan=-1.0), r["index"]))
     flagged = [r for r in order if r["flagged"]][:MAX_CARDS]
@@ -260,7 +286,7 @@ def write(workdir: str, *, require_answers: bool = True) -> str:
     body.append(H.filters_html(filters))
     n_flag = sum(r["flagged"] for r in rows)
     for name, sel, total in (("flagged", flagged, n_flag), ("kept", kept, len(rows) - n_flag)):
-        cards = [_card(r, thumbs.get(r["index"]), qa.get(r["id"]), known, judged) for r in sel]
+        cards = [_card(r, thumbs.get(r["index"]), qa.get(r["id"]), known) for r in sel]
         note = "lowest score first" + (
             f"; the first {len(sel)} of {total}" if len(sel) < total else ""
         )

@@ -52,6 +52,8 @@ class Table:
     dropped: np.ndarray | None = None  # int [M] empty answers left out of the score
     is_dirty: np.ndarray | None = None  # bool [M], when known
     kinds: np.ndarray | None = None  # str [M], "" = clean, when known
+    # (id, description, consistent, reason) for each description the judge decided
+    judged: list[tuple[str, str, bool, str]] = dataclasses.field(default_factory=list)
     paths: list[str] | None = None  # [M] image files, when known
     skipped: list[Skipped] = dataclasses.field(default_factory=list)  # left out: unreadable
 
@@ -77,6 +79,7 @@ def score(
     rules = OURS if rules is None else rules
     consistent, total = np.zeros(len(items), np.int64), np.zeros(len(items), np.int64)
     dropped = np.zeros(len(items), np.int64)
+    judged = []  # only the judge's decisions are kept per answer (few); the rest are counts
     label_names = {}  # class name -> names a description may use (a WordNet scan: once each)
     for lo in range(0, len(items), block):
         part = items[lo : lo + block]
@@ -100,6 +103,7 @@ def score(
         consistent[lo : lo + len(part)] = [sum(r.consistent) for r in results]
         total[lo : lo + len(part)] = [len(r.consistent) for r in results]
         dropped[lo : lo + len(part)] = [r.dropped for r in results]
+        judged += [(r.id, *j) for r in results for j in r.judged]
     scores = np.divide(consistent, total, out=np.full(len(items), np.nan), where=total > 0)
     return Table(
         index=np.asarray([it.index for it in items], np.int64),
@@ -112,4 +116,5 @@ def score(
         total=total,
         n=n,
         dropped=dropped,
+        judged=judged,
     )
