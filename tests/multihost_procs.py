@@ -58,16 +58,23 @@ def run_processes(script: str, args, n: int = 2, devices: int = 2, timeout: floa
         )
         for i in range(n)
     ]
-    deadline, outs = time.monotonic() + timeout, []
+    deadline, outs, late = time.monotonic() + timeout, [], False
     try:
         for p in procs:
-            out, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            try:
+                out, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                late = True
+                break
             outs.append(out)
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-                p.wait()
+    if late:  # what each process had printed says where it stood (communicate loses none)
+        tails = [f"--- process {i} ---\n{(p.communicate()[0] or '')[-2000:]}"
+                 for i, p in enumerate(procs)]
+        raise AssertionError(f"processes overran {timeout:.0f} s\n" + "\n".join(tails))
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]
     return outs

@@ -54,14 +54,24 @@ _WORKER = (
     from vl_jax.data.files import FileSource
     from vl_jax.images import ImageError
 
-    decoded = []  # dataset positions whose image this process read
+    decoded = []  # dataset positions whose image this process read for the model
     get = FileSource.__getitem__
     def counting(self, i):
-        decoded.append(int(i))
+        if not report[0]:  # report.html's thumbnails (the writer only) are not counted
+            decoded.append(int(i))
         if int(i) == BAD:
             raise ImageError(self.paths[i], f"unreadable (test), decoded by process {pid}")
         return get(self, i)
     FileSource.__getitem__ = counting
+    from vdc_jax import report_html
+    report, page = [False], report_html.write
+    def counted_page(*a, **k):
+        report[0] = True
+        try:
+            return page(*a, **k)
+        finally:
+            report[0] = False
+    report_html.write = counted_page
 
     with open(os.path.join(root, "config.json")) as f:
         config = ml_collections.ConfigDict(json.load(f))
@@ -143,6 +153,7 @@ def test_two_processes_equal_one(checkpoint, tmp_path, monkeypatch):
     run_processes(_WORKER, [root, BAD], n=2, devices=2, timeout=240)
     res = [json.loads((root / f"result_{pid}.json").read_text()) for pid in (0, 1)]
     assert "process=0/2" in res[0]["describe"] and "global=4" in res[0]["describe"]
+    assert (root / "multi" / "report.html").is_file()  # the writer alone built the page
     assert res[1]["writes"] == [], f"process 1 wrote shared files: {res[1]['writes']}"
     # Every process ends with the same verdicts, scores and metrics.
     for key in ("flagged", "score", "metrics"):

@@ -233,7 +233,7 @@ def clean(
         "classes": len(names), "answers": len(store), "prescreen": prescreen.summary(screen),
     }  # fmt: skip
     m = report.write_report(workdir, table, threshold=config.threshold, config_summary=summary,
-                            rules=rules)  # fmt: skip
+                            rules=rules, source=source)  # fmt: skip
     if export_hf.wanted(config) and wd.is_writer():  # W/cleaned_hf: data + label_issue, score
         export_hf.write(os.path.join(workdir, "cleaned_hf"), table, source)
     _print_summary(m, workdir)

@@ -70,11 +70,13 @@ def write_report(
     threshold: float,
     config_summary: dict | None = None,
     rules: Rules | None = None,
+    source=None,
 ) -> dict:
     """Writes every output listed in the module docstring; returns the metrics dict.
 
     `rules`: the protocol's rule set (default ours); metrics.json records it (``protocol``,
-    ``rule``) and its detection rule decides the metrics' flags (`detection.compute_metrics`)."""
+    ``rule``) and its detection rule decides the metrics' flags (`detection.compute_metrics`).
+    `source`: the run's dataset (with its dirt), for report.html's images."""
     rules = OURS if rules is None else rules
     m = compute_metrics(t, rules, threshold)
     m["counts"]["skipped"] = len(t.skipped)
@@ -134,5 +136,5 @@ def write_report(
     plots.histograms_png(path("scores_hist.png"), groups, threshold=threshold,
                          title="VDC consistency score", xlabel="score (consistent / asked)")  # fmt: skip
     # Last: the page is built from the files above (the same code as its regenerate command).
-    report_html.write(workdir, require_answers=False)
+    report_html.write(workdir, require_answers=False, source=source)
     return m

@@ -250,10 +250,12 @@ def _summary(m: dict, workdir: str) -> str:
     return H.section("Summary", "".join(parts))
 
 
-def write(workdir: str, *, require_answers: bool = True) -> str:
+def write(workdir: str, *, require_answers: bool = True, source=None) -> str:
     """Writes ``workdir/report.html`` from the workdir's files (module docstring); returns its
     path. ``require_answers=False``: a run whose samples were all pre-screened has no
-    ``answers.jsonl``."""
+    ``answers.jsonl``. ``source``: the run's dataset with its dirt, when the caller has it (a
+    cleansing run passes its own: rebuilding it would wait at a barrier that only the writer
+    process reaches); otherwise it is rebuilt from ``run_config.json``."""
     metrics = read_json(_need(os.path.join(workdir, "metrics.json")))
     if not isinstance(metrics, dict):
         raise DataError(f"{os.path.join(workdir, 'metrics.json')}: not a JSON object")
@@ -271,7 +273,7 @@ def write(workdir: str, *, require_answers: bool = True) -> str:
     order = sorted(rows, key=lambda r: (np.nan_to_num(r["score"], nan=-1.0), r["index"]))
     flagged = [r for r in order if r["flagged"]][:MAX_CARDS]
     kept = [r for r in order if not r["flagged"]][:MAX_CARDS]
-    source, why = _source(workdir)
+    source, why = (source, "") if source is not None else _source(workdir)
     thumbs, why2 = _thumbs(source, flagged + kept)
     why = why or why2
 
