@@ -72,8 +72,10 @@ def run_processes(script: str, args, n: int = 2, devices: int = 2, timeout: floa
             if p.poll() is None:
                 p.kill()
     if late:  # what each process had printed says where it stood (communicate loses none)
-        tails = [f"--- process {i} ---\n{(p.communicate()[0] or '')[-2000:]}"
-                 for i, p in enumerate(procs)]
+        tails = [
+            f"--- process {i} ---\n{(p.communicate()[0] or '')[-2000:]}"
+            for i, p in enumerate(procs)
+        ]
         raise AssertionError(f"processes overran {timeout:.0f} s\n" + "\n".join(tails))
     for p, out in zip(procs, outs):
         assert p.returncode == 0, out[-3000:]
