@@ -137,11 +137,8 @@ def ours_knn(x, k: int, mesh):
     from vl_jax.cluster import _rows
 
     km = importlib.import_module("vl_jax.cluster.knn")
-    n, shards, block = len(x), mesh.shape[parallel.DATA], 2048
-    bq = km._even_blocks(-(-n // shards), block)
-    nl = _rows.round_up(-(-n // shards), bq)
-    bdb = max(km._even_blocks(n, block), _rows.round_up(k, 8))
-    npad = _rows.round_up(max(nl * shards, n), bdb)
+    n = len(x)
+    bq, bdb, nl, npad = km.plan(n, k, mesh.shape[parallel.DATA])
     xd = _rows.put(_rows.pad_rows(x, npad), mesh, rows=False)
     program = km._knn_program(mesh, n, k, "cosine", bq, bdb, nl).lower(xd).compile()
     return lambda: parallel.fetch(program(xd)[0])[:n]

@@ -19,9 +19,9 @@ JAX device, all cores), so its peak memory is its own:
   Above 20k rows the scan runs only the epoch's first ``EPOCH_STEPS`` batches and the epoch is
   **extrapolated**: host + targets pass + steps x the measured time per step.
 - ``knn``: ``vl_jax.cluster.knn`` program, k = 20, cosine, exact. Every query block scans the
-  whole database, so the work is ``(N / 2048)`` identical blocks of ``2048 x N`` scores: at 160k
-  and 1.28M only the first ``KNN_QUERY_BLOCKS`` query blocks run (against the full database)
-  and the full time is **extrapolated** linearly (``params.extrapolated``, ``params.measured_*``).
+  whole database, so the work is ``N / bq`` identical blocks of ``bq x N`` scores (``bq`` <=
+  2048, from ``vl_jax.cluster.knn.plan``, as the library runs it): at 160k and 1.28M only the
+  first ``KNN_QUERY_BLOCKS`` query blocks run (against the full database) and the full time is **extrapolated** linearly (``params.extrapolated``, ``params.measured_*``).
   Its peak memory is measured on that run: the full run adds only its ``[N, 20]`` outputs
   (``params.output_gb``, 0.2 GB at 1.28M), as the database and the per-block tiles are the same.
 
@@ -186,16 +186,13 @@ def _stage_knn(x, y, k, *, query_blocks: int | None):
     import jax
 
     from vl_jax.cluster import _rows
-    from vl_jax.cluster.knn import _even_blocks, _knn_program
+    from vl_jax.cluster.knn import _knn_program, plan
     from vl_jax.parallel import DATA, create_mesh
 
     # = vl_jax.cluster.knn(x, KNN) with its block sizes; `query_blocks` limits the queries run.
     n, mesh = len(x), create_mesh()
     shards = mesh.shape[DATA]
-    bq = _even_blocks(-(-n // shards), 2048)
-    nl = _rows.round_up(-(-n // shards), bq)
-    bdb = max(_even_blocks(n, 2048), _rows.round_up(KNN, 8))
-    npad = _rows.round_up(max(nl * shards, n), bdb)
+    bq, bdb, nl, npad = plan(n, KNN, shards)
     total = nl // bq
     run_blocks = total if query_blocks is None else min(query_blocks, total)
     xd = _rows.put(_rows.pad_rows(x, npad), mesh, rows=False)
