@@ -268,6 +268,14 @@ def test_kmeans_faiss_peer_inertia_rule():
         if it < niter
     )
     assert kmb.faiss_fn(x, 5)().shape == (kmb.CLUSTERS, 16)
+    # Ours under the same rule: the first rung within 0.1 % of its converged inertia.
+    c, _, _ = kmeans(x, kmb.CLUSTERS, n_init=kmb.N_INIT, seed=0)
+    converged = kmb.inertia(x, c)
+    it, at = kmb.ours_at_same_inertia(x, converged)
+    assert it in kmb.FAISS_NITER and at <= kmb.SAME_INERTIA * converged
+    for lower in [r for r in kmb.FAISS_NITER if r < it]:
+        c, _, _ = kmeans(x, kmb.CLUSTERS, n_init=kmb.N_INIT, seed=0, max_iter=lower)
+        assert kmb.inertia(x, c) > kmb.SAME_INERTIA * converged
 
 
 @pytest.mark.slow
@@ -289,7 +297,12 @@ def test_knn_and_kmeans_benchmarks_tiny_end_to_end(monkeypatch):
     assert figs[0]["params"]["rows_vs_faiss"] == 400
     assert figs[2]["params"]["best_gemm_seconds"] == pytest.approx(2 * 400**2 * 512 / 1e11)
     figs = kmb.kmeans_bench(True, n=600, growth=False)
-    assert [f["metric"] for f in figs] == ["seconds_to_same_inertia", "seconds_to_sklearn_inertia"]
+    assert [f["metric"] for f in figs] == [
+        "seconds_to_same_inertia",
+        "seconds_same_ladder",
+        "seconds_to_sklearn_inertia",
+    ]
+    assert figs[1]["params"]["ours_max_iter_same_ladder"] in (*kmb.FAISS_NITER, 300)
     p = figs[0]["params"]
     assert p["faiss_niter"] in kmb.FAISS_NITER and p["inertia_faiss"] > 0
     for f in figs:
