@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import ForeignLoad, figure, log, register
+from benchmarks.scale import blobs as scale_blobs
 
 NAME = "ann"
 K, BLOBS = 20, 1000
@@ -48,19 +49,10 @@ EXACT_QUERY_BLOCKS = 8
 REPO = Path(__file__).resolve().parents[1]
 
 
-def blobs(n: int, dim: int, classes: int = BLOBS, *, seed: int = 0, block: int = 1 << 16):
-    """``[n, dim]`` float32 unit rows in ``classes`` Gaussian blobs, made in row blocks (no
-    float64 or second full-size array: 1.28M x 768 is 3.9 GB)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((classes, dim), dtype=np.float32)
-    y = rng.integers(0, classes, n)
-    x = np.empty((n, dim), np.float32)
-    for s in range(0, n, block):
-        b = x[s : s + block]
-        b[:] = rng.standard_normal(b.shape, dtype=np.float32)
-        b += centres[y[s : s + block]]
-        b /= np.linalg.norm(b, axis=1, keepdims=True)
-    return x
+def blobs(n: int, dim: int, classes: int = BLOBS) -> np.ndarray:
+    """``[n, dim]`` float32 unit rows in ``classes`` Gaussian blobs (`benchmarks.scale.blobs`,
+    made in row blocks: 1.28M x 768 is 3.9 GB)."""
+    return scale_blobs(n, classes, dim=dim)[0]
 
 
 def exact_rows(x: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:

@@ -73,13 +73,14 @@ GB = 1 << 30
 # --------------------------------------------------------------------------- data
 
 
-def blobs(n: int, k: int, *, seed: int = 0, block: int = 1 << 16):
-    """``(x [n, DIM] float32 unit rows, y [n])``: ``k`` Gaussian blobs, made in row blocks so
-    that no float64 or second ``[n, DIM]`` array exists (1.28M x 512 is 2.6 GB)."""
+def blobs(n: int, k: int, *, dim: int = DIM, seed: int = 0, block: int = 1 << 16):
+    """``(x [n, dim] float32 unit rows, y [n])``: ``k`` Gaussian blobs (centres and noise both
+    standard normal per dimension), made in row blocks so that no float64 or second
+    ``[n, dim]`` array exists (1.28M x 512 is 2.6 GB)."""
     rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((k, DIM), dtype=np.float32)
+    centres = rng.standard_normal((k, dim), dtype=np.float32)
     y = rng.integers(0, k, n)
-    x = np.empty((n, DIM), np.float32)
+    x = np.empty((n, dim), np.float32)
     for s in range(0, n, block):
         b = x[s : s + block]
         b[:] = rng.standard_normal(b.shape, dtype=np.float32)

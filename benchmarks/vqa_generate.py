@@ -98,9 +98,29 @@ def vqa_generate(
     return figs
 
 
+def run_record(t: dict, load, mesh, iters: int) -> dict:
+    """The ``params`` every `vqa_generate` figure shares: timing protocol, machine load,
+    mesh, library versions and the seconds of each timed variant (``t``)."""
+    import jax
+    import torch
+    import transformers
+
+    return {
+        "dtype": "float32",
+        "iters": iters,
+        "timing": "median s per workload, all variants interleaved; compiled before timing",
+        "foreign_cpu_cores": load.cores,
+        "mesh": dict(mesh.shape),
+        "jax_version": jax.__version__,
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "torch_threads": torch.get_num_threads(),
+        **{f"seconds_{k}": v for k, v in t.items()},
+    }
+
+
 def _llava(quick: bool, *, spec: dict | None, iters: int | None, beams: int) -> list[dict]:
     """Greedy: ours vs (a) and (b); beam search (`beams`): ours vs (b) with the same beams."""
-    import jax
     import numpy as np
     import torch
     import transformers
@@ -179,22 +199,12 @@ def _llava(quick: bool, *, spec: dict | None, iters: int | None, beams: int) -> 
         "questions_per_image": QUESTIONS,
         "max_new_tokens": NEW_TOKENS,
         "prompt_tokens": [int(mask.sum(1).min()), int(mask.sum(1).max())],
-        "dtype": "float32",
-        "iters": iters,
-        "timing": "median s per workload, all variants interleaved; compiled before timing",
         "rows_equal_to_hf": agree,
         "first_token_agreement": first,
         "beam_rows_equal_to_hf": beam_agree,
-        "foreign_cpu_cores": load.cores,
-        "mesh": dict(mesh.shape),
-        "jax_version": jax.__version__,
-        "torch_version": torch.__version__,
-        "transformers_version": transformers.__version__,
-        "torch_threads": torch.get_num_threads(),
         "generated_tokens_per_s_ours": answers * NEW_TOKENS / t["ours"],
+        **run_record(t, load, mesh, iters),
     }
-    for k, v in t.items():
-        params[f"seconds_{k}"] = v
     log.info("%s: %s", NAME, {k: round(answers / v, 2) for k, v in t.items()})
     hf = "transformers LlavaForConditionalGeneration.generate (torch)"
     figs = [
@@ -255,7 +265,6 @@ def _blip_prompts(n_images: int, p: int, q_vocab: int, rng):
 def _instructblip(quick: bool, *, spec: dict | None, iters: int | None) -> list[dict]:
     """5-beam InstructBLIP answers: ours (one call: the ViT once per image, the Q-Former per
     row) vs transformers (a) per (image, question) and (b) per image, 6 questions batched."""
-    import jax
     import numpy as np
     import torch
     import transformers
@@ -338,20 +347,10 @@ def _instructblip(quick: bool, *, spec: dict | None, iters: int | None) -> list[
         "num_beams": BLIP_BEAMS,
         "repetition_penalty": BLIP_PENALTY,
         "prompt_tokens": [int(mask.sum(1).min()), int(mask.sum(1).max())],
-        "dtype": "float32",
-        "iters": iters,
-        "timing": "median s per workload, all variants interleaved; compiled before timing",
         "rows_equal_to_hf_per_pair": agree,
         "rows_equal_to_hf_per_image": agree_batched,
-        "foreign_cpu_cores": load.cores,
-        "mesh": dict(mesh.shape),
-        "jax_version": jax.__version__,
-        "torch_version": torch.__version__,
-        "transformers_version": transformers.__version__,
-        "torch_threads": torch.get_num_threads(),
+        **run_record(t, load, mesh, iters),
     }
-    for k, v in t.items():
-        params[f"seconds_{k}"] = v
     log.info("%s instructblip: %s", NAME, {k: round(answers / v, 2) for k, v in t.items()})
     hf = "transformers InstructBlipForConditionalGeneration.generate (torch), num_beams=5"
     metric = f"answers_per_second_instructblip_beam{BLIP_BEAMS}"

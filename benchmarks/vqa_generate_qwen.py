@@ -59,11 +59,11 @@ QUICK = _spec(256, 2, ((168, 224), (224, 140)))
 
 def qwen2_5_vl(quick: bool, *, spec: dict | None = None, iters: int | None = None) -> list[dict]:
     """Greedy Qwen2.5-VL answers: ours vs transformers (a) per (image, question), (b) per image."""
-    import jax
     import numpy as np
     import torch
     import transformers
 
+    from benchmarks.vqa_generate import run_record
     from vl_jax import parallel
     from vl_jax.generate import Generator
     from vl_jax.models import qwen2_vl, tiny
@@ -147,20 +147,10 @@ def qwen2_5_vl(quick: bool, *, spec: dict | None = None, iters: int | None = Non
             int(enc["attention_mask"].sum(1).min()),
             int(enc["attention_mask"].sum(1).max()),
         ],
-        "dtype": "float32",
-        "iters": iters,
-        "timing": "median s per workload, all variants interleaved; compiled before timing",
         "rows_equal_to_hf_per_pair": agree,
         "rows_equal_to_hf_per_image": agree_batched,
-        "foreign_cpu_cores": load.cores,
-        "mesh": dict(mesh.shape),
-        "jax_version": jax.__version__,
-        "torch_version": torch.__version__,
-        "transformers_version": transformers.__version__,
-        "torch_threads": torch.get_num_threads(),
+        **run_record(t, load, mesh, iters),
     }
-    for k, v in t.items():
-        params[f"seconds_{k}"] = v
     log.info("%s qwen2_5_vl: %s", NAME, {k: round(answers / v, 2) for k, v in t.items()})
     hf = "transformers Qwen2_5_VLForConditionalGeneration.generate (torch)"
     metric = "answers_per_second_qwen2_5_vl_greedy"

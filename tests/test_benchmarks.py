@@ -210,6 +210,24 @@ def test_vqa_generate_instructblip_tiny_end_to_end():
         assert f["params"]["query_tokens"] == 8 and f["params"]["num_beams"] == 5
 
 
+@pytest.mark.slow
+def test_vqa_generate_qwen_tiny_end_to_end():
+    """The Qwen2.5-VL part on a tiny model, two image sizes in one batch: every row equals
+    transformers' greedy output per pair and per image before timing; two figures."""
+    from benchmarks import vqa_generate
+    from benchmarks.vqa_generate_qwen import _spec
+
+    figs = vqa_generate.vqa_generate(True, qwen_spec=_spec(64, 1, ((56, 84), (84, 112))), iters=1,
+                                     families=("qwen2_5_vl",))  # fmt: skip
+    assert len(figs) == 2 and {f["benchmark"] for f in figs} == {"vqa_generate"}
+    for f in figs:
+        assert f["metric"] == "answers_per_second_qwen2_5_vl_greedy" and f["ratio"] > 0
+        assert f["params"]["rows_equal_to_hf_per_pair"] == 1.0
+        assert f["params"]["rows_equal_to_hf_per_image"] == 1.0
+        assert len(set(f["params"]["image_tokens"])) == 2  # two sizes, one batch
+        assert {"seconds_ours", "seconds_hf_each", "jax_version"} <= set(f["params"])
+
+
 def test_machine_record_names_cpu_isa_versions_and_blas():
     from benchmarks import machine
 
