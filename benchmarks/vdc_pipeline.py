@@ -25,6 +25,7 @@ import os
 import tempfile
 
 from benchmarks.common import ForeignLoad, figure, log, register, time_interleaved
+from benchmarks.vqa_generate import run_record
 
 NAME = "vdc_pipeline"
 
@@ -82,7 +83,6 @@ class HFPerPair:
 
 @register(NAME)
 def vdc_pipeline(quick: bool, *, spec: dict | None = None, iters: int | None = None) -> list[dict]:
-    import jax
     import numpy as np
     import torch
     import transformers
@@ -161,21 +161,13 @@ def vdc_pipeline(quick: bool, *, spec: dict | None = None, iters: int | None = N
         "questions_per_image": spec["questions"],
         "max_new_tokens": {"yes_no": spec["yes_no_tokens"], "describe": spec["describe_tokens"]},
         "judge": "none (keyword match + yes/no parsing only, both sides)",
-        "dtype": "float32",
-        "iters": iters,
-        "timing": "median s per pipeline run, both interleaved; compiled before timing",
         "answers_equal_to_hf": agree,
-        "foreign_cpu_cores": load.cores,
-        "mesh": dict(mesh.shape),
-        "jax_version": jax.__version__,
-        "torch_version": torch.__version__,
-        "transformers_version": transformers.__version__,
-        "torch_threads": torch.get_num_threads(),
         "answers_per_second_ours": pairs / t["ours"],
         "answers_per_second_hf": pairs / t["hf"],
         "mean_score": float(np.mean(t_ours.score)),
+        **run_record(t, load, mesh, iters),
+        "timing": "median s per pipeline run, both interleaved; compiled before timing",
     }
-    params |= {f"seconds_{k}": v for k, v in t.items()}
     log.info("%s: samples/s ours %.2f, hf %.2f", NAME, n / t["ours"], n / t["hf"])
     base = "transformers LlavaForConditionalGeneration.generate (torch), one call per (image, question)"
     return [figure(NAME, "samples_per_second", n / t["ours"], n / t["hf"], base,
