@@ -23,6 +23,20 @@ def as_matrix(x, name: str = "x") -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def knn_inputs(x, k: int, metric: str, metrics: tuple[str, ...]) -> np.ndarray:
+    """The checks every kNN entry point makes: ``metric`` known, ``x`` a finite ``[N, D]``
+    matrix (returned as float32, see `as_matrix`) and ``1 <= k < N`` (a row is never its own
+    neighbour, so k = N is impossible)."""
+    if metric not in metrics:
+        raise ValueError(f"metric must be one of {metrics}, got {metric!r}")
+    x = as_matrix(x)
+    if not 1 <= k < x.shape[0]:
+        raise ValueError(
+            f"need 1 <= k < N (neighbours exclude the row itself); k={k}, N={x.shape[0]}"
+        )
+    return x
+
+
 def normalize_rows(x: np.ndarray) -> np.ndarray:
     """Unit L2 rows (float64 norms); all-zero rows stay zero (cosine similarity 0 to anything)."""
     norms = np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)

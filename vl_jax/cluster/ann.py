@@ -289,12 +289,8 @@ def knn_ivf(
       `IVFResult`: ``indices [N, k]`` int32, ``distances [N, k]`` float32, nearest first, never
       the row itself; equal scores keep index order (rows sorted by cell), not row order.
     """
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    x = _rows.as_matrix(x)
+    x = _rows.knn_inputs(x, k, metric, METRICS)
     n = x.shape[0]
-    if not 1 <= k < n:
-        raise ValueError(f"need 1 <= k < N (neighbours exclude the row itself); k={k}, N={n}")
     nlist = default_nlist(n) if nlist is None else int(nlist)
     if not 1 <= nlist <= n:
         raise ValueError(f"need 1 <= nlist <= N, got nlist={nlist}, N={n}")

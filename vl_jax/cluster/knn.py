@@ -186,12 +186,8 @@ def knn(
     ``Precision.HIGHEST``; l2 uses ``|q|^2 + |d|^2 - 2 q.d`` on mean-centred rows, so distances
     below ~1e-3 of the data scale carry float32 rounding.
     """
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    x = _rows.as_matrix(x)
+    x = _rows.knn_inputs(x, k, metric, METRICS)
     n = x.shape[0]
-    if not 1 <= k < n:
-        raise ValueError(f"need 1 <= k < N (neighbours exclude the row itself); k={k}, N={n}")
     if block < 8 or db_block < 8:
         raise ValueError(f"block and db_block must be >= 8, got {block}, {db_block}")
     mesh = _rows.get_mesh(mesh)
